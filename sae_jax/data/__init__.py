@@ -1,0 +1,1 @@
+"""Activation sources (no torch here): in-memory arrays, .npy files, tensorstore stores."""
