@@ -1,0 +1,1 @@
+"""The torch side: loading HuggingFace models, hook points, activation extraction (the only torch importer)."""

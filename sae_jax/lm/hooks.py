@@ -1,0 +1,235 @@
+"""Where activations live inside a HuggingFace model, and how to read (or replace) them.
+
+Hook points, per decoder/encoder block ``layer`` (0-based):
+
+- ``"resid"``: the block's output, i.e. the residual stream after the block
+  (``output_hidden_states[layer + 1]`` for every block but, in models that apply a final norm
+  inside the base model's output, the last one).
+- ``"attn_out"``: what the attention sub-layer adds to the residual stream.
+- ``"mlp_out"``: what the MLP sub-layer adds to the residual stream.
+
+For sandwich-norm models (Gemma 2/3) "added to the residual" means after the post-norms; for
+post-LN encoders (BERT, MiniLM) it means the sub-layer's output projection, before the residual
+add and LayerNorm. Works across Llama-style (Llama, SmolLM2, Qwen, Mistral, Gemma), GPT-2,
+GPT-NeoX, OPT and BERT-style models; the block list is found by attribute path, else as the
+``ModuleList`` whose length is ``config.num_hidden_layers``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+HOOKS = ("resid", "attn_out", "mlp_out")
+
+# Attribute paths of the block list, tried in order.
+_BLOCK_PATHS = (
+    "model.layers",
+    "model.model.layers",
+    "model.language_model.layers",
+    "model.language_model.model.layers",
+    "language_model.model.layers",
+    "layers",
+    "transformer.h",
+    "h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "decoder.layers",
+    "encoder.layer",
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+)
+
+# Sub-modules inside one block, tried in order. BERT's "attention.output.dense" must come
+# before GPT-NeoX's "attention" (BertAttention's output already contains residual + LayerNorm).
+_SUBMODULE_PATHS = {
+    "attn_out": ("self_attn", "attn", "attention.output.dense", "attention", "self_attention"),
+    "mlp_out": ("mlp", "feed_forward", "output.dense", "ffn"),
+}
+# Gemma 2/3: post-norms sit between the sub-layer and the residual add.
+_SANDWICH_PATHS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
+
+
+def _get_path(root: torch.nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _num_layers(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks, in execution order."""
+    for path in _BLOCK_PATHS:
+        blocks = _get_path(model, path)
+        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0:
+            return blocks
+    n_layers = _num_layers(model)
+    if n_layers is not None:
+        for _, module in model.named_modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+                return module
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__}: none of the known "
+        f"attribute paths {_BLOCK_PATHS} exists and no ModuleList has config.num_hidden_layers "
+        "entries; add the model's block path to sae_jax.lm.hooks._BLOCK_PATHS"
+    )
+
+
+def num_blocks(model: torch.nn.Module) -> int:
+    """How many transformer blocks the model runs."""
+    return len(decoder_blocks(model))
+
+
+def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Module:
+    """The module whose forward output is activation ``hook`` of block ``layer``."""
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}")
+    blocks = decoder_blocks(model)
+    if not -len(blocks) <= layer < len(blocks):
+        raise ValueError(
+            f"layer {layer} is out of range: {type(model).__name__} has {len(blocks)} blocks "
+            f"(valid layers 0..{len(blocks) - 1})"
+        )
+    block = blocks[layer]
+    if hook == "resid":
+        return block
+    if all(hasattr(block, p) for p in ("pre_feedforward_layernorm", "post_feedforward_layernorm")):
+        return getattr(block, _SANDWICH_PATHS[hook])
+    for path in _SUBMODULE_PATHS[hook]:
+        module = _get_path(block, path)
+        if isinstance(module, torch.nn.Module):
+            return module
+    children = [name for name, _ in block.named_children()]
+    raise ValueError(
+        f"cannot find the {hook!r} sub-module of block {layer} ({type(block).__name__}, children "
+        f"{children}); tried {_SUBMODULE_PATHS[hook]}"
+    )
+
+
+def output_tensor(output: Any) -> torch.Tensor:
+    """The activation tensor inside a module's forward output (tensor, tuple or ModelOutput)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    raise TypeError(f"cannot find an activation tensor in a module output of type {type(output).__name__}")
+
+
+def replace_output_tensor(output: Any, new: torch.Tensor) -> Any:
+    """``output`` with its activation tensor replaced by ``new`` (for splicing hooks)."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (new, *output[1:])
+    if isinstance(output, list) and output and isinstance(output[0], torch.Tensor):
+        return [new, *output[1:]]
+    if hasattr(output, "last_hidden_state"):
+        output.last_hidden_state = new
+        return output
+    raise TypeError(f"cannot replace the activation tensor in a module output of type {type(output).__name__}")
+
+
+class _StopForward(Exception):
+    """Raised from the last needed block's hook to skip the rest of the forward pass."""
+
+
+@contextlib.contextmanager
+def registered_hooks(hooks: Iterable[tuple[torch.nn.Module, Any]]) -> Iterator[None]:
+    """Register ``(module, forward_hook)`` pairs; always removed on exit."""
+    handles = []
+    try:
+        for module, fn in hooks:
+            handles.append(module.register_forward_hook(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+HookSpec = tuple[int, str]
+
+
+def normalize_specs(model: torch.nn.Module, specs: Iterable[HookSpec]) -> list[HookSpec]:
+    """Deduplicated ``(layer, hook)`` pairs with negative layers counted from the end."""
+    n_blocks = num_blocks(model)
+    out = []
+    for layer, hook in specs:
+        layer = int(layer)
+        if hook not in HOOKS:
+            raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}")
+        if not -n_blocks <= layer < n_blocks:
+            raise ValueError(f"layer {layer} is out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})")
+        out.append((layer % n_blocks, str(hook)))
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise ValueError("no hook points requested; pass at least one (layer, hook) pair")
+    return out
+
+
+@contextlib.contextmanager
+def capture_activations(
+    model: torch.nn.Module, specs: Iterable[HookSpec], stop_early: bool = True
+) -> Iterator[dict[HookSpec, torch.Tensor]]:
+    """Record activations ``{(layer, hook): tensor}`` during forward passes inside the block.
+
+    With ``stop_early`` the forward pass is cut after the last requested block: the model
+    call inside the ``with`` raises a private exception which this context manager swallows,
+    so code after the call inside the block does not run (the model's return value is lost).
+    Use ``forward_activations`` unless you need the model's output too.
+    """
+    specs = normalize_specs(model, specs)
+    store: dict[HookSpec, torch.Tensor] = {}
+
+    def recorder(spec: HookSpec):
+        def fn(module, args, output):
+            store[spec] = output_tensor(output).detach()
+
+        return fn
+
+    hooks = [(hook_module(model, layer, hook), recorder((layer, hook))) for layer, hook in specs]
+    if stop_early:
+        last_block = decoder_blocks(model)[max(layer for layer, _ in specs)]
+
+        def stop(module, args, output):
+            raise _StopForward
+
+        hooks.append((last_block, stop))  # registered last, so it fires after the recorders
+    with registered_hooks(hooks):
+        try:
+            yield store
+        except _StopForward:
+            pass
+
+
+@torch.no_grad()
+def forward_activations(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], specs: Iterable[HookSpec]
+) -> dict[HookSpec, torch.Tensor]:
+    """Run the model on ``inputs`` up to the last requested block; ``{(layer, hook): [B, T, d]}``."""
+    specs = normalize_specs(model, specs)
+    extra = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    with capture_activations(model, specs, stop_early=True) as store:
+        model(**inputs, **extra)
+    missing = [spec for spec in specs if spec not in store]
+    if missing:
+        raise RuntimeError(f"hook points {missing} did not fire during the forward pass")
+    return store
