@@ -1,0 +1,246 @@
+"""Typed, frozen run configuration, composed per subsystem.
+
+Configs are never mutated: use ``dataclasses.replace``. Derived values are properties.
+``validate`` checks what can be checked before any array exists and raises ``ConfigError``
+naming the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work."""
+
+
+Architecture = Literal["topk", "batchtopk", "relu", "jumprelu"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where activations come from and how batches are drawn."""
+
+    store: str = ""
+    """Path or tensorstore URL of an activation store (from `sae-jax extract`)."""
+    npy: str = ""
+    """Path of a .npy activation file (n_rows, d_in); used when no store is given."""
+    batch_size: int = 4096
+    """Global batch size in tokens (split over the mesh's 'data' axis)."""
+    seed: int = 0
+    """Seed of the batch order; the batch at step t is a pure function of (seed, t)."""
+    normalize: Literal["none", "expected_norm"] = "expected_norm"
+    """Input scaling: 'expected_norm' scales inputs so E||x|| = sqrt(d_in) (folded into exported weights)."""
+    n_stat_rows: int = 16384
+    """Rows sampled for the input scale and the geometric-median init of b_dec."""
+    synthetic_d_in: int = 64
+    """Synthetic data (used when neither store nor npy is given): input width."""
+    synthetic_n_features: int = 256
+    """Synthetic data: number of true unit-norm dictionary atoms."""
+    synthetic_k: int = 4
+    """Synthetic data: expected active atoms per row."""
+    synthetic_n_rows: int = 131072
+    """Synthetic data: rows generated."""
+    synthetic_noise: float = 0.01
+    """Synthetic data: std of isotropic Gaussian noise added to each row."""
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The autoencoder itself."""
+
+    architecture: Architecture = "topk"
+    """topk (k per token), batchtopk (k*batch over the batch), relu (ReLU + L1), jumprelu (L0)."""
+    d_sae: int = 1024
+    """Number of latents F."""
+    k: int = 32
+    """Active latents per token for topk/batchtopk."""
+    k_aux: int = 0
+    """Dead latents used by the AuxK loss; 0 means d_in // 2."""
+    auxk_coef: float = 1 / 32
+    """AuxK loss coefficient (topk/batchtopk); 0 disables AuxK."""
+    dead_tokens: int = 10_000_000
+    """A latent is dead if it has not fired in this many tokens."""
+    sparsity_coef: float = 1.0
+    """L1 coefficient (relu) or L0 coefficient (jumprelu)."""
+    sparsity_warmup_steps: int = 0
+    """Steps over which the L1/L0 coefficient rises linearly from 0."""
+    jumprelu_bandwidth: float = 0.001
+    """Width of the rectangle kernel of the JumpReLU pseudo-derivative."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial JumpReLU threshold."""
+    batchtopk_threshold_lr: float = 0.01
+    """EMA rate of the BatchTopK inference threshold (min positive selected activation)."""
+    decoder_unit_norm: bool = True
+    """Keep decoder rows at unit L2 norm (gradient projection + renormalisation)."""
+    recon_loss: Literal["fvu", "mse"] = "fvu"
+    """Reconstruction loss: FVU (scale-free) or per-token MSE."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Matmul input dtype; master weights and accumulation stay float32."""
+    impl: Literal["dense", "sparse", "auto"] = "auto"
+    """TopK kernels: dense matmuls, gathered sparse kernels, or pick by backend."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with warmup, optional decay and clipping."""
+
+    lr: float | None = None
+    """Peak learning rate; None uses 2e-4 / sqrt(d_sae / 2**14)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    decay: Literal["none", "linear", "cosine"] = "none"
+    """Decay after warm-up, to final_lr_fraction * lr at the last step."""
+    final_lr_fraction: float = 0.0
+    """Learning rate at the end of decay, as a fraction of the peak."""
+    b1: float = 0.9
+    """Adam beta1."""
+    b2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    max_grad_norm: float = 0.0
+    """Global gradient-norm clip; 0 disables."""
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device layout: a ('data', 'dict') mesh."""
+
+    data: int = -1
+    """Devices on the data axis; -1 = all devices / dict."""
+    dict: int = 1
+    """Devices on the dictionary axis (shards W_enc, W_dec, b_enc, thresholds, dead counters)."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints and resume."""
+
+    every: int = 500
+    """Save every this many steps (and at the end)."""
+    keep: int = 3
+    """Checkpoints kept."""
+    resume: bool = True
+    """Resume from the latest checkpoint in the run directory if there is one."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging cadence and sinks."""
+
+    every: int = 10
+    """Write a metrics line every this many steps."""
+    progress: bool = True
+    """Show a progress bar."""
+    wandb_project: str = ""
+    """Weights & Biases project; empty disables W&B."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    run_dir: str = "runs/default"
+    """Run directory: config.json, metrics.jsonl, checkpoints/, export/."""
+    steps: int = 1000
+    """Optimizer steps."""
+    seed: int = 0
+    """Parameter-init seed."""
+    data: DataConfig = field(default_factory=DataConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate, with the 2e-4 / sqrt(F / 2^14) rule of thumb as default."""
+        if self.optim.lr is not None:
+            return self.optim.lr
+        return 2e-4 / math.sqrt(self.sae.d_sae / 2**14)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        subs = {f.name: f.type for f in dataclasses.fields(cls)}
+        kinds = {"data": DataConfig, "sae": SAEConfig, "optim": OptimConfig, "mesh": MeshConfig,
+                 "checkpoint": CheckpointConfig, "log": LogConfig}
+        kwargs = {}
+        for key, value in d.items():
+            if key not in subs:
+                raise ConfigError(f"unknown config field {key!r}")
+            kwargs[key] = kinds[key](**value) if key in kinds else value
+        return cls(**kwargs)
+
+
+def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = None) -> None:
+    """Raise ConfigError for a configuration that cannot work."""
+    sae = cfg.sae
+    if sae.d_sae <= 0:
+        raise ConfigError(f"sae.d_sae must be positive, got {sae.d_sae}")
+    if sae.architecture in ("topk", "batchtopk"):
+        if not 0 < sae.k <= sae.d_sae:
+            raise ConfigError(
+                f"sae.k={sae.k} must be in [1, d_sae={sae.d_sae}]; lower --sae.k or raise --sae.d_sae"
+            )
+    if cfg.steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
+    if cfg.data.store and cfg.data.npy:
+        raise ConfigError("give either --data.store or --data.npy, not both")
+    if cfg.data.batch_size <= 0:
+        raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
+    if cfg.mesh.dict <= 0:
+        raise ConfigError(f"mesh.dict must be positive, got {cfg.mesh.dict}")
+    if sae.d_sae % cfg.mesh.dict:
+        raise ConfigError(
+            f"sae.d_sae={sae.d_sae} is not divisible by mesh.dict={cfg.mesh.dict}; "
+            "choose a d_sae that is a multiple of the dictionary axis"
+        )
+    if n_devices is not None:
+        data = cfg.mesh.data if cfg.mesh.data > 0 else n_devices // cfg.mesh.dict
+        if data * cfg.mesh.dict != n_devices:
+            raise ConfigError(
+                f"mesh data={data} x dict={cfg.mesh.dict} does not use the {n_devices} devices; "
+                "set --mesh.data/--mesh.dict so their product is the device count"
+            )
+        if cfg.data.batch_size % data:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} is not divisible by the data axis ({data})"
+            )
+    if d_in is not None and sae.architecture in ("topk", "batchtopk"):
+        k_aux = sae.k_aux or d_in // 2
+        if k_aux > sae.d_sae:
+            raise ConfigError(f"sae.k_aux={k_aux} exceeds d_sae={sae.d_sae}; set --sae.k-aux smaller")
+
+
+def presets() -> dict[str, tuple[str, TrainConfig]]:
+    """Named starting points for the CLI (override any field with --a.b value)."""
+    tiny = TrainConfig(
+        run_dir="runs/tiny", steps=600,
+        data=DataConfig(batch_size=1024, synthetic_d_in=64, synthetic_n_features=256),
+        sae=SAEConfig(d_sae=512, k=8, dead_tokens=200_000),
+        optim=OptimConfig(lr=2e-3, warmup_steps=50),
+        checkpoint=CheckpointConfig(every=200),
+    )
+    return {
+        "tiny": ("TopK on the built-in synthetic ground-truth data (seconds on a CPU)", tiny),
+        "topk": ("TopK SAE, k=32, 16k latents", TrainConfig(sae=SAEConfig(d_sae=16384, k=32))),
+        "batchtopk": ("BatchTopK SAE, k=32, 16k latents",
+                      TrainConfig(sae=SAEConfig(architecture="batchtopk", d_sae=16384, k=32))),
+        "relu": ("ReLU + L1 SAE, 16k latents",
+                 TrainConfig(sae=SAEConfig(architecture="relu", d_sae=16384, sparsity_coef=5.0,
+                                           sparsity_warmup_steps=1000))),
+        "jumprelu": ("JumpReLU SAE (L0 penalty), 16k latents",
+                     TrainConfig(sae=SAEConfig(architecture="jumprelu", d_sae=16384, sparsity_coef=0.01,
+                                               sparsity_warmup_steps=1000))),
+    }

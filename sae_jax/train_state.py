@@ -1,0 +1,66 @@
+"""The train state and its creation, already sharded over the mesh.
+
+State shapes come from ``jax.eval_shape``, shardings from the one table in ``mesh.py``, and
+``jax.jit(init, out_shardings=...)`` creates every array where it lives (no host copy of a
+large dictionary, no resharding).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from sae_jax.mesh import state_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    """Scalar int32: optimizer steps taken."""
+    params: dict[str, jax.Array]
+    """Trainable SAE parameters (SAELens names)."""
+    opt_state: Any
+    """Optimizer state (Adam moments mirror params and are sharded like them)."""
+    tokens_since_fired: jax.Array
+    """[F] int32: tokens since each latent last fired (saturates, never overflows)."""
+    arch_state: dict[str, jax.Array]
+    """Non-trainable architecture state (e.g. the BatchTopK threshold)."""
+    input_scale: jax.Array
+    """Scalar: inputs are multiplied by this before the SAE (folded into exported weights)."""
+
+
+def make_init_fn(arch, optimizer: optax.GradientTransformation, d_in: int, d_sae: int) -> Callable:
+    def init(key, b_dec, input_scale) -> TrainState:
+        params = arch.init_params(key, d_in, d_sae, b_dec)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            tokens_since_fired=jnp.zeros((d_sae,), jnp.int32),
+            arch_state=arch.init_state(d_sae),
+            input_scale=jnp.asarray(input_scale, jnp.float32),
+        )
+
+    return init
+
+
+def abstract_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh):
+    """(abstract TrainState with shardings attached, its shardings pytree)."""
+    init = make_init_fn(arch, optimizer, d_in, d_sae)
+    shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((d_in,), jnp.float32), 1.0)
+    shardings = state_shardings(mesh, shapes)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return abstract, shardings
+
+
+def create_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh, seed: int,
+                 b_dec, input_scale: float) -> TrainState:
+    """A fresh TrainState, each array created directly with its sharding."""
+    _, shardings = abstract_state(arch, optimizer, d_in, d_sae, mesh)
+    init = jax.jit(make_init_fn(arch, optimizer, d_in, d_sae), out_shardings=shardings)
+    return init(jax.random.key(seed), jnp.asarray(b_dec, jnp.float32), jnp.float32(input_scale))
