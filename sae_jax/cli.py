@@ -1,0 +1,107 @@
+"""``sae-jax`` command line: thin wrappers that parse a typed config and call the library."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from typing import Callable, Sequence
+
+import tyro
+
+USAGE = """usage: sae-jax COMMAND [options]
+
+commands:
+  train PRESET [--a.b value ...]   train (or resume) an SAE; presets: {presets}
+  export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
+{extra}
+`sae-jax COMMAND --help` lists every option with its documentation.
+"""
+
+# Commands implemented by other subsystems: name -> (module, config class, run function, help).
+_PLUGINS = {
+    "extract": ("sae_jax.lm.extract", "ExtractConfig", "run_extract",
+                "extract LM activations into an activation store"),
+    "eval": ("sae_jax.evals.run", "EvalConfig", "run_eval", "evaluate an exported SAE, write eval.json + report.html"),
+    "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
+    "demo": ("sae_jax.demo", "DemoConfig", "run_demo", "the README main job: extract -> train -> eval"),
+}
+
+
+def _available_plugins() -> dict[str, tuple[str, str, str, str]]:
+    out = {}
+    for name, spec in _PLUGINS.items():
+        try:
+            if importlib.util.find_spec(spec[0]) is not None:
+                out[name] = spec
+        except ModuleNotFoundError:
+            pass
+    return out
+
+
+def print_summary(metrics: dict[str, float], export_dir) -> None:
+    """The headline numbers of a finished training run."""
+    if not metrics:
+        return
+    print(f"\nfinal batch: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
+          f"dead {100 * metrics['dead_frac']:.2f}%  loss {metrics['loss']:.4f}")
+    if export_dir is not None:
+        print(f"exported SAE (SAELens format): {export_dir}")
+
+
+def _train(args: Sequence[str]) -> None:
+    from sae_jax.config import presets
+    from sae_jax.trainer import train
+
+    table = presets()
+    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help"):
+        args = ["topk", *args]
+    cfg = tyro.extras.overridable_config_cli(table, args=list(args), prog="sae-jax train")
+    result = train(cfg)
+    print_summary(result.metrics, result.export_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportArgs:
+    run_dir: str
+    """Run directory holding config.json and checkpoints/."""
+    out: str = ""
+    """Output folder (default: RUN_DIR/export)."""
+
+
+def _export(args: Sequence[str]) -> None:
+    from sae_jax.reexport import export_run
+
+    a = tyro.cli(ExportArgs, args=list(args), prog="sae-jax export")
+    print(export_run(a.run_dir, a.out or None))
+
+
+def _plugin(spec) -> Callable[[Sequence[str]], None]:
+    module_name, cfg_name, fn_name, _ = spec
+
+    def run(args: Sequence[str]) -> None:
+        module = importlib.import_module(module_name)
+        cfg = tyro.cli(getattr(module, cfg_name), args=list(args), prog=f"sae-jax {module_name}")
+        getattr(module, fn_name)(cfg)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from sae_jax.config import presets
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins = _available_plugins()
+    commands: dict[str, Callable] = {"train": _train, "export": _export}
+    commands |= {name: _plugin(spec) for name, spec in plugins.items()}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        extra = "".join(f"  {name:<33}{spec[3]}\n" for name, spec in plugins.items())
+        print(USAGE.format(presets=", ".join(presets()), extra=extra))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown command {argv[0]!r}")
+            raise SystemExit(2)
+        return
+    commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Open the activation source a DataConfig names (store, .npy, or built-in synthetic data)."""
+from __future__ import annotations
+
+from sae_jax.config import DataConfig
+from sae_jax.data.source import ActivationSource, npy_source
+from sae_jax.data.synthetic import synthetic_source
+
+
+def open_source(cfg: DataConfig) -> ActivationSource:
+    if cfg.store:
+        from sae_jax.data.store import open_store  # tensorstore only when a store is used
+
+        return open_store(cfg.store)
+    if cfg.npy:
+        return npy_source(cfg.npy)
+    return synthetic_source(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
+                            cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.seed)

@@ -1,0 +1,131 @@
+"""Export to and load from the SAELens on-disk format (``cfg.json`` + ``sae_weights.safetensors``).
+
+Weights: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], and
+``threshold`` [d_sae] for JumpReLU (BatchTopK exports as a JumpReLU with its learned
+threshold, as SAELens does). Input scaling used in training is folded into the weights,
+so the exported SAE takes raw activations: with inputs scaled by s during training,
+W_enc' = s W_enc, W_dec' = W_dec / s, b_dec' = b_dec / s (b_enc and thresholds unchanged).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+_REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
+    """Weights that act on raw inputs, for an SAE trained on inputs multiplied by ``scale``."""
+    out = dict(params)
+    out["W_enc"] = params["W_enc"] * scale
+    out["W_dec"] = params["W_dec"] / scale
+    out["b_dec"] = params["b_dec"] / scale
+    return out
+
+
+def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any]) -> Path:
+    """Write an SAE folder atomically (a temp folder renamed at the end)."""
+    path = Path(path)
+    arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in params.items()}
+    d_sae, d_in = arrays["W_dec"].shape
+    full_cfg = {
+        "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+    } | cfg
+    if full_cfg["architecture"] not in ARCHITECTURES:
+        raise ValueError(f"cannot export architecture {full_cfg['architecture']!r}; known: {ARCHITECTURES}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, str(tmp / WEIGHTS_FILE))
+    (tmp / CFG_FILE).write_text(json.dumps(full_cfg, indent=2, sort_keys=True, default=str))
+    if path.exists():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+    tmp.rename(path)
+    return path
+
+
+def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None) -> Path:
+    """Export a TrainState's SAE (input scale folded in) to an SAELens folder."""
+    params = {k: np.asarray(v) for k, v in arch.export_params(state.params, state.arch_state).items()}
+    params = fold_input_scale(params, float(state.input_scale))
+    cfg = arch.export_cfg() | {"metadata": {"trained_with": "sae_jax", **(metadata or {})}}
+    return write_sae(path, params, cfg)
+
+
+class LoadedSAE:
+    """An SAE read from an SAELens-format folder; NumPy float32 encode/decode."""
+
+    def __init__(self, cfg: dict[str, Any], params: dict[str, np.ndarray]):
+        self.cfg = cfg
+        self.params = params
+        self.architecture = cfg["architecture"]
+        self.d_in = int(cfg["d_in"])
+        self.d_sae = int(cfg["d_sae"])
+        self.k = cfg.get("k")
+
+    def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"input width {x.shape[-1]} does not match the SAE's d_in={self.d_in}")
+        if self.cfg.get("apply_b_dec_to_input", True):
+            x = x - self.params["b_dec"]
+        return x @ self.params["W_enc"] + self.params["b_enc"]
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """[N, d_sae] latent codes."""
+        pre = self.pre_activations(x)
+        if self.architecture == "standard":
+            return np.maximum(pre, 0)
+        if self.architecture == "jumprelu":
+            return np.where(pre > self.params["threshold"], np.maximum(pre, 0), 0).astype(np.float32)
+        # topk: ReLU of the k largest pre-activations per row.
+        idx = np.argpartition(-pre, self.k - 1, axis=-1)[..., : self.k]
+        h = np.zeros_like(pre)
+        np.put_along_axis(h, idx, np.maximum(np.take_along_axis(pre, idx, axis=-1), 0), axis=-1)
+        return h
+
+    def decode(self, h: np.ndarray) -> np.ndarray:
+        """[N, d_in] reconstruction."""
+        return np.asarray(h, np.float32) @ self.params["W_dec"] + self.params["b_dec"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.decode(self.encode(x))
+
+
+def load_sae(path: str | os.PathLike) -> LoadedSAE:
+    """Read an SAELens-format folder (this project's exports or SAEs trained elsewhere)."""
+    path = Path(path)
+    cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
+    if not cfg_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(
+            f"{path} is not an SAE folder: expected {CFG_FILE} and {WEIGHTS_FILE} "
+            "(write one with `sae-jax export` or SAELens' save_model)")
+    cfg = json.loads(cfg_path.read_text())
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: architecture {arch!r} is not supported; known: {ARCHITECTURES}")
+    cfg["architecture"] = arch
+    if cfg.get("normalize_activations", "none") != "none":
+        raise ValueError(
+            f"{path}: normalize_activations={cfg['normalize_activations']!r} needs dataset statistics "
+            "that the folder does not hold; fold the normalisation into the weights first")
+    params = {name: np.asarray(value, np.float32) for name, value in load_file(str(weights_path)).items()}
+    missing = [n for n in _REQUIRED + (("threshold",) if arch == "jumprelu" else ()) if n not in params]
+    if missing:
+        raise ValueError(f"{weights_path}: missing tensors {missing}")
+    if params["W_enc"].shape != (cfg["d_in"], cfg["d_sae"]):
+        raise ValueError(f"{weights_path}: W_enc has shape {params['W_enc'].shape}, cfg says "
+                         f"({cfg['d_in']}, {cfg['d_sae']})")
+    if arch == "topk" and not cfg.get("k"):
+        raise ValueError(f"{cfg_path}: a topk SAE needs 'k'")
+    return LoadedSAE(cfg, params)

@@ -1,0 +1,236 @@
+"""The training loop: data, state, checkpoints, logging and export around the pure step.
+
+Metrics are fetched one step late so the host never makes the device wait. A checkpoint is
+written only for a state whose step metrics were checked finite, so a diverged run stops
+with a message and leaves the last good checkpoint intact. SIGTERM and Ctrl-C trigger a
+best-effort final save; the same command then resumes with the same data order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from sae_jax import distributed
+from sae_jax.assemble import assemble
+from sae_jax.checkpoint import Checkpointer
+from sae_jax.config import ConfigError, TrainConfig, validate
+from sae_jax.data.loader import BatchLoader
+from sae_jax.data.open import open_source
+from sae_jax.export import export_state
+from sae_jax.geometric_median import geometric_median
+from sae_jax.mesh import batch_sharding
+from sae_jax.train_state import TrainState, create_state
+from sae_jax.train_step import make_train_step
+
+# Fields that must match to resume a run (steps, logging and checkpoint cadence may change).
+_RESUME_KEYS = ("seed", "data", "sae", "optim")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped because a batch or the loss went bad."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    arch: Any
+    metrics: dict[str, float]
+    run_dir: Path
+    export_dir: Path | None
+
+
+def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
+    """(b_dec init = geometric median of scaled sample rows, input scale) from a fixed sample."""
+    n = min(cfg.data.n_stat_rows, source.n_rows)
+    rows = np.sort(np.random.default_rng([cfg.data.seed, 7]).choice(source.n_rows, n, replace=False))
+    sample = source.read(rows).astype(np.float64)
+    bad = ~np.isfinite(sample).all(axis=1)
+    if bad.any():
+        raise TrainingError(f"{bad.sum()} of {n} sampled activation rows contain NaN/Inf "
+                            f"(first at source row {rows[np.argmax(bad)]}); clean or re-extract the data")
+    scale = 1.0
+    if cfg.data.normalize == "expected_norm":
+        mean_norm = float(np.linalg.norm(sample, axis=1).mean())
+        if mean_norm == 0:
+            raise TrainingError("sampled activations are all zero; check the data source")
+        scale = math.sqrt(source.d_in) / mean_norm
+    return geometric_median(sample * scale).astype(np.float32), scale
+
+
+class _StopFlag:
+    """Set by SIGTERM so the loop can save and leave between steps."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no flag
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _MetricsLog:
+    """metrics.jsonl, the progress bar and (optionally) Weights & Biases."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, start_step: int):
+        self.cfg = cfg
+        self.main = jax.process_index() == 0
+        self.file = open(run_dir / "metrics.jsonl", "a") if self.main else None
+        self.bar = None
+        if self.main and cfg.log.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self.wandb = None
+        if self.main and cfg.log.wandb_project:
+            import wandb  # optional dependency, imported only when asked for
+
+            self.wandb = wandb.init(project=cfg.log.wandb_project, config=cfg.to_dict(),
+                                    dir=str(run_dir), resume="allow")
+        self.t0, self.step0 = time.perf_counter(), start_step
+
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        done = step + 1
+        rate = (done - self.step0) * self.cfg.data.batch_size / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(tok_s=f"{rate:,.0f}", loss=f"{metrics['loss']:.4f}",
+                                 l0=f"{metrics['l0']:.1f}", dead=f"{100 * metrics['dead_frac']:.1f}%",
+                                 refresh=False)
+        if done % self.cfg.log.every == 0 or done == self.cfg.steps:
+            line = {"step": done, "tokens": done * self.cfg.data.batch_size, "tokens_per_s": rate} | metrics
+            if self.file is not None:
+                self.file.write(json.dumps(line) + "\n")
+                self.file.flush()
+            if self.wandb is not None:
+                self.wandb.log(line, step=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
+    path = run_dir / "config.json"
+    if path.exists():  # resuming: the run's data order and model must not change
+        old = json.loads(path.read_text())
+        new = cfg.to_dict()
+        diff = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+        if diff:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config ({', '.join(diff)} differ); "
+                "use a new --run-dir, or --checkpoint.resume False to start over there")
+    if jax.process_index() == 0:
+        path.write_text(cfg.to_json())
+
+
+def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """Fetch a step's metrics and stop on bad data or divergence."""
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not m.pop("batch_finite"):
+        raise TrainingError(f"the batch at step {step} contains NaN/Inf activations; find them with "
+                            "`sae-jax check-store` (or np.isfinite on the .npy) and re-extract")
+    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+        raise TrainingError(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; "
+                            "stopped without saving this state: lower --optim.lr or raise "
+                            "--optim.warmup-steps, then rerun to resume from the last good checkpoint")
+    return m
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; returns the final state and metrics."""
+    distributed.maybe_initialize()
+    source = open_source(cfg.data)
+    validate(cfg, d_in=source.d_in, n_devices=jax.device_count())
+    d_in, d_sae = source.d_in, cfg.sae.d_sae
+    pieces = assemble(cfg, d_in)
+    mesh, arch, optimizer = pieces.mesh, pieces.arch, pieces.optimizer
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(str(run_dir / "checkpoints"), cfg.checkpoint)
+    latest = ckpt.latest_step()
+    if latest is None:
+        if jax.process_index() == 0:
+            (run_dir / "config.json").write_text(cfg.to_json())
+        b_dec, scale = input_statistics(source, cfg)
+        state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale)
+    else:
+        if not cfg.checkpoint.resume:
+            raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new "
+                              "--run-dir to start over, or drop --checkpoint.resume False to resume")
+        _check_config(run_dir, cfg)
+        state = ckpt.restore(latest, pieces.abstract)
+
+    step_fn = make_train_step(cfg, arch, optimizer, mesh, pieces.shardings)
+    loader = BatchLoader(source, cfg.data.batch_size, cfg.data.seed, batch_sharding(mesh))
+    start = int(state.step)
+    log = _MetricsLog(cfg, run_dir, start)
+    last: dict[str, float] = {}
+    saved_step = latest
+    pending = None  # (step, device metrics) not yet fetched
+
+    def consume():
+        nonlocal pending, last
+        if pending is not None:
+            step, metrics = pending
+            pending = None
+            last = _host_metrics(step, metrics)
+            log.record(step, last)
+
+    try:
+        with _StopFlag() as stop:
+            for step in range(start, cfg.steps):
+                state, metrics = step_fn(state, loader.device_batch(step))
+                consume()  # the previous step's metrics, while this one runs
+                pending = (step, metrics)
+                done = step + 1
+                if done % cfg.checkpoint.every == 0 or done == cfg.steps or stop.set:
+                    consume()
+                    ckpt.save(done, state)
+                    saved_step = done
+                if stop.set:
+                    print(f"SIGTERM: saved step {saved_step} in {run_dir}; rerun the same command to resume")
+                    break
+            consume()
+    except KeyboardInterrupt:
+        try:
+            consume()
+            if int(state.step) != saved_step:
+                ckpt.save(int(state.step), state)
+            print(f"\ninterrupted: saved step {int(state.step)} in {run_dir}; rerun the same command to resume")
+        finally:
+            ckpt.wait()
+        raise
+    finally:
+        log.close()
+        ckpt.wait()
+    ckpt.close()
+
+    export_dir = None
+    if int(state.step) == cfg.steps and jax.process_index() == 0:
+        export_dir = export_state(run_dir / "export", arch, state,
+                                  {"config": cfg.to_dict(), "steps": cfg.steps})
+    return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)
