@@ -1,0 +1,222 @@
+"""Exact top-k, sparse TopK encoder and gathered decoder, written so XLA compiles them fast.
+
+Measured on the project's 2-core CPU (docs/performance.md has the figures and commands):
+- ``lax.top_k`` on CPU is a single-threaded partial sort per row; pruning with chunk maxima
+  first (a vectorised reduce) cuts the rows it has to scan by ~F/(M + k*C).
+- Gathering (B, k, d) decoder rows materialises B*k*d floats; a loop over the k slots, each
+  a fused gather + multiply-add into a [B, d] accumulator, never materialises them and is
+  ~10x faster. Scatter-adds are fastest as a scan over batch blocks.
+- The encoder backward touches only the k selected columns of W_enc per token (a
+  ``custom_vjp``), instead of the dense B x d x F matmul autodiff would emit.
+
+All functions are exact (float reassociation aside); ties in top-k may be broken in a
+different order than ``lax.top_k``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_UNROLL_MAX_K = 64  # above this, loops over k slots become scans (compile time)
+
+
+# ---------------------------------------------------------------------------------------
+# top-k
+
+
+def _chunk_size(n: int, k: int) -> int:
+    """Chunk width C for the pruned top-k: about sqrt(n / k), a power of two in [8, 128]."""
+    c = 2 ** round(math.log2(max(math.sqrt(n / max(k, 1)), 1.0)))
+    return int(min(max(c, 8), 128))
+
+
+def _topk_chunked(x: jax.Array, k: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k along the last axis via chunk maxima.
+
+    The k largest values lie in the k chunks with the largest maxima (any element in the
+    top-k is >= the k-th largest chunk maximum, and each chunk contributes its maximum),
+    so: reduce chunk maxima, top-k over them, gather those k chunks, top-k over k*C.
+    """
+    *lead, n = x.shape
+    rows = math.prod(lead)
+    x2 = x.reshape(rows, n)
+    m = -(-n // chunk)
+    if m * chunk != n:  # pad with -inf so the reshape is exact; pads never win unless n < k
+        x2 = jnp.pad(x2, ((0, 0), (0, m * chunk - n)), constant_values=-jnp.inf)
+    xc = x2.reshape(rows, m, chunk)
+    _, ci = lax.top_k(jnp.max(xc, axis=-1), k)  # [rows, k] chunk ids
+    cand = jnp.take_along_axis(xc, ci[:, :, None], axis=1, mode="promise_in_bounds")
+    vals, j = lax.top_k(cand.reshape(rows, k * chunk), k)
+    idx = jnp.take_along_axis(ci, j // chunk, axis=1) * chunk + j % chunk
+    return vals.reshape(*lead, k), idx.astype(jnp.int32).reshape(*lead, k)
+
+
+def topk(x: jax.Array, k: int, *, method: str = "auto") -> tuple[jax.Array, jax.Array]:
+    """Exact top-k along the last axis: (values [..., k] descending, indices [..., k] int32).
+
+    method: 'lax' (``lax.top_k``), 'chunked' (chunk-maxima pruning, fastest on CPU), or
+    'auto' (chunked on CPU when the row is long enough to pay, ``lax.top_k`` elsewhere:
+    GPU/TPU have their own top-k lowerings).
+    """
+    n = x.shape[-1]
+    if not 0 < k <= n:
+        raise ValueError(f"top-k needs 0 < k <= {n} (the last axis), got k={k}")
+    if method not in ("auto", "lax", "chunked"):
+        raise ValueError(f"topk method must be 'auto', 'lax' or 'chunked', got {method!r}")
+    chunk = _chunk_size(n, k)
+    pays = -(-n // chunk) >= 4 * k  # chunk maxima must prune, else the second stage is the whole row
+    if method == "auto":
+        method = "chunked" if (jax.default_backend() == "cpu" and pays) else "lax"
+    if method == "chunked" and -(-n // chunk) >= k:
+        return _topk_chunked(x, k, chunk)
+    vals, idx = lax.top_k(x, k)
+    return vals, idx.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# gathered rows: sum_j w[b, j] * table[idx[b, j]]  and its transposes
+
+
+def _gather_combine(w: jax.Array, idx: jax.Array, table: jax.Array) -> jax.Array:
+    """[B, d] = sum_j w[:, j, None] * table[idx[:, j]], never materialising [B, k, d]."""
+    k = idx.shape[1]
+    acc = jnp.zeros((w.shape[0], table.shape[1]), jnp.result_type(w.dtype, table.dtype))
+
+    def slot(acc, wj, ij):
+        return acc + wj[:, None] * table.at[ij].get(mode="promise_in_bounds")
+
+    if k <= _UNROLL_MAX_K:
+        for j in range(k):
+            acc = slot(acc, w[:, j], idx[:, j])
+        return acc
+    return lax.scan(lambda a, s: (slot(a, *s), None), acc, (w.T, idx.T), unroll=8)[0]
+
+
+def _block_rows(b: int, target: int = 256) -> int:
+    """Number of batch blocks: blocks of about `target` rows that divide b."""
+    nb = max(b // target, 1)
+    while b % nb:
+        nb -= 1
+    return nb
+
+
+def _gather_dot(g: jax.Array, idx: jax.Array, table: jax.Array) -> jax.Array:
+    """[B, k] = <g[b], table[idx[b, j]]>, in batch blocks so each gather stays in cache."""
+    b, k = idx.shape
+    nb = _block_rows(b)
+
+    def block(args):
+        gb, ib = args
+        rows = table.at[ib].get(mode="promise_in_bounds")  # [b/nb, k, d]
+        return jnp.einsum("bd,bkd->bk", gb, rows)
+
+    out = lax.map(block, (g.reshape(nb, b // nb, -1), idx.reshape(nb, b // nb, k)))
+    return out.reshape(b, k)
+
+
+def _scatter_outer(w: jax.Array, idx: jax.Array, rows: jax.Array, n: int) -> jax.Array:
+    """[n, d] with out[idx[b, j]] += w[b, j] * rows[b] (duplicates accumulate)."""
+    b, k = idx.shape
+    d = rows.shape[1]
+    nb = _block_rows(b)
+    out = jnp.zeros((n, d), jnp.result_type(w.dtype, rows.dtype))
+
+    def block(acc, args):
+        wb, ib, rb = args
+        upd = (wb[:, :, None] * rb[:, None, :]).reshape(-1, d)
+        return acc.at[ib.reshape(-1)].add(upd, mode="promise_in_bounds"), None
+
+    args = (w.reshape(nb, b // nb, k), idx.reshape(nb, b // nb, k), rows.reshape(nb, b // nb, d))
+    return lax.scan(block, out, args)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# decoder
+
+
+@jax.custom_vjp
+def sparse_decode(vals: jax.Array, idx: jax.Array, W_dec: jax.Array) -> jax.Array:
+    """[B, d] = sum_j vals[:, j] * W_dec[idx[:, j]]  (the decoder of a TopK SAE, without b_dec).
+
+    Equal to ``h @ W_dec`` where h is the dense [B, F] code with vals at idx; gradients
+    flow to vals and W_dec (idx is integer).
+    """
+    return _gather_combine(vals, idx, W_dec)
+
+
+def _decode_fwd(vals, idx, W_dec):
+    return _gather_combine(vals, idx, W_dec), (vals, idx, W_dec)
+
+
+def _decode_bwd(res, g):
+    vals, idx, W_dec = res
+    g_vals = _gather_dot(g, idx, W_dec).astype(vals.dtype)
+    g_w = _scatter_outer(vals, idx, g, W_dec.shape[0]).astype(W_dec.dtype)
+    return g_vals, None, g_w
+
+
+sparse_decode.defvjp(_decode_fwd, _decode_bwd)
+
+
+# ---------------------------------------------------------------------------------------
+# encoder
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _encode(x_c, W_enc, b_enc, k, method):
+    pre = x_c @ W_enc + b_enc
+    v, idx = topk(pre, k, method=method)
+    return jax.nn.relu(v), idx
+
+
+def _encode_fwd(x_c, W_enc, b_enc, k, method):
+    vals, idx = _encode(x_c, W_enc, b_enc, k, method)
+    return (vals, idx), (x_c, W_enc, vals, idx)
+
+
+def _encode_bwd(k, method, res, cts):
+    x_c, W_enc, vals, idx = res
+    g = cts[0]
+    gp = jnp.where(vals > 0, g, 0)  # relu'(pre) at the selected entries
+    n = W_enc.shape[1]
+    g_b = jnp.zeros((n,), g.dtype).at[idx.reshape(-1)].add(gp.reshape(-1))
+    # Scatter rows of W_enc^T (contiguous), transpose once at the end.
+    g_wT = _scatter_outer(gp, idx, x_c, n)
+    g_x = _gather_combine(gp, idx, W_enc.T)
+    return g_x.astype(x_c.dtype), g_wT.T.astype(W_enc.dtype), g_b.astype(W_enc.dtype)
+
+
+_encode.defvjp(_encode_fwd, _encode_bwd)
+
+
+def sparse_encode(
+    x_c: jax.Array, W_enc: jax.Array, b_enc: jax.Array, k: int, *, topk_method: str = "auto"
+) -> tuple[jax.Array, jax.Array]:
+    """TopK encoder: (relu of the k largest of x_c @ W_enc + b_enc [B, k], their indices [B, k]).
+
+    x_c is the centred input (x - b_dec). Differentiable wrt x_c, W_enc and b_enc; the
+    backward touches only the selected columns of W_enc (scatter-add of x_c (x) g), so
+    it costs O(B k d) instead of O(B d F).
+    """
+    if x_c.ndim != 2 or W_enc.ndim != 2 or x_c.shape[1] != W_enc.shape[0]:
+        raise ValueError(
+            f"sparse_encode needs x_c [B, d] and W_enc [d, F] with matching d; "
+            f"got {x_c.shape} and {W_enc.shape}"
+        )
+    if b_enc.shape != (W_enc.shape[1],):
+        raise ValueError(f"b_enc must have shape ({W_enc.shape[1]},), got {b_enc.shape}")
+    return _encode(x_c, W_enc, b_enc, int(k), topk_method)
+
+
+def choose_impl(impl: str, backend: str | None = None) -> str:
+    """Resolve sae.impl: 'auto' -> 'sparse' on CPU/GPU (gathers are cheap), 'dense' on TPU."""
+    if impl not in ("dense", "sparse", "auto"):
+        raise ValueError(f"impl must be 'dense', 'sparse' or 'auto', got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    return "dense" if backend == "tpu" else "sparse"
