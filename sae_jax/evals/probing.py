@@ -1,0 +1,120 @@
+"""Linear probes (scikit-learn logistic regression) on raw activations and on SAE codes.
+
+- accuracy of a probe on a held-out split;
+- selectivity (Hewitt & Liang): accuracy minus the accuracy on control tasks whose labels
+  are shuffled at the same class frequencies, averaged over several controls;
+- k-sparse probing: the k units with the largest class-mean difference on the training split,
+  a probe on those k only, swept over k.
+
+Features may be dense NumPy or ``scipy.sparse`` (SAE codes are mostly zeros).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+SPARSE_KS = (1, 2, 5, 10, 20, 50)
+
+
+def _check(X, y, name):
+    y = np.asarray(y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: {X.shape[0]} rows of features but {y.shape[0]} labels")
+    if np.unique(y).size < 2:
+        raise ValueError(f"{name}: labels have a single class; a probe needs at least two")
+    return y
+
+
+def probe_accuracy(X_train, y_train, X_test, y_test, C: float = 1.0, max_iter: int = 2000) -> float:
+    """Held-out accuracy of a standardised L2 logistic-regression probe."""
+    y_train = _check(X_train, y_train, "train")
+    y_test = np.asarray(y_test)
+    scaler = StandardScaler(with_mean=not sp.issparse(X_train))
+    probe = make_pipeline(scaler, LogisticRegression(C=C, max_iter=max_iter))
+    probe.fit(X_train, y_train)
+    return float(probe.score(X_test, y_test))
+
+
+def control_labels(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels shuffled: the same class frequencies, no relation to the inputs."""
+    return rng.permutation(np.asarray(y))
+
+
+def selectivity(X_train, y_train, X_test, y_test, n_controls: int = 5, seed: int = 0, C: float = 1.0) -> dict[str, float]:
+    """Probe accuracy, mean control-task accuracy, and their difference."""
+    acc = probe_accuracy(X_train, y_train, X_test, y_test, C=C)
+    rng = np.random.default_rng(seed)
+    controls = [
+        probe_accuracy(X_train, control_labels(y_train, rng), X_test, control_labels(y_test, rng), C=C)
+        for _ in range(n_controls)
+    ]
+    return {"accuracy": acc, "control_accuracy": float(np.mean(controls)), "selectivity": acc - float(np.mean(controls))}
+
+
+def _column_means(X, mask) -> np.ndarray:
+    sub = X[mask]
+    return np.asarray(sub.mean(axis=0)).ravel()
+
+
+def mean_difference(X, y) -> np.ndarray:
+    """Per unit, the largest |mean(class c) - mean(rest)| over classes (|mean1 - mean0| if binary)."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    diffs = [np.abs(_column_means(X, y == c) - _column_means(X, y != c)) for c in classes[: 1 if classes.size == 2 else None]]
+    return np.max(diffs, axis=0)
+
+
+def top_k_units(X_train, y_train, k: int) -> np.ndarray:
+    """Indices of the k units with the largest class-mean difference (ties: lower index first)."""
+    diff = mean_difference(X_train, y_train)
+    return np.argsort(-diff, kind="stable")[:k]
+
+
+def sparse_probing(X_train, y_train, X_test, y_test, ks: Sequence[int] = SPARSE_KS, C: float = 1.0) -> dict[int, float]:
+    """Held-out accuracy of a probe on the top-k units for each k (k capped at the unit count)."""
+    n_units = X_train.shape[1]
+    order = top_k_units(X_train, y_train, n_units)
+    out = {}
+    for k in ks:
+        cols = order[: min(k, n_units)]
+        out[int(k)] = probe_accuracy(X_train[:, cols], y_train, X_test[:, cols], y_test, C=C)
+    return out
+
+
+@dataclass
+class ProbingResult:
+    activations: dict[str, float]
+    codes: dict[str, float]
+    sparse_ks: list[int]
+    sparse_codes: list[float]
+    sparse_activations: list[float]
+    n_train: int
+    n_test: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_probing(acts: np.ndarray, codes, labels: np.ndarray, test_size: float = 0.25, seed: int = 0,
+                     n_controls: int = 5, ks: Sequence[int] = SPARSE_KS) -> ProbingResult:
+    """Probes on raw activations vs SAE codes (same rows, same stratified split)."""
+    labels = _check(acts, labels, "probing")
+    if codes.shape[0] != acts.shape[0]:
+        raise ValueError(f"codes have {codes.shape[0]} rows, activations {acts.shape[0]}: they must be the same tokens")
+    idx = np.arange(len(labels))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
+    codes = sp.csr_matrix(codes) if not sp.issparse(codes) else codes.tocsr()
+    a = selectivity(acts[tr], labels[tr], acts[te], labels[te], n_controls, seed)
+    c = selectivity(codes[tr], labels[tr], codes[te], labels[te], n_controls, seed)
+    sc = sparse_probing(codes[tr], labels[tr], codes[te], labels[te], ks)
+    sa = sparse_probing(acts[tr], labels[tr], acts[te], labels[te], ks)
+    return ProbingResult(a, c, list(sc), list(sc.values()), list(sa.values()), len(tr), len(te))
