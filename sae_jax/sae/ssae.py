@@ -115,7 +115,13 @@ class SSAE:
         return (x - mu) / std, (mu, std), new
 
     def _code(self, params, state, x_n, train: bool):
-        pre = base.pre_activations(params, x_n, self.dtype)
+        if self.code_norm == "batchnorm":
+            # The batch mean cancels b_enc exactly; its gradient is pure round-off, which Adam
+            # would blow up to full-size steps, so b_enc is frozen (it is folded at export).
+            pre = base.matmul(x_n - params["b_dec"], params["W_enc"], self.dtype)
+            pre = pre + jax.lax.stop_gradient(params["b_enc"])
+        else:
+            pre = base.pre_activations(params, x_n, self.dtype)
         new = dict(state)
         if self.code_norm == "layernorm":
             mu = jnp.mean(pre, axis=-1, keepdims=True)
