@@ -59,13 +59,14 @@ class DifferenceSource:
 
 def multi_concept_shifts(n_rows: int, d: int, n_concepts: int, p_active: float = 0.2,
                          noise: float = 0.01, seed: int = 0, signed: bool = True,
-                         concept_cos: float = 0.0) -> ArraySource:
+                         concept_cos: float = 0.0, directions: np.ndarray | None = None) -> ArraySource:
     """Δz = c @ A + noise with unit concept directions A [n_concepts, d] and sparse c.
 
     Each concept shifts with probability ``p_active`` (a row with none gets one at random,
     since a pair of identical inputs has no shift to explain); a shift has magnitude
     U[0.5, 1.5] and, if ``signed``, a random sign (the concept turned on or off).
     ``concept_cos`` > 0 makes the directions correlated (pairwise cosine ≈ that value).
+    ``directions`` reuses given unit directions (e.g. a held-out set for the same concepts).
     Ground truth in metadata: ``directions`` [n_concepts, d], ``codes`` [n_rows, n_concepts].
     """
     if n_rows <= 0 or d <= 0 or n_concepts <= 0:
@@ -79,7 +80,12 @@ def multi_concept_shifts(n_rows: int, d: int, n_concepts: int, p_active: float =
     if concept_cos > 0:  # a shared component gives every pair the same expected cosine
         shared = rng.standard_normal(d)
         raw = np.sqrt(1 - concept_cos) * raw + np.sqrt(concept_cos) * shared
-    directions = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    if directions is None:
+        directions = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    else:
+        directions = np.asarray(directions, np.float64)
+        if directions.shape != (n_concepts, d):
+            raise ValueError(f"directions must have shape (n_concepts, d)=({n_concepts}, {d}), got {directions.shape}")
     on = rng.random((n_rows, n_concepts)) < p_active
     empty = ~on.any(axis=1)
     on[np.nonzero(empty)[0], rng.integers(0, n_concepts, int(empty.sum()))] = True

@@ -1,0 +1,1 @@
+"""Non-SAE baselines exported through the same parameter dict (e.g. PCA)."""
