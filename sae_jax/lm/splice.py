@@ -178,3 +178,26 @@ def mean_activation(
     if not count:
         raise ValueError("no real, non-special tokens in the batches: cannot compute a mean activation")
     return (total / count).cpu().numpy()
+
+
+@torch.no_grad()
+def hooked_activations(
+    model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]], layer: int, hook: str
+) -> Iterator[np.ndarray]:
+    """The clean hooked activation of each ``(input_ids, attention_mask)`` batch, float32 [B, T, d]."""
+    from sae_jax.lm.hooks import forward_activations
+
+    device = next(model.parameters()).device
+    for ids, att in batches:
+        inputs = {"input_ids": torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device),
+                  "attention_mask": torch.as_tensor(np.asarray(att), dtype=torch.long, device=device)}
+        acts = forward_activations(model, inputs, [(layer, hook)])
+        yield next(iter(acts.values())).to(torch.float32).cpu().numpy()
+
+
+def unembedding(model: torch.nn.Module) -> np.ndarray:
+    """The output embedding W_U as float32 NumPy [vocab, d_model] (logits = h @ W_U.T)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding: logit effects need a causal LM")
+    return head.weight.detach().to(torch.float32).cpu().numpy()

@@ -1,0 +1,344 @@
+"""``sae-jax eval``: evaluate an exported SAE and write ``eval.json`` and ``report.html``.
+
+Runs the evaluations whose inputs are given (activations always; an LM and texts for
+splicing and the feature browser; labels for probing and t-tests; a second SAE or a true
+dictionary for identifiability) and skips the others with a note saying what they need.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sae_jax.config import DataConfig
+from sae_jax.evals import plots
+from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_rows
+from sae_jax.evals.report import Report, figure_png, note, table
+
+EVALS = ("core", "splice", "identifiability", "probing", "stats", "browser")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate, on what, and where the results go."""
+
+    sae: str = ""
+    """Exported SAE folder (cfg.json + sae_weights.safetensors): this project's export or any SAELens SAE."""
+    out_dir: str = ""
+    """Where eval.json and report.html are written; empty = an 'eval' folder beside the SAE folder."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Activations to evaluate on (store, .npy or synthetic); left at its defaults, the training run's
+    config.json next to the SAE folder (if any) supplies it."""
+    run_config: str = ""
+    """A training run's config.json whose data section to use (overrides --data)."""
+    heldout_start: float = 0.9
+    """Start of the held-out split, as a fraction of the source's rows."""
+    heldout_stop: float = 1.0
+    """End of the held-out split, as a fraction of the source's rows."""
+    max_rows: int = 1_000_000
+    """At most this many held-out rows (tokens) for the core metrics; 0 = all."""
+    batch_size: int = 2048
+    """Rows per streamed batch (memory ~ batch_size x d_sae floats)."""
+    model: str = ""
+    """Language model (short name, folder or .gguf) for splicing and the browser; empty skips them."""
+    layer: int = 0
+    """Block whose activation the SAE reads."""
+    hook: Literal["resid", "mlp_out", "attn_out"] = "resid"
+    """Hook point inside the block."""
+    text_file: str = ""
+    """Held-out texts for splicing and the browser: a .txt file (one text per line) or .jsonl with a 'text' field."""
+    n_texts: int = 64
+    """Texts used from text_file."""
+    seq_len: int = 128
+    """Tokens per text (longer texts are truncated)."""
+    labels: str = ""
+    """A .npy of 0/1 labels, one per source row: enables probing and per-unit t-tests on the held-out split."""
+    max_probe_rows: int = 20_000
+    """Held-out rows used for probing (probes hold their inputs in memory)."""
+    compare_sae: str = ""
+    """A second SAE (e.g. another seed): decoder-direction matching and code MCC."""
+    ground_truth: str = ""
+    """A .npy true dictionary [n_features, d_in]; synthetic data supplies its own."""
+    max_match: int = 8192
+    """Skip Hungarian matching above this many latents (its cost grows as the cube)."""
+    browser_latents: tuple[int, ...] = ()
+    """Latents shown in the feature browser; empty = the most frequent alive latents."""
+    n_browser_latents: int = 12
+    """How many latents the browser shows when none are listed."""
+    evals: tuple[str, ...] = EVALS
+    """Evaluations to run, from: core, splice, identifiability, probing, stats, browser."""
+
+    def __post_init__(self):
+        unknown = [e for e in self.evals if e not in EVALS]
+        if unknown:
+            raise ValueError(f"unknown evaluations {unknown}; choose from {EVALS}")
+        if not self.sae:
+            raise ValueError("no SAE given: pass --sae <exported SAE folder>")
+
+
+def _resolve_data(cfg: EvalConfig) -> tuple[DataConfig, str]:
+    path = cfg.run_config
+    if not path and cfg.data == DataConfig():
+        guess = Path(cfg.sae).resolve().parent / "config.json"
+        path = str(guess) if guess.exists() else ""
+    if not path:
+        return cfg.data, "--data"
+    d = json.loads(Path(path).read_text())
+    if "data" not in d:
+        raise ValueError(f"{path} has no 'data' section; pass --data.store / --data.npy instead")
+    return DataConfig(**d["data"]), path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def read_texts(path: str, n: int) -> list[str]:
+    """First ``n`` non-empty texts of a .txt (one per line) or .jsonl ('text' field) file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no text file at {path!r}")
+    texts = []
+    with p.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if p.suffix == ".jsonl":
+                rec = json.loads(line)
+                if "text" not in rec:
+                    raise ValueError(f"{path}: a .jsonl text file needs a 'text' field in every record")
+                line = rec["text"]
+            texts.append(line)
+            if len(texts) >= n:
+                break
+    if not texts:
+        raise ValueError(f"{path} holds no texts")
+    return texts
+
+
+def token_batches(tokenizer, texts: list[str], seq_len: int, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(input_ids, attention_mask)`` NumPy batches, right-padded and truncated to ``seq_len``."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=seq_len, padding=True,
+                        return_tensors="np")
+        out.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
+    return out
+
+
+class _Context:
+    """What the evaluations share: the SAE, source, split, LM and texts (loaded once, lazily)."""
+
+    def __init__(self, cfg: EvalConfig):
+        from sae_jax.data.open import open_source
+        from sae_jax.export import load_sae
+
+        self.cfg = cfg
+        self.sae = load_sae(cfg.sae)
+        self.data_cfg, self.data_from = _resolve_data(cfg)
+        self.source = open_source(self.data_cfg)
+        self.rows = split_rows(self.source.n_rows, cfg.heldout_start, cfg.heldout_stop, cfg.max_rows)
+        self._lm = None
+        self.core: CoreMetrics | None = None
+
+    @property
+    def lm(self):
+        """(model, tokenizer, token batches) or None without a model and texts."""
+        if self._lm is None and self.cfg.model and self.cfg.text_file:
+            from sae_jax.lm.models import load_model
+
+            model, tok = load_model(self.cfg.model)
+            texts = read_texts(self.cfg.text_file, self.cfg.n_texts)
+            self._lm = (model, tok, token_batches(tok, texts, self.cfg.seq_len))
+        return self._lm
+
+
+def _core(ctx: _Context, report: Report) -> dict[str, Any]:
+    m = evaluate_core(ctx.sae, ctx.source, ctx.rows, ctx.cfg.batch_size)
+    ctx.core = m
+    report.add("Reconstruction and sparsity", table(m.to_dict()),
+               figure_png(plots.density_histogram(m.density_hist_counts, m.density_hist_edges, m.n_dead, m.n_tokens)),
+               note("FVU = sum||x - x_hat||^2 / sum||x - mean x||^2 over the held-out split (float64). "
+                    "nmse_vs_zero divides by sum||x||^2 instead. Densities < 1e-5 / 1e-6 include dead latents."))
+    return m.to_dict()
+
+
+def _splice(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    if ctx.lm is None:
+        return None
+    from sae_jax.evals.splice import evaluate_splice
+
+    model, tok, batches = ctx.lm
+    m = evaluate_splice(model, ctx.sae, batches, ctx.cfg.layer, ctx.cfg.hook, tok.all_special_ids)
+    ce = {"clean": m.ce_clean, "spliced": m.ce_spliced, "spliced+error": m.ce_spliced_with_error,
+          "zero-ablated": m.ce_zero, "mean-ablated": m.ce_mean}
+    report.add("Splicing into the language model", table(m.to_dict()), figure_png(plots.splice_bars(ce)),
+               note(f"{ctx.cfg.model}, block {ctx.cfg.layer}, hook {ctx.cfg.hook}; CE over {m.n_tokens:,} "
+                    "non-special target tokens. spliced+error must equal clean (a check of the hook)."))
+    return m.to_dict()
+
+
+def _identifiability(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    from sae_jax.evals.identifiability import CrossCorrelation, match_directions, mcc_from_corr
+
+    cfg, out, rows = ctx.cfg, {}, []
+    W = ctx.sae.params["W_dec"]
+    truth = None
+    if cfg.ground_truth:
+        truth = np.load(cfg.ground_truth)
+    elif isinstance(ctx.source.metadata.get("dictionary"), np.ndarray):
+        truth = ctx.source.metadata["dictionary"]
+    too_big = max(W.shape[0], truth.shape[0] if truth is not None else 0) > cfg.max_match
+    if truth is not None and not too_big:
+        mean_cos, share, _ = match_directions(truth, W)
+        out["ground_truth"] = {"n_true_features": int(truth.shape[0]), "mean_matched_abs_cos": mean_cos,
+                               "share_above_0.9": share}
+        rows.append({"comparison": "true dictionary vs decoder rows", **out["ground_truth"]})
+    if cfg.compare_sae and not too_big:
+        from sae_jax.export import load_sae
+
+        other = load_sae(cfg.compare_sae)
+        mean_cos, share, _ = match_directions(W, other.params["W_dec"])
+        acc = CrossCorrelation(ctx.sae.d_sae, other.d_sae)
+        for x in iter_batches(ctx.source, ctx.rows[: 200_000], cfg.batch_size):
+            acc.update(ctx.sae.encode(x), other.encode(x))
+        value, _ = mcc_from_corr(acc.corr())
+        out["compare"] = {"other": cfg.compare_sae, "mean_matched_abs_cos": mean_cos, "share_above_0.9": share,
+                          "code_mcc": value}
+        rows.append({"comparison": "decoder rows vs other SAE", **out["compare"]})
+    if not out:
+        return None
+    report.add("Identifiability", table(rows, ["comparison", "mean_matched_abs_cos", "share_above_0.9", "code_mcc"]),
+               note("Hungarian matching by |cosine| (decoder rows) or |Pearson corr| (codes, MCC)."))
+    return out
+
+
+def _labelled(ctx: _Context):
+    labels = np.load(ctx.cfg.labels)
+    if labels.shape != (ctx.source.n_rows,):
+        raise ValueError(f"{ctx.cfg.labels}: expected {ctx.source.n_rows} labels (one per source row), got {labels.shape}")
+    return labels
+
+
+def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    if not ctx.cfg.labels:
+        return None
+    import scipy.sparse as sp
+
+    from sae_jax.evals.probing import evaluate_probing
+
+    labels = _labelled(ctx)
+    rows = ctx.rows[: ctx.cfg.max_probe_rows]
+    acts, codes = [], []
+    for x in iter_batches(ctx.source, rows, ctx.cfg.batch_size):
+        acts.append(x)
+        codes.append(sp.csr_matrix(ctx.sae.encode(x)))
+    r = evaluate_probing(np.concatenate(acts), sp.vstack(codes).tocsr(), labels[rows])
+    report.add("Probing", table([{"features": "activations", **r.activations}, {"features": "SAE codes", **r.codes}],
+                                ["features", "accuracy", "control_accuracy", "selectivity"]),
+               figure_png(plots.sparse_probing_curve(r.sparse_ks, {"SAE latents": r.sparse_codes,
+                                                                   "neurons": r.sparse_activations},
+                                                     {"all neurons": r.activations["accuracy"]})))
+    return r.to_dict()
+
+
+def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    if not ctx.cfg.labels:
+        return None
+    from sae_jax.evals.stats import ClassMoments, significance_counts
+
+    labels = _labelled(ctx)
+    neurons, latents = ClassMoments(ctx.sae.d_in), ClassMoments(ctx.sae.d_sae)
+    for i, x in zip(range(0, len(ctx.rows), ctx.cfg.batch_size), iter_batches(ctx.source, ctx.rows, ctx.cfg.batch_size)):
+        y = labels[ctx.rows[i:i + len(x)]]
+        neurons.update(x, y)
+        latents.update(ctx.sae.encode(x), y)
+    p_n, p_l = neurons.ttest()[1], latents.ttest()[1]
+    out = {"neurons": significance_counts(p_n).to_dict(), "latents": significance_counts(p_l).to_dict()}
+    report.add("Per-unit t-tests between classes",
+               table([{"units": k, **v} for k, v in out.items()],
+                     ["units", "n_units", "n_uncorrected", "n_bonferroni", "n_benjamini_hochberg", "alpha"]),
+               figure_png(plots.pvalue_histograms({"neurons": p_n, "SAE latents": p_l})))
+    return out
+
+
+def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    if ctx.lm is None:
+        return None
+    from sae_jax.evals import browser
+
+    model, tok, batches = ctx.lm
+    latents = list(ctx.cfg.browser_latents)
+    if not latents and ctx.core is not None:
+        latents = browser.pick_latents(ctx.core.frequency, ctx.cfg.n_browser_latents)
+    if not latents:
+        latents = list(range(min(ctx.cfg.n_browser_latents, ctx.sae.d_sae)))
+    page = browser.build_browser(model, tok, ctx.sae, batches, ctx.cfg.layer, ctx.cfg.hook, latents)
+    path = Path(_out_dir(ctx.cfg)) / "browser.html"
+    path.write_text(page.html, encoding="utf-8")
+    report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents</p>")
+    return {"path": str(path), "latents": [int(l) for l in latents]}
+
+
+def _out_dir(cfg: EvalConfig) -> Path:
+    return Path(cfg.out_dir) if cfg.out_dir else Path(cfg.sae).resolve().parent / "eval"
+
+
+_RUNNERS = {"core": _core, "splice": _splice, "identifiability": _identifiability, "probing": _probing,
+            "stats": _stats, "browser": _browser}
+_NEEDS = {"splice": "--model and --text-file", "browser": "--model and --text-file",
+          "probing": "--labels", "stats": "--labels",
+          "identifiability": "--compare-sae, --ground-truth or synthetic data (and at most --max-match latents)"}
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The numbers a training job prints at its end."""
+    core, splice = results.get("core") or {}, results.get("splice") or {}
+    out = {k: core.get(k) for k in ("fvu", "explained_variance", "l0", "dead_fraction", "alive_fraction")}
+    out["ce_loss_recovered"] = splice.get("ce_loss_recovered_zero")
+    return out
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, float]:
+    """Run the evaluations, write ``eval.json`` and ``report.html``, return the headline numbers."""
+    out_dir = _out_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(cfg)
+    report = Report(f"SAE evaluation: {cfg.sae}")
+    report.add("Setup", table({"sae": cfg.sae, "architecture": ctx.sae.cfg.get("architecture"), "d_in": ctx.sae.d_in,
+                               "d_sae": ctx.sae.d_sae, "k": ctx.sae.cfg.get("k"), "data from": ctx.data_from,
+                               "source rows": ctx.source.n_rows,
+                               "held-out rows": f"{ctx.rows[0]}..{ctx.rows[-1]} ({len(ctx.rows):,})"}))
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "skipped": {}, "seconds": {}}
+    for name in cfg.evals:
+        t0 = time.perf_counter()
+        value = _RUNNERS[name](ctx, report)
+        results["seconds"][name] = time.perf_counter() - t0
+        if value is None:
+            results["skipped"][name] = f"needs {_NEEDS[name]}"
+        else:
+            results[name] = value
+    if results["skipped"]:
+        report.add("Skipped", table(results["skipped"]))
+    results["headline"] = headline(results)
+    report.sections.insert(0, ("Headline", table(results["headline"])))
+    (out_dir / "eval.json").write_text(json.dumps(_jsonable(results), indent=2))
+    report.write(out_dir / "report.html")
+    return results["headline"]

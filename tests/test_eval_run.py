@@ -1,0 +1,98 @@
+"""End to end: run_eval on a tiny saved model, its activations and an exported SAE."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from sae_jax.config import DataConfig
+from sae_jax.data.source import ArraySource
+from sae_jax.evals.core import evaluate_core, split_rows
+from sae_jax.evals.identifiability import match_directions
+from sae_jax.evals.run import EvalConfig, run_eval, token_batches
+from sae_jax.export import load_sae, write_sae
+from sae_jax.lm.models import tiny_random_model
+from sae_jax.lm.splice import hooked_activations
+
+TEXTS = [f"sample text number {i}: the {w} jumps over {i * 7} fences" for i, w in
+         enumerate(["cat", "dog", "fox", "cow", "owl", "bee", "ant", "elk"] * 3)]
+
+
+def _topk_sae(path, d_in, d_sae, seed):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(d_sae, d_in)).astype(np.float32)
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    return write_sae(path, {"W_enc": W.T.copy(), "b_enc": np.zeros(d_sae, np.float32), "W_dec": W,
+                            "b_dec": np.zeros(d_in, np.float32)}, {"architecture": "topk", "k": 4})
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    model, tok = tiny_random_model("llama", n_layers=2, d_model=32, seed=0)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "texts.txt").write_text("\n".join(TEXTS))
+    acts = []
+    for (ids, att), a in zip(token_batches(tok, TEXTS, 64), hooked_activations(model, token_batches(tok, TEXTS, 64), 0, "resid")):
+        keep = att.astype(bool) & ~np.isin(ids, tok.all_special_ids)
+        acts.append(a[keep])
+    acts = np.concatenate(acts).astype(np.float32)
+    np.save(root / "acts.npy", acts)
+    rng = np.random.default_rng(0)
+    labels = (acts[:, 0] > np.median(acts[:, 0])).astype(np.int64)  # a real linear signal
+    np.save(root / "labels.npy", labels)
+    truth = rng.normal(size=(24, 32)).astype(np.float32)
+    np.save(root / "truth.npy", truth)
+    _topk_sae(root / "run" / "export", 32, 64, seed=1)
+    _topk_sae(root / "other", 32, 64, seed=2)
+    return root, acts
+
+
+def test_run_eval_writes_json_and_self_contained_report(workspace):
+    root, acts = workspace
+    cfg = EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(npy=str(root / "acts.npy")),
+                     heldout_start=0.5, model=str(root / "model"), text_file=str(root / "texts.txt"),
+                     labels=str(root / "labels.npy"), compare_sae=str(root / "other"),
+                     ground_truth=str(root / "truth.npy"), n_browser_latents=4, batch_size=100)
+    head = run_eval(cfg)
+    out = root / "run" / "eval"
+    res = json.loads((out / "eval.json").read_text())
+    assert res["skipped"] == {}
+    sae = load_sae(root / "run" / "export")
+    rows = split_rows(len(acts), 0.5, 1.0)
+    ref = evaluate_core(sae, ArraySource(acts), rows)
+    assert head["fvu"] == pytest.approx(ref.fvu, rel=1e-9)
+    assert head["l0"] == pytest.approx(ref.l0) and head["dead_fraction"] == pytest.approx(ref.dead_fraction)
+    assert res["core"]["n_tokens"] == len(rows)
+    s = res["splice"]
+    assert head["ce_loss_recovered"] == pytest.approx(s["ce_loss_recovered_zero"])
+    assert s["ce_spliced_with_error"] == pytest.approx(s["ce_clean"], abs=1e-5)
+    gt = match_directions(np.load(root / "truth.npy"), sae.params["W_dec"])
+    assert res["identifiability"]["ground_truth"]["mean_matched_abs_cos"] == pytest.approx(gt[0])
+    assert 0 <= res["identifiability"]["compare"]["code_mcc"] <= 1
+    assert res["probing"]["activations"]["accuracy"] > 0.8  # the label is a threshold on unit 0
+    assert res["stats"]["neurons"]["n_bonferroni"] >= 1
+    html = (out / "report.html").read_text()
+    for heading in ("Reconstruction and sparsity", "Splicing", "Identifiability", "Probing", "t-tests", "Feature browser"):
+        assert heading in html
+    assert html.count("data:image/png;base64,") >= 4
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", html)
+    browser = (out / "browser.html").read_text()
+    assert all(f"id='latent-{j}'" in browser for j in res["browser"]["latents"])
+
+
+def test_run_eval_skips_what_it_lacks_and_reads_the_run_config(workspace, tmp_path):
+    root, acts = workspace
+    (root / "run" / "config.json").write_text(json.dumps({"data": {"npy": str(root / "acts.npy")}}))
+    head = run_eval(EvalConfig(sae=str(root / "run" / "export"), out_dir=str(tmp_path), evals=("core", "splice")))
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert "splice" in res["skipped"] and head["ce_loss_recovered"] is None
+    assert head["fvu"] > 0
+
+
+def test_eval_config_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown evaluations"):
+        EvalConfig(sae="x", evals=("core", "nope"))
+    with pytest.raises(ValueError, match="--sae"):
+        EvalConfig()
