@@ -28,7 +28,13 @@ def dense_forward(p, x, k):
 
 
 def sparse_forward(p, x, k, method="auto"):
-    vals, idx = sparse_encode(x - p["b_dec"], p["W_enc"], p["b_enc"], k, topk_method=method)
+    vals, idx = sparse_encode(x, p["W_enc"], p["b_enc"], k, b_dec=p["b_dec"], topk_method=method)
+    return sparse_decode(vals, idx, p["W_dec"]) + p["b_dec"]
+
+
+def sparse_forward_centred(p, x, k):
+    # the x_c form: b_dec's encoder gradient flows back through x - b_dec
+    vals, idx = sparse_encode(x - p["b_dec"], p["W_enc"], p["b_enc"], k)
     return sparse_decode(vals, idx, p["W_dec"]) + p["b_dec"]
 
 
@@ -76,11 +82,12 @@ def test_sparse_matches_dense_values_and_grads(B, d, F, k):
         np.asarray(sparse_forward(p, x, k)), np.asarray(dense_forward(p, x, k)), rtol=1e-5, atol=1e-5
     )
     gd = jax.grad(_loss(dense_forward, k), argnums=(0, 1))(p, x)
-    gs = jax.grad(_loss(sparse_forward, k), argnums=(0, 1))(p, x)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        np.testing.assert_allclose(np.asarray(gs[0][name]), np.asarray(gd[0][name]), rtol=1e-4, atol=1e-4)
-        assert float(jnp.abs(gd[0][name]).max()) > 0  # the path carries signal
-    np.testing.assert_allclose(np.asarray(gs[1]), np.asarray(gd[1]), rtol=1e-4, atol=1e-4)
+    for fwd in (sparse_forward, sparse_forward_centred):
+        gs = jax.grad(_loss(fwd, k), argnums=(0, 1))(p, x)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            np.testing.assert_allclose(np.asarray(gs[0][name]), np.asarray(gd[0][name]), rtol=1e-4, atol=1e-4)
+            assert float(jnp.abs(gd[0][name]).max()) > 0  # the path carries signal
+        np.testing.assert_allclose(np.asarray(gs[1]), np.asarray(gd[1]), rtol=1e-4, atol=1e-4)
 
 
 def test_grads_match_under_jit_with_unrolling_off():
@@ -134,6 +141,8 @@ def test_encode_shape_errors_are_clear():
         sparse_encode(jnp.zeros((2, 3)), jnp.zeros((4, 8)), jnp.zeros((8,)), 2)
     with pytest.raises(ValueError, match="b_enc"):
         sparse_encode(jnp.zeros((2, 4)), jnp.zeros((4, 8)), jnp.zeros((7,)), 2)
+    with pytest.raises(ValueError, match="b_dec"):
+        sparse_encode(jnp.zeros((2, 4)), jnp.zeros((4, 8)), jnp.zeros((8,)), 2, b_dec=jnp.zeros((3,)))
 
 
 def test_choose_impl():

@@ -166,50 +166,69 @@ sparse_decode.defvjp(_decode_fwd, _decode_bwd)
 # encoder
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _encode(x_c, W_enc, b_enc, k, method):
-    pre = x_c @ W_enc + b_enc
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _encode(x, b_dec, W_enc, b_enc, k, method):
+    pre = (x - b_dec) @ W_enc + b_enc
     v, idx = topk(pre, k, method=method)
     return jax.nn.relu(v), idx
 
 
-def _encode_fwd(x_c, W_enc, b_enc, k, method):
-    vals, idx = _encode(x_c, W_enc, b_enc, k, method)
-    return (vals, idx), (x_c, W_enc, vals, idx)
+def _encode_fwd(x, b_dec, W_enc, b_enc, k, method):
+    vals, idx = _encode(x, b_dec, W_enc, b_enc, k, method)
+    return (vals, idx), (x, b_dec, W_enc, vals, idx)
 
 
 def _encode_bwd(k, method, res, cts):
-    x_c, W_enc, vals, idx = res
+    x, b_dec, W_enc, vals, idx = res
     g = cts[0]
     gp = jnp.where(vals > 0, g, 0)  # relu'(pre) at the selected entries
     n = W_enc.shape[1]
     g_b = jnp.zeros((n,), g.dtype).at[idx.reshape(-1)].add(gp.reshape(-1))
-    # Scatter rows of W_enc^T (contiguous), transpose once at the end.
-    g_wT = _scatter_outer(gp, idx, x_c, n)
+    # Scatter rows of W_enc^T (contiguous rows), transpose once at the end.
+    g_wT = _scatter_outer(gp, idx, x - b_dec, n)
+    # d pre / d x: gathered columns of W_enc. XLA drops it when x needs no gradient
+    # (training); b_dec's gradient is the cheap matvec -W_enc @ g_b instead of -sum_b g_x.
     g_x = _gather_combine(gp, idx, W_enc.T)
-    return g_x.astype(x_c.dtype), g_wT.T.astype(W_enc.dtype), g_b.astype(W_enc.dtype)
+    g_bdec = -(W_enc @ g_b)
+    return (
+        g_x.astype(x.dtype),
+        g_bdec.astype(b_dec.dtype),
+        g_wT.T.astype(W_enc.dtype),
+        g_b.astype(W_enc.dtype),
+    )
 
 
 _encode.defvjp(_encode_fwd, _encode_bwd)
 
 
 def sparse_encode(
-    x_c: jax.Array, W_enc: jax.Array, b_enc: jax.Array, k: int, *, topk_method: str = "auto"
+    x: jax.Array,
+    W_enc: jax.Array,
+    b_enc: jax.Array,
+    k: int,
+    *,
+    b_dec: jax.Array | None = None,
+    topk_method: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
-    """TopK encoder: (relu of the k largest of x_c @ W_enc + b_enc [B, k], their indices [B, k]).
+    """TopK encoder: (relu of the k largest of (x - b_dec) @ W_enc + b_enc [B, k], indices [B, k]).
 
-    x_c is the centred input (x - b_dec). Differentiable wrt x_c, W_enc and b_enc; the
-    backward touches only the selected columns of W_enc (scatter-add of x_c (x) g), so
-    it costs O(B k d) instead of O(B d F).
+    Without b_dec, x is the already-centred input x_c. Pass b_dec when it is a trained
+    parameter: its gradient is then a matvec instead of a [B, d] gather. Differentiable wrt
+    x, b_dec, W_enc and b_enc; the backward touches only the selected columns of W_enc
+    (scatter-add of x_c (x) g), O(B k d) instead of the dense O(B d F).
     """
-    if x_c.ndim != 2 or W_enc.ndim != 2 or x_c.shape[1] != W_enc.shape[0]:
+    if x.ndim != 2 or W_enc.ndim != 2 or x.shape[1] != W_enc.shape[0]:
         raise ValueError(
-            f"sparse_encode needs x_c [B, d] and W_enc [d, F] with matching d; "
-            f"got {x_c.shape} and {W_enc.shape}"
+            f"sparse_encode needs x [B, d] and W_enc [d, F] with matching d; "
+            f"got {x.shape} and {W_enc.shape}"
         )
     if b_enc.shape != (W_enc.shape[1],):
         raise ValueError(f"b_enc must have shape ({W_enc.shape[1]},), got {b_enc.shape}")
-    return _encode(x_c, W_enc, b_enc, int(k), topk_method)
+    if b_dec is None:
+        b_dec = jnp.zeros((x.shape[1],), x.dtype)
+    elif b_dec.shape != (x.shape[1],):
+        raise ValueError(f"b_dec must have shape ({x.shape[1]},), got {b_dec.shape}")
+    return _encode(x, b_dec, W_enc, b_enc, int(k), topk_method)
 
 
 def choose_impl(impl: str, backend: str | None = None) -> str:
