@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     rng = np.random.default_rng(0)
     W = rng.normal(size=(40, 32)).astype(np.float32)
     path = write_sae(tmp_path_factory.mktemp("sae") / "sae",
-                     {"W_enc": W.T * 0.3, "b_enc": np.full(40, -0.2, np.float32), "W_dec": W,
+                     {"W_enc": W.T * 20, "b_enc": np.full(40, -0.5, np.float32), "W_dec": W,
                       "b_dec": np.zeros(32, np.float32)}, {"architecture": "standard"})
     return model, tok, load_sae(path)
 
@@ -44,6 +44,7 @@ def test_collect_matches_brute_force_over_all_tokens(setup):
                 recs.append((seq, t, a[b, t]))
             seq += 1
     H = sae.encode(np.stack([r[2] for r in recs]))
+    assert all(0 < (H[:, j] != 0).mean() < 0.9 for j in latents), "test SAE must fire sometimes, not always"
     for card, j in zip(cards, latents):
         assert card.n_tokens == len(recs)
         assert len(card.values) == int((H[:, j] != 0).sum())
