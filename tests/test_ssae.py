@@ -18,8 +18,10 @@ from sae_jax.ssae_train import SSAETrainConfig, evaluate_codes, train_ssae
 
 def _np_forward(p, x, ssae, state):
     x = x.astype(np.float64)
-    if ssae.input_norm == "layernorm":
-        mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+    if ssae.input_norm == "layernorm":  # SAELens: unbiased std, eps added to the std
+        mu = x.mean(1, keepdims=True)
+        std = np.sqrt(((x - mu) ** 2).sum(1, keepdims=True) / (x.shape[1] - 1))
+        var = (std + ssae.eps) ** 2 - ssae.eps
     elif ssae.input_norm == "batch":
         mu, var = x.mean(0), x.var(0)
     else:
@@ -132,7 +134,7 @@ def _layernorm_level(src, n_latents, eps=1e-5):
     x = src.read(np.arange(src.n_rows)).astype(np.float64)
     A, C = src.metadata["directions"].astype(np.float64), src.metadata["codes"].astype(np.float64)
     norms = np.linalg.norm(A - A.mean(1, keepdims=True), axis=1)  # LN centres each row
-    return float(np.sum(np.abs(C) * norms / np.sqrt(x.var(1) + eps)[:, None]) / (len(x) * n_latents))
+    return float(np.sum(np.abs(C) * norms / (x.std(1, ddof=1) + eps)[:, None]) / (len(x) * n_latents))
 
 
 SMALL = dict(n_rows=16384, d=16, n_concepts=6, p_active=0.3, noise=0.01)

@@ -8,7 +8,8 @@ solved by the primal–dual ``sae_jax.constraints.ConstrainedOptimizer`` (``prob
 is the constrained problem it consumes; ``sae_jax.ssae_train`` wires the two).
 
 Forward pass (x is one Δz row):
-  1. input normalisation: ``layernorm`` (per row, no affine; the default), ``batch``
+  1. input normalisation: ``layernorm`` (per row, no affine, SAELens 'layer_norm' semantics:
+     ``(x − μ)/(σ_unbiased + eps)``; the default), ``batch``
      (per-feature batch statistics, running averages at inference) or ``none``;
   2. ``pre = (x_n − b_dec) @ W_enc + b_enc``;
   3. optional code normalisation (``layernorm`` over latents with affine code_gamma/code_beta,
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 
 from sae_jax import losses
 from sae_jax.constraints import CMPOutput
+from sae_jax.normalization import layer_norm_in
 from sae_jax.sae import base
 
 
@@ -100,10 +102,10 @@ class SSAE:
     def normalize_input(self, state, x, train: bool):
         """(x_n, (shift, scale) such that x = x_n * scale + shift, new state)."""
         new = dict(state)
-        if self.input_norm == "layernorm":
-            mu = jnp.mean(x, axis=-1, keepdims=True)
-            std = jnp.sqrt(jnp.var(x, axis=-1, keepdims=True) + self.eps)
-        elif self.input_norm == "batch":
+        if self.input_norm == "layernorm":  # SAELens 'layer_norm' semantics, so exports match
+            x_n, mu, std = layer_norm_in(x, self.eps)
+            return x_n, (mu, std), new
+        if self.input_norm == "batch":
             if train:
                 mu, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
                 new["in_mean"], new["in_var"] = self._ema(state["in_mean"], mu), self._ema(state["in_var"], var)
