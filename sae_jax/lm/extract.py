@@ -1,0 +1,520 @@
+"""Extract activations from a HuggingFace model into activation stores (``sae-jax extract``).
+
+One forward pass per batch records every requested (layer, hook) and stops after the last
+requested block. Rows go to one zarr3 array per (role, layer, hook) under ``cfg.out``::
+
+    OUT/extract.json                manifest: config, arrays, progress, completion
+    OUT/layer9_resid/               one array (base model only), or with a chat model:
+    OUT/base/layer9_resid/, OUT/chat/layer9_resid/, OUT/delta/layer9_resid/   (delta = chat - base)
+    OUT/doc_ids/, OUT/token_pos/    int32 per row: source text index and token position
+    OUT/labels.json                 per-text labels, when the text source has them
+
+Batches are fixed (texts ``[b*B, (b+1)*B)``) and rows are written in full shards with the
+progress recorded after each, so a rerun of the same command resumes at the last written shard
+and produces the same bytes as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from sae_jax.data import store as st
+from sae_jax.data import text as text_sources
+from sae_jax.lm import hooks as lm_hooks
+from sae_jax.lm import models as lm_models
+
+MANIFEST = "extract.json"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract, from which model and text, and how to store it."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model: a short name (smollm2-135m-instruct), a local folder with config.json, or a .gguf file."""
+    out: str = "stores/smollm2-l9"
+    """Output root: a local folder or a tensorstore kvstore URL (gs://, s3://, memory://)."""
+    text: str = "wikipedia"
+    """Text source: wikipedia, bbc, multiemo, a file (.txt/.jsonl/.csv/.parquet, or a BIG-bench task.json); with mode=pairs a .jsonl (s1, s2) or 2-column .tsv file."""
+    text_field: str = "text"
+    """Column holding the text in .jsonl/.csv/.parquet files."""
+    label_field: str | None = None
+    """Column holding labels in .jsonl/.csv/.parquet files (stored in labels.json)."""
+    max_texts: int | None = None
+    """Use only the first N texts (or pairs) of the source."""
+    layers: tuple[int, ...] = (9,)
+    """Blocks to record (0-based; the forward pass stops after the last one)."""
+    hooks: tuple[str, ...] = ("resid",)
+    """Hook points per layer: resid (block output), attn_out, mlp_out."""
+    context_length: int = 128
+    """Tokens per text after truncation (special tokens included)."""
+    batch_size: int = 16
+    """Texts per forward pass."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Element type in the store (rows are always read back as float32)."""
+    mode: Literal["tokens", "pairs", "sequential"] = "tokens"
+    """tokens: one row per kept token (or per text with pooling); pairs: z(s2) - z(s1) per sentence pair; sequential: z(text[i+1]) - z(text[i])."""
+    pooling: Literal["none", "mean", "last"] = "none"
+    """Pool each text's kept tokens into one row: mean, or the last token (pairs/sequential default to mean)."""
+    chat_model: str | None = None
+    """A fine-tuned model with the same tokenizer: stores base/, chat/ and delta/ (= chat - base, per token)."""
+    keep_special_tokens: bool = False
+    """Keep BOS/EOS/other special tokens (padding is always dropped)."""
+    shard_rows: int | None = None
+    """Rows per write shard (default: about 128 MiB per shard)."""
+    chunk_rows: int = 1
+    """Rows per read chunk inside a shard (1 = cheapest random row reads)."""
+    sample_size: int = 4096
+    """Rows sampled into the metadata for the geometric median / whitening."""
+    seed: int = 0
+    """Seed of the statistics sample."""
+    device: str = "cpu"
+    """Torch device for the forward pass (cpu, cuda, cuda:1, mps)."""
+    torch_threads: int | None = None
+    """torch.set_num_threads for CPU extraction (default: torch's choice)."""
+    overwrite: bool = False
+    """Delete an existing store at out started with a different configuration."""
+    progress: bool = True
+    """Show a progress bar with tokens/s."""
+
+    @property
+    def pool(self) -> str:
+        if self.mode in ("pairs", "sequential") and self.pooling == "none":
+            return "mean"
+        return self.pooling
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise ValueError("give at least one layer (--layers 9)")
+        bad = [h for h in self.hooks if h not in lm_hooks.HOOKS]
+        if bad or not self.hooks:
+            raise ValueError(f"hooks {bad or '()'} invalid; choose from {lm_hooks.HOOKS}")
+        if self.context_length < 1 or self.batch_size < 1:
+            raise ValueError("context_length and batch_size must be positive")
+        if self.dtype not in st.DTYPES:
+            raise ValueError(f"dtype must be one of {st.DTYPES}, got {self.dtype!r}")
+        if self.mode not in ("tokens", "pairs", "sequential"):
+            raise ValueError(f"mode must be tokens, pairs or sequential, got {self.mode!r}")
+        if self.pooling not in ("none", "mean", "last"):
+            raise ValueError(f"pooling must be none, mean or last, got {self.pooling!r}")
+        if self.chat_model is not None and self.mode != "tokens":
+            raise ValueError("chat_model (paired base/chat runs) works with mode=tokens only")
+
+    def content_key(self) -> str:
+        """Hash of every field that changes the stored bytes (a resumed run must match it)."""
+        fields = dataclasses.asdict(self)
+        for name in ("out", "overwrite", "progress", "torch_threads"):
+            fields.pop(name)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Tokenized inputs and the row layout, fixed before any forward pass."""
+
+    units: list[list[list[int]]]  # per unit (text, pair or sequential step): token id lists forwarded
+    keep: list[list[np.ndarray]]  # per unit: boolean keep mask per forwarded text
+    unit_rows: np.ndarray  # rows each unit produces
+    doc_ids: np.ndarray
+    token_pos: np.ndarray
+    n_input_tokens: int
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.unit_rows.sum())
+
+
+def _array_names(cfg: ExtractConfig) -> list[str]:
+    base = [f"layer{layer}_{hook}" for layer in cfg.layers for hook in cfg.hooks]
+    if cfg.chat_model is None:
+        return base
+    return [f"{role}/{name}" for role in ("base", "chat", "delta") for name in base]
+
+
+def _tokenize(tokenizer, texts, cfg: ExtractConfig) -> tuple[list[list[int]], list[np.ndarray]]:
+    enc = tokenizer(list(texts), truncation=True, max_length=cfg.context_length, add_special_tokens=True)
+    ids = [list(map(int, x)) for x in enc["input_ids"]]
+    special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+    keep = []
+    for x in ids:
+        arr = np.asarray(x, dtype=np.int64)
+        keep.append(np.ones(arr.size, bool) if cfg.keep_special_tokens else ~np.isin(arr, special))
+    return ids, keep
+
+
+def _plan(cfg: ExtractConfig, tokenizer) -> tuple[_Plan, tuple[str, ...] | None, str]:
+    pooled = cfg.pool != "none"
+    if cfg.mode == "pairs":
+        s1, s2 = text_sources.load_pairs(cfg.text)
+        if cfg.max_texts is not None:
+            s1, s2 = s1[: cfg.max_texts], s2[: cfg.max_texts]
+        ids1, keep1 = _tokenize(tokenizer, s1, cfg)
+        ids2, keep2 = _tokenize(tokenizer, s2, cfg)
+        units = [[a, b] for a, b in zip(ids1, ids2)]
+        keeps = [[a, b] for a, b in zip(keep1, keep2)]
+        labels, source = None, f"pairs:{cfg.text}"
+    else:
+        data = text_sources.load_text(cfg.text, field=cfg.text_field, label_field=cfg.label_field).head(cfg.max_texts)
+        ids, keep = _tokenize(tokenizer, data.texts, cfg)
+        labels, source = data.labels, data.source
+        if cfg.mode == "sequential":
+            units = [[ids[i], ids[i + 1]] for i in range(len(ids) - 1)]
+            keeps = [[keep[i], keep[i + 1]] for i in range(len(ids) - 1)]
+        else:
+            units = [[x] for x in ids]
+            keeps = [[k] for k in keep]
+    if not units:
+        raise ValueError(f"text source {cfg.text!r} gave nothing to extract")
+    empty = [i for i, ks in enumerate(keeps) if any(not k.any() for k in ks)]
+    if pooled and empty:
+        raise ValueError(
+            f"{len(empty)} texts have no tokens left after dropping special tokens (first: {empty[:5]}); "
+            "remove empty texts or set keep_special_tokens"
+        )
+    if pooled:
+        unit_rows = np.ones(len(units), np.int64)
+        doc_ids = np.arange(len(units), dtype=np.int32)
+        token_pos = np.full(len(units), -1, np.int32)
+    else:
+        unit_rows = np.array([int(ks[0].sum()) for ks in keeps], np.int64)
+        doc_ids = np.repeat(np.arange(len(units), dtype=np.int32), unit_rows)
+        token_pos = np.concatenate([np.flatnonzero(ks[0]).astype(np.int32) for ks in keeps]) if units else np.zeros(0, np.int32)
+    if unit_rows.sum() == 0:
+        raise ValueError("no tokens left to store (all texts empty after dropping special tokens)")
+    n_input = sum(len(x) for u in units for x in u)
+    return _Plan(units, keeps, unit_rows, doc_ids, token_pos, n_input), labels, source
+
+
+def _pool(acts: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, T, d] activations, [B, T] keep mask -> [B, d]."""
+    if how == "mean":
+        m = mask.to(acts.dtype).unsqueeze(-1)
+        return (acts * m).sum(1) / m.sum(1)
+    # last kept token
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, positions, -1).max(dim=1).values
+    return acts[torch.arange(acts.shape[0], device=acts.device), last]
+
+
+class _Extractor:
+    """Runs forward passes for a batch of units and returns rows per array name."""
+
+    def __init__(self, cfg: ExtractConfig, model, chat, tokenizer):
+        self.cfg, self.model, self.chat = cfg, model, chat
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.specs = [(layer, hook) for layer in cfg.layers for hook in cfg.hooks]
+
+    def _forward(self, model, seqs: list[list[int]], keeps: list[np.ndarray]) -> tuple[dict, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        keep = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, (s, k) in enumerate(zip(seqs, keeps)):
+            ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+            keep[i, : len(s)] = torch.from_numpy(k)
+        device = self.cfg.device
+        acts = lm_hooks.forward_activations(
+            model, {"input_ids": ids.to(device), "attention_mask": attn.to(device)}, self.specs
+        )
+        return {spec: a.float() for spec, a in acts.items()}, keep.to(device)
+
+    def rows(self, units: list[list[list[int]]], keeps: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
+        cfg, pool = self.cfg, self.cfg.pool
+        out: dict[str, np.ndarray] = {}
+        if cfg.mode == "tokens" and pool == "none":
+            seqs, ks = [u[0] for u in units], [k[0] for k in keeps]
+            acts, keep = self._forward(self.model, seqs, ks)
+            chat_acts = self._forward(self.chat, seqs, ks)[0] if self.chat is not None else None
+            for layer, hook in self.specs:
+                name = f"layer{layer}_{hook}"
+                base = acts[(layer, hook)][keep]
+                if chat_acts is None:
+                    out[name] = base.cpu().numpy()
+                else:
+                    chat = chat_acts[(layer, hook)][keep]
+                    out[f"base/{name}"] = base.cpu().numpy()
+                    out[f"chat/{name}"] = chat.cpu().numpy()
+                    out[f"delta/{name}"] = (chat - base).cpu().numpy()
+            return out
+        if cfg.mode == "tokens":
+            seqs, ks = [u[0] for u in units], [k[0] for k in keeps]
+            acts, keep = self._forward(self.model, seqs, ks)
+            chat_acts = self._forward(self.chat, seqs, ks)[0] if self.chat is not None else None
+            for layer, hook in self.specs:
+                name = f"layer{layer}_{hook}"
+                base = _pool(acts[(layer, hook)], keep, pool)
+                if chat_acts is None:
+                    out[name] = base.cpu().numpy()
+                else:
+                    chat = _pool(chat_acts[(layer, hook)], keep, pool)
+                    out[f"base/{name}"] = base.cpu().numpy()
+                    out[f"chat/{name}"] = chat.cpu().numpy()
+                    out[f"delta/{name}"] = (chat - base).cpu().numpy()
+            return out
+        # pairs / sequential: delta of pooled vectors, second minus first
+        first, first_keep = self._forward(self.model, [u[0] for u in units], [k[0] for k in keeps])
+        second, second_keep = self._forward(self.model, [u[1] for u in units], [k[1] for k in keeps])
+        for layer, hook in self.specs:
+            a = _pool(first[(layer, hook)], first_keep, pool)
+            b = _pool(second[(layer, hook)], second_keep, pool)
+            out[f"layer{layer}_{hook}"] = (b - a).cpu().numpy()
+        return out
+
+
+def _default_shard_rows(d_model: int, dtype: str, chunk_rows: int) -> int:
+    itemsize = 4 if dtype == "float32" else 2
+    rows = 2 ** int(math.floor(math.log2(max(1, (128 << 20) // (d_model * itemsize)))))
+    return max(chunk_rows, rows - rows % chunk_rows)
+
+
+def _model_revision(info: dict[str, str]) -> str:
+    """A fingerprint of the loaded weights' files (name, size), for provenance."""
+    from pathlib import Path
+
+    path = Path(info["path"])
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.suffix in (".json", ".safetensors", ".bin", ".gguf"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_positions(root: str, plan: _Plan) -> None:
+    for name, values in (("doc_ids", plan.doc_ids), ("token_pos", plan.token_pos)):
+        spec = {
+            "driver": "zarr3",
+            "kvstore": st.kvstore_spec(st.join(root, name)),
+            "metadata": {
+                "shape": [values.size],
+                "data_type": "int32",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [min(values.size, 1 << 20)]}},
+                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 3}}],
+            },
+        }
+        import tensorstore as ts
+
+        arr = ts.open(spec, create=True, delete_existing=True, context=st.context()).result()
+        arr.write(values).result()
+
+
+def read_positions(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(doc_ids, token_pos)`` of an extraction root: the source text and token of every row."""
+    import tensorstore as ts
+
+    out = []
+    for name in ("doc_ids", "token_pos"):
+        spec = {"driver": "zarr3", "kvstore": st.kvstore_spec(st.join(root, name))}
+        out.append(ts.open(spec, open=True, read=True, context=st.context()).result().read().result())
+    return out[0], out[1]
+
+
+def read_labels(root: str) -> list[str] | None:
+    """Per-text labels of an extraction root (None when the text source had none)."""
+    return st.read_json(root, "labels.json")
+
+
+def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dict[str, Any]:
+    """Extract (or resume extracting) activations; returns a summary with throughput.
+
+    ``stop_after_shards`` returns early after that many shard flushes, leaving a resumable,
+    uncommitted store (time-boxed runs; tests of resumption).
+    """
+    cfg.validate()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    root = cfg.out
+    key = cfg.content_key()
+    manifest = st.read_json(root, MANIFEST)
+    if manifest is not None and manifest.get("content_key") != key and not cfg.overwrite:
+        raise st.StoreError(
+            f"{root} holds an extraction with a different configuration (key {manifest.get('content_key')} != {key}); "
+            "rerun with the original settings to resume it, choose another --out, or pass --overwrite"
+        )
+    if manifest is not None and manifest.get("content_key") == key and manifest.get("complete"):
+        return {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"], "already_complete": True}
+
+    model, tokenizer = lm_models.load_model(cfg.model)
+    chat = None
+    if cfg.chat_model is not None:
+        chat, chat_tok = lm_models.load_model(cfg.chat_model)
+        if chat_tok.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"chat model {cfg.chat_model!r} has a different tokenizer than {cfg.model!r}; paired runs need the same one")
+        chat = chat.to(cfg.device)
+    model = model.to(cfg.device)
+    n_blocks = lm_hooks.num_blocks(model)
+    bad_layers = [layer for layer in cfg.layers if not 0 <= layer < n_blocks]
+    if bad_layers:
+        raise ValueError(f"layers {bad_layers} out of range: {cfg.model} has {n_blocks} blocks (0..{n_blocks - 1})")
+
+    plan, labels, source = _plan(cfg, tokenizer)
+    names = _array_names(cfg)
+    d_model = _d_model(model)
+    n_rows = plan.n_rows
+    shard_rows = cfg.shard_rows or _default_shard_rows(d_model, cfg.dtype, cfg.chunk_rows)
+    if shard_rows % cfg.chunk_rows:
+        raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={cfg.chunk_rows}")
+
+    resume = manifest is not None and manifest.get("content_key") == key
+    rows_done = int(manifest["progress"]["rows_done"]) if resume else 0
+    if resume and (manifest.get("n_rows") != n_rows or manifest.get("arrays") != names):
+        raise st.StoreError(f"{root}: the text source changed since the extraction started (row count differs); use a new --out")
+    arrays = {}
+    for name in names:
+        path = st.join(root, name)
+        if resume:
+            st.uncommit(path)
+        arrays[name] = st.create_array(path, n_rows, d_model, cfg.dtype, shard_rows, cfg.chunk_rows, resume=resume)
+    if not resume:
+        manifest = {
+            "format": "sae_jax.extract/1",
+            "content_key": key,
+            "config": dataclasses.asdict(cfg),
+            "arrays": names,
+            "n_rows": n_rows,
+            "n_texts": len(plan.units),
+            "shard_rows": shard_rows,
+            "complete": False,
+            "progress": {"rows_done": 0},
+        }
+        _write_positions(root, plan)
+        if labels is not None:
+            st.write_json(root, "labels.json", list(labels))
+        st.write_json(root, MANIFEST, manifest)
+
+    # Restart from the fixed batch holding the first unwritten row.
+    unit_end = np.cumsum(plan.unit_rows)
+    unit_start = unit_end - plan.unit_rows
+    n_units = len(plan.units)
+    batches = [(b, min(b + cfg.batch_size, n_units)) for b in range(0, n_units, cfg.batch_size)]
+    first_batch = next((i for i, (_, e) in enumerate(batches) if unit_end[e - 1] > rows_done), len(batches))
+    skip = rows_done - (int(unit_start[batches[first_batch][0]]) if first_batch < len(batches) else rows_done)
+
+    extractor = _Extractor(cfg, model, chat, tokenizer)
+    np_dtype = np.float32 if cfg.dtype == "float32" else ml_dtypes.bfloat16
+    buffers: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    buffered = 0
+    written = rows_done
+    flushes = 0
+    tokens_seen = 0
+    started = time.perf_counter()
+
+    def flush(final: bool) -> None:
+        nonlocal buffered, written, flushes
+        n_write = buffered if final else (buffered // shard_rows) * shard_rows
+        if n_write == 0:
+            return
+        futures = []
+        for name in names:
+            block = np.concatenate(buffers[name]) if len(buffers[name]) > 1 else buffers[name][0]
+            futures.append(arrays[name][written : written + n_write].write(block[:n_write].astype(np_dtype)))
+            buffers[name] = [block[n_write:]] if n_write < block.shape[0] else []
+        for f in futures:
+            f.result()
+        written += n_write
+        buffered -= n_write
+        flushes += 1
+        manifest["progress"] = {"rows_done": written}
+        st.write_json(root, MANIFEST, manifest)
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        first_unit = batches[first_batch][0] if first_batch < len(batches) else n_units
+        total = sum(len(x) for u in plan.units[first_unit:] for x in u)
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"extract {cfg.model}", dynamic_ncols=True)
+    try:
+        for b0, b1 in batches[first_batch:]:
+            rows = extractor.rows(plan.units[b0:b1], plan.keep[b0:b1])
+            expected = int(unit_end[b1 - 1] - unit_start[b0])
+            for name in names:
+                block = rows[name]
+                assert block.shape == (expected, d_model), (name, block.shape, expected)
+                buffers[name].append(block[skip:] if skip else block)
+            buffered += expected - skip
+            skip = 0
+            n_tok = sum(len(x) for u in plan.units[b0:b1] for x in u)
+            tokens_seen += n_tok
+            if bar is not None:
+                bar.update(n_tok)
+            if buffered >= shard_rows:
+                flush(final=False)
+                if stop_after_shards is not None and flushes >= stop_after_shards:
+                    return {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written, "stopped": True}
+        flush(final=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+
+    model_info = lm_models.resolve_model(cfg.model)
+    chat_info = lm_models.resolve_model(cfg.chat_model) if cfg.chat_model else None
+    bad_arrays = {}
+    for name in names:
+        stats = st.compute_statistics(arrays[name], cfg.sample_size, cfg.seed)
+        if stats["n_nonfinite_rows"]:
+            bad_arrays[name] = (stats["n_nonfinite_rows"], stats["nonfinite_rows_head"][:10])
+            continue
+        role = name.split("/")[0] if "/" in name else "base"
+        layer_hook = name.split("/")[-1]
+        layer = int(layer_hook.split("_")[0][len("layer"):])
+        hook = layer_hook.split("_", 1)[1]
+        info = chat_info if role == "chat" else model_info
+        meta = {
+            "model": info["name"],
+            "model_path": info["path"],
+            "model_revision": _model_revision(info),
+            "role": role,
+            "layer": layer,
+            "hook": hook,
+            "dtype": cfg.dtype,
+            "n_rows": n_rows,
+            "d_model": d_model,
+            "context_length": cfg.context_length,
+            "n_texts": len(plan.units),
+            "n_input_tokens": plan.n_input_tokens,
+            "text_source": source,
+            "mode": cfg.mode,
+            "pooling": cfg.pool,
+            "keep_special_tokens": cfg.keep_special_tokens,
+            "statistics": stats,
+            "extract_config": dataclasses.asdict(cfg),
+            "sae_jax_version": st.library_version(),
+            "torch_version": torch.__version__,
+        }
+        if role == "delta":
+            meta["model"] = f"{chat_info['name']} - {model_info['name']}"
+            meta["chat_model"], meta["base_model"] = chat_info["name"], model_info["name"]
+        st.commit(st.join(root, name), meta)
+    if bad_arrays:
+        detail = "; ".join(f"{n}: {c} rows, first {r}" for n, (c, r) in bad_arrays.items())
+        raise st.NonFiniteRowsError(f"NaN/Inf activations, store left uncommitted: {detail}; extract in float32 or drop those texts")
+    manifest["complete"] = True
+    st.write_json(root, MANIFEST, manifest)
+    return {
+        "out": root,
+        "arrays": names,
+        "n_rows": n_rows,
+        "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else float("nan"),
+        "tokens": tokens_seen,
+        "elapsed_s": elapsed,
+    }
+
+
+def _d_model(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
