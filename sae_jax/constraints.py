@@ -229,3 +229,19 @@ class ConstrainedOptimizer:
         info = {"loss": out.loss, "lagrangian": value, "ineq": _vec(out.ineq), "eq": _vec(out.eq),
                 "multipliers": mult, "aux": out.aux}
         return new_params, new_state, info
+
+
+@dataclass(frozen=True)
+class BoundConstrainedOptimizer:
+    """A ConstrainedOptimizer with its constraint counts fixed, so ``init(params)`` has the
+    one-argument signature of an optax optimizer (what generic train-state code calls)."""
+
+    optimizer: ConstrainedOptimizer
+    num_ineq: int = 0
+    num_eq: int = 0
+
+    def init(self, params: Any) -> ConstrainedState:
+        return self.optimizer.init(params, num_ineq=self.num_ineq, num_eq=self.num_eq)
+
+    def update(self, problem: Callable[..., CMPOutput], params: Any, state: ConstrainedState, *args):
+        return self.optimizer.update(problem, params, state, *args)

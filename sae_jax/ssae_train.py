@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh
 
 from sae_jax.config import MeshConfig
-from sae_jax.constraints import ConstrainedOptimizer, ConstrainedState
+from sae_jax.constraints import BoundConstrainedOptimizer, ConstrainedOptimizer, ConstrainedState
 from sae_jax.data.loader import BatchLoader
 from sae_jax.data.source import ActivationSource
 from sae_jax.decoder_norm import project_rows, remove_parallel_component
@@ -95,6 +95,28 @@ def make_ssae_step(ssae: SSAE, copt: ConstrainedOptimizer) -> Callable:
         aux = info["aux"]
         metrics = aux.metrics | {"lagrangian": info["lagrangian"], "multiplier": info["multipliers"].ineq[0]}
         return SSAEState(step=state.step + 1, params=params, arch_state=aux.state, opt=opt), metrics
+
+    return step_fn
+
+
+def make_trainstate_step_fn(arch: SSAE, copt: BoundConstrainedOptimizer, dead_tokens: int,
+                            counter_cap: int = 2**30) -> Callable:
+    """The pure step on the core ``sae_jax.train_state.TrainState`` (its ``opt_state`` holds the
+    ``ConstrainedState``; build the state with ``copt`` as the optimizer)."""
+
+    def step_fn(state, batch: jax.Array):
+        x = batch.astype(jnp.float32) * state.input_scale
+        params, opt_state, info = copt.update(arch.problem, state.params, state.opt_state, state.arch_state, x,
+                                              state.step)
+        out = info["aux"]
+        since = jnp.minimum(state.tokens_since_fired + batch.shape[0], counter_cap)
+        since = jnp.where(out.fired, 0, since)
+        metrics = out.metrics | {"loss": info["loss"], "lagrangian": info["lagrangian"],
+                                 "multiplier": info["multipliers"].ineq[0],
+                                 "dead_frac": jnp.mean((since >= dead_tokens).astype(jnp.float32))}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  tokens_since_fired=since, arch_state=out.state)
+        return new_state, metrics
 
     return step_fn
 
@@ -184,5 +206,5 @@ def evaluate_codes(ssae: SSAE, state: SSAEState, x: np.ndarray, batch: int = 409
     return np.concatenate(out).astype(np.float32)
 
 
-__all__ = ["SSAERun", "SSAEState", "SSAETrainConfig", "create_ssae_state", "evaluate_codes",
+__all__ = ["make_trainstate_step_fn", "SSAERun", "SSAEState", "SSAETrainConfig", "create_ssae_state", "evaluate_codes",
            "make_constrained_optimizer", "make_ssae_step", "make_ssae_train_step", "train_ssae"]

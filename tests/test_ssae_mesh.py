@@ -39,3 +39,30 @@ def test_meshes_agree(ssae):
             np.testing.assert_allclose(params[name], ref_params[name], rtol=2e-4, atol=2e-5, err_msg=f"{key} {name}")
         assert lam == pytest.approx(ref_lam, rel=1e-4, abs=1e-6)
         assert [h["mean_abs_h"] for h in hist] == pytest.approx([h["mean_abs_h"] for h in ref_hist], rel=1e-4)
+
+
+def test_core_trainstate_step_matches_standalone():
+    """The step on the core TrainState (what `sae-jax train --preset ssae` runs) equals train_ssae."""
+    from sae_jax.constraints import BoundConstrainedOptimizer
+    from sae_jax.data.loader import BatchLoader
+    from sae_jax.mesh import batch_sharding, replicated
+    from sae_jax.ssae_train import make_constrained_optimizer, make_trainstate_step_fn
+    from sae_jax.train_state import create_state
+
+    src = multi_concept_shifts(1024, 16, 8, seed=0)
+    cfg = SSAETrainConfig(ssae=SSAE(target=0.3, warmup=5, schedule=10), d_sae=8, steps=15, batch_size=64,
+                          lr=3e-3, dual_lr=0.5)
+    mesh = make_mesh(MeshConfig(data=4, dict=2), jax.devices()[:8])
+    ref = train_ssae(cfg, src, mesh)
+    copt = BoundConstrainedOptimizer(make_constrained_optimizer(cfg), num_ineq=1)
+    state = create_state(cfg.ssae, copt, 16, 8, mesh, cfg.seed, b_dec=np.zeros(16, np.float32), input_scale=1.0)
+    from sae_jax.mesh import state_shardings
+    shardings = state_shardings(mesh, state)
+    step = jax.jit(make_trainstate_step_fn(cfg.ssae, copt, dead_tokens=10_000), in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    loader = BatchLoader(src, cfg.batch_size, cfg.data_seed, batch_sharding(mesh))
+    for t in range(cfg.steps):
+        state, metrics = step(state, loader.device_batch(t))
+    for name, value in jax.device_get(ref.state.params).items():
+        np.testing.assert_allclose(jax.device_get(state.params[name]), value, rtol=1e-5, atol=1e-6)
+    assert float(metrics["multiplier"]) > 0
