@@ -7,6 +7,9 @@ assembles the global ``jax.Array`` with ``jax.make_array_from_process_local_data
 from __future__ import annotations
 
 import functools
+import queue
+import threading
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -72,3 +75,44 @@ class BatchLoader:
         return jax.make_array_from_process_local_data(
             self.sharding, self.host_batch(step), (self.batch_size, self.source.d_in)
         )
+
+    def iter_from(self, start_step: int, prefetch: int = 2) -> Iterator[tuple[int, jax.Array]]:
+        """``(step, device_batch(step))`` for ``start_step, start_step + 1, ...`` forever.
+
+        A background thread reads and places up to ``prefetch`` batches ahead; batches are
+        identical to ``device_batch(step)``. Closing the generator (or dropping it) stops the
+        thread; a read error is raised in the consumer at the step that failed.
+        """
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            step = start_step
+            while not stop.is_set():
+                try:
+                    item = (step, self.device_batch(step), None)
+                except BaseException as e:  # handed to the consumer, which re-raises it
+                    item = (step, None, e)
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if item[2] is not None:
+                    return
+                step += 1
+
+        thread = threading.Thread(target=produce, name=f"BatchLoader-prefetch-{start_step}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                step, batch, error = ready.get()
+                if error is not None:
+                    raise RuntimeError(f"reading the batch for step {step} failed: {error}") from error
+                yield step, batch
+        finally:
+            stop.set()
+            thread.join(timeout=5)
