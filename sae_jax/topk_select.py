@@ -30,8 +30,11 @@ def sharded_topk(pre: jax.Array, k: int, mesh: Mesh) -> tuple[jax.Array, jax.Arr
         top_vals, pos = lax.top_k(all_vals, k)
         return top_vals, jnp.take_along_axis(all_idx, pos, axis=1)
 
+    # After the all-gather every 'dict' shard holds the same candidates and the same answer;
+    # the replication checker cannot see through all_gather + top_k, so it is switched off.
     return jax.shard_map(
-        local, mesh=mesh, in_specs=CODES_SPEC, out_specs=(P("data", None), P("data", None))
+        local, mesh=mesh, in_specs=CODES_SPEC, out_specs=(P("data", None), P("data", None)),
+        check_vma=False,
     )(pre)
 
 

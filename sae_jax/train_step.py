@@ -42,7 +42,7 @@ def make_step_fn(cfg: TrainConfig, arch, optimizer: optax.GradientTransformation
         since = jnp.where(out.fired, 0, since)
         metrics = out.metrics | {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "dead_frac": losses.dead_fraction(since, dead_tokens),
             "lr": jnp.asarray(lr_at(state.step), jnp.float32),
             "batch_finite": jnp.all(jnp.isfinite(batch)),

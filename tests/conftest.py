@@ -1,0 +1,5 @@
+"""Test setup: 8 forced host devices (set before jax is imported) so mesh code is exercised."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
