@@ -43,14 +43,14 @@ class Whitening:
         """What to store beside an SAE when the whitening cannot be folded."""
         return {"whitening_mean": self.mean.astype(np.float32), "whitening_matrix": self.matrix.astype(np.float32),
                 "whitening_inverse": self.inverse.astype(np.float32),
-                "whitening_eps": np.asarray(self.eps, np.float32)}
+                "whitening_eps": np.asarray([self.eps], np.float32)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Whitening":
         return cls(mean=np.asarray(arrays["whitening_mean"], np.float64),
                    matrix=np.asarray(arrays["whitening_matrix"], np.float64),
                    inverse=np.asarray(arrays["whitening_inverse"], np.float64),
-                   eps=float(arrays["whitening_eps"]))
+                   eps=float(np.asarray(arrays["whitening_eps"]).reshape(-1)[0]))
 
 
 def fit_zca(sample: np.ndarray, eps: float = 1e-5) -> Whitening:
