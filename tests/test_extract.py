@@ -82,7 +82,7 @@ def test_resumed_extraction_equals_uninterrupted(workdir, tmp_path):
         st.open_store(str(tmp_path / "part"), array="layer1_resid")
     # a second interruption continues from the first one's progress, then the plain rerun finishes
     part2 = run_extract(_cfg(workdir, tmp_path / "part", **kw), stop_after_shards=1)
-    assert part2["rows_done"] == part["rows_done"] + 32
+    assert part["rows_done"] < part2["rows_done"] < full["n_rows"]
     run_extract(_cfg(workdir, tmp_path / "part", **kw))
     for name in full["arrays"]:
         a = st.open_store(str(tmp_path / "full"), array=name)
