@@ -52,7 +52,7 @@ def workspace(tmp_path_factory):
 def test_run_eval_writes_json_and_self_contained_report(workspace):
     root, acts = workspace
     cfg = EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(npy=str(root / "acts.npy")),
-                     heldout_start=0.5, model=str(root / "model"), text_file=str(root / "texts.txt"),
+                     heldout_start=0.5, model=str(root / "model"), layer=0, hook="resid", text_file=str(root / "texts.txt"),
                      labels=str(root / "labels.npy"), compare_sae=str(root / "other"),
                      ground_truth=str(root / "truth.npy"), n_browser_latents=4, batch_size=100)
     head = run_eval(cfg)
@@ -96,3 +96,34 @@ def test_eval_config_errors_are_clear():
         EvalConfig(sae="x", evals=("core", "nope"))
     with pytest.raises(ValueError, match="--sae"):
         EvalConfig()
+
+
+def test_run_eval_on_an_extracted_store_finds_model_texts_and_labels(workspace, tmp_path):
+    from sae_jax.lm.extract import ExtractConfig, run_extract
+
+    root, _ = workspace
+    animals = [f"the {w} sleeps in the barn at night" for w in ["cat", "dog", "cow", "pig", "hen", "ox"] * 2]
+    numbers = [f"{i} plus {i + 3} equals {2 * i + 3}" for i in range(12)]
+    records = [{"text": t, "label": lab} for pair in zip(animals, numbers) for t, lab in zip(pair, ("animal", "number"))]
+    (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    run_extract(ExtractConfig(model=str(root / "model"), out=str(tmp_path / "store"), text=str(tmp_path / "texts.jsonl"),
+                              label_field="label", layers=(0,), hooks=("resid",), context_length=32, batch_size=8,
+                              progress=False))
+    head = run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(store=str(tmp_path / "store")),
+                               out_dir=str(tmp_path / "eval"), heldout_start=0.5, n_browser_latents=3))
+    res = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert set(res["skipped"]) == {"identifiability"}  # no second SAE, no true dictionary
+    # independent count: rows per text = its non-special tokens; held-out texts have all rows in the 2nd half
+    from sae_jax.lm.models import load_model
+
+    _, tok = load_model(str(root / "model"))
+    lengths = [int((~np.isin(tok(r["text"], truncation=True, max_length=32)["input_ids"], tok.all_special_ids)).sum())
+               for r in records]
+    starts = np.cumsum([0] + lengths[:-1])
+    n_rows = sum(lengths)
+    held = [i for i, s in enumerate(starts) if s >= round(0.5 * n_rows)]
+    # every non-special token but the first of each text is a counted target (its predecessor is BOS or real)
+    assert res["splice"]["n_tokens"] == sum(lengths[i] for i in held)
+    assert res["probing"]["label"] in ("label: text class 'animal' vs the rest", "label: text class 'number' vs the rest")
+    assert res["probing"]["activations"]["accuracy"] > 0.8  # animal vs arithmetic text is easy from activations
+    assert head["ce_loss_recovered"] is not None

@@ -19,6 +19,7 @@ import numpy as np
 from sae_jax.config import DataConfig
 from sae_jax.evals import plots
 from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_rows
+from sae_jax.evals.provenance import heldout_docs, row_labels, store_provenance
 from sae_jax.evals.report import Report, figure_png, note, table
 
 EVALS = ("core", "splice", "identifiability", "probing", "stats", "browser")
@@ -46,19 +47,23 @@ class EvalConfig:
     batch_size: int = 2048
     """Rows per streamed batch (memory ~ batch_size x d_sae floats)."""
     model: str = ""
-    """Language model (short name, folder or .gguf) for splicing and the browser; empty skips them."""
-    layer: int = 0
-    """Block whose activation the SAE reads."""
-    hook: Literal["resid", "mlp_out", "attn_out"] = "resid"
-    """Hook point inside the block."""
+    """Language model (short name, folder or .gguf) for splicing and the browser; empty = the store's model."""
+    layer: int | None = None
+    """Block whose activation the SAE reads; None = the store's."""
+    hook: Literal["resid", "mlp_out", "attn_out"] | None = None
+    """Hook point inside the block; None = the store's."""
     text_file: str = ""
-    """Held-out texts for splicing and the browser: a .txt file (one text per line) or .jsonl with a 'text' field."""
+    """Held-out texts for splicing and the browser: a .txt file (one text per line) or .jsonl with a 'text'
+    field; empty = the store's texts whose rows all lie in the held-out split."""
     n_texts: int = 64
     """Texts used from text_file."""
     seq_len: int = 128
     """Tokens per text (longer texts are truncated)."""
     labels: str = ""
-    """A .npy of 0/1 labels, one per source row: enables probing and per-unit t-tests on the held-out split."""
+    """A .npy of 0/1 labels, one per source row, for probing and per-unit t-tests; empty = the store's text
+    labels (label_class vs the rest) when its corpus is labelled."""
+    label_class: str = ""
+    """With store text labels: the positive class (empty = the most common one in the held-out split)."""
     max_probe_rows: int = 20_000
     """Held-out rows used for probing (probes hold their inputs in memory)."""
     compare_sae: str = ""
@@ -155,19 +160,55 @@ class _Context:
         self.data_cfg, self.data_from = _resolve_data(cfg)
         self.source = open_source(self.data_cfg)
         self.rows = split_rows(self.source.n_rows, cfg.heldout_start, cfg.heldout_stop, cfg.max_rows)
+        self.prov = store_provenance(self.source)
         self._lm = None
+        self.lm_note = ""
+        self.label_note = "label: --labels"
         self.core: CoreMetrics | None = None
+
+    def _texts(self) -> tuple[list[str], int] | None:
+        if self.cfg.text_file:
+            return read_texts(self.cfg.text_file, self.cfg.n_texts), self.cfg.seq_len
+        p = self.prov
+        if p is None or p.texts is None or p.doc_ids is None:
+            return None
+        docs = heldout_docs(p.doc_ids, self.rows)[: self.cfg.n_texts]
+        if not len(docs):
+            return None
+        return [p.texts[i] for i in docs], p.context_length or self.cfg.seq_len
 
     @property
     def lm(self):
-        """(model, tokenizer, token batches) or None without a model and texts."""
-        if self._lm is None and self.cfg.model and self.cfg.text_file:
-            from sae_jax.lm.models import load_model
+        """(model, tokenizer, token batches, layer, hook) or None without a model and texts."""
+        if self._lm is not None:
+            return self._lm
+        cfg, p = self.cfg, self.prov
+        layer = cfg.layer if cfg.layer is not None else (p.layer if p else None)
+        hook = cfg.hook if cfg.hook is not None else (p.hook if p else None)
+        texts = self._texts()
+        if not (cfg.model or (p and p.model)) or layer is None or hook is None or texts is None:
+            return None
+        from sae_jax.lm.models import known_models, load_model
 
-            model, tok = load_model(self.cfg.model)
-            texts = read_texts(self.cfg.text_file, self.cfg.n_texts)
-            self._lm = (model, tok, token_batches(tok, texts, self.cfg.seq_len))
+        spec = cfg.model or (p.model if p.model in known_models() else p.model_path)
+        model, tok = load_model(spec)
+        self._lm = (model, tok, token_batches(tok, texts[0], texts[1]), layer, hook)
+        self.lm_note = f"{spec}, block {layer}, hook {hook}, {len(texts[0])} held-out texts"
         return self._lm
+
+    def labels(self, rows: np.ndarray) -> np.ndarray | None:
+        """0/1 labels of ``rows`` (from --labels or the store's labelled texts), or None."""
+        if self.cfg.labels:
+            labels = np.load(self.cfg.labels)
+            if labels.shape != (self.source.n_rows,):
+                raise ValueError(f"{self.cfg.labels}: expected {self.source.n_rows} labels (one per source row), "
+                                 f"got shape {labels.shape}")
+            return labels[rows]
+        got = row_labels(self.prov, rows, self.cfg.label_class) if self.prov else None
+        if got is None:
+            return None
+        self.label_note = f"label: text class {got[1]!r} vs the rest"
+        return got[0]
 
 
 def _core(ctx: _Context, report: Report) -> dict[str, Any]:
@@ -185,13 +226,13 @@ def _splice(ctx: _Context, report: Report) -> dict[str, Any] | None:
         return None
     from sae_jax.evals.splice import evaluate_splice
 
-    model, tok, batches = ctx.lm
-    m = evaluate_splice(model, ctx.sae, batches, ctx.cfg.layer, ctx.cfg.hook, tok.all_special_ids)
+    model, tok, batches, layer, hook = ctx.lm
+    m = evaluate_splice(model, ctx.sae, batches, layer, hook, tok.all_special_ids)
     ce = {"clean": m.ce_clean, "spliced": m.ce_spliced, "spliced+error": m.ce_spliced_with_error,
           "zero-ablated": m.ce_zero, "mean-ablated": m.ce_mean}
     report.add("Splicing into the language model", table(m.to_dict()), figure_png(plots.splice_bars(ce)),
-               note(f"{ctx.cfg.model}, block {ctx.cfg.layer}, hook {ctx.cfg.hook}; CE over {m.n_tokens:,} "
-                    "non-special target tokens. spliced+error must equal clean (a check of the hook)."))
+               note(f"{ctx.lm_note}; CE over {m.n_tokens:,} non-special target tokens. "
+                    "spliced+error must equal clean (a check of the hook)."))
     return m.to_dict()
 
 
@@ -230,44 +271,39 @@ def _identifiability(ctx: _Context, report: Report) -> dict[str, Any] | None:
     return out
 
 
-def _labelled(ctx: _Context):
-    labels = np.load(ctx.cfg.labels)
-    if labels.shape != (ctx.source.n_rows,):
-        raise ValueError(f"{ctx.cfg.labels}: expected {ctx.source.n_rows} labels (one per source row), got {labels.shape}")
-    return labels
-
-
 def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
-    if not ctx.cfg.labels:
-        return None
     import scipy.sparse as sp
 
     from sae_jax.evals.probing import evaluate_probing
 
-    labels = _labelled(ctx)
     rows = ctx.rows[: ctx.cfg.max_probe_rows]
+    labels = ctx.labels(rows)
+    if labels is None:
+        return None
     acts, codes = [], []
     for x in iter_batches(ctx.source, rows, ctx.cfg.batch_size):
         acts.append(x)
         codes.append(sp.csr_matrix(ctx.sae.encode(x)))
-    r = evaluate_probing(np.concatenate(acts), sp.vstack(codes).tocsr(), labels[rows])
+    r = evaluate_probing(np.concatenate(acts), sp.vstack(codes).tocsr(), labels)
     report.add("Probing", table([{"features": "activations", **r.activations}, {"features": "SAE codes", **r.codes}],
                                 ["features", "accuracy", "control_accuracy", "selectivity"]),
                figure_png(plots.sparse_probing_curve(r.sparse_ks, {"SAE latents": r.sparse_codes,
                                                                    "neurons": r.sparse_activations},
-                                                     {"all neurons": r.activations["accuracy"]})))
-    return r.to_dict()
+                                                     {"all neurons": r.activations["accuracy"]})),
+               note(f"{ctx.label_note}; {r.n_train:,} train / {r.n_test:,} test held-out tokens; selectivity = "
+                    "accuracy - accuracy on shuffled-label controls; k-sparse: top-k units by class-mean difference."))
+    return {**r.to_dict(), "label": ctx.label_note}
 
 
 def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
-    if not ctx.cfg.labels:
-        return None
     from sae_jax.evals.stats import ClassMoments, significance_counts
 
-    labels = _labelled(ctx)
+    labels = ctx.labels(ctx.rows)
+    if labels is None:
+        return None
     neurons, latents = ClassMoments(ctx.sae.d_in), ClassMoments(ctx.sae.d_sae)
     for i, x in zip(range(0, len(ctx.rows), ctx.cfg.batch_size), iter_batches(ctx.source, ctx.rows, ctx.cfg.batch_size)):
-        y = labels[ctx.rows[i:i + len(x)]]
+        y = labels[i:i + len(x)]
         neurons.update(x, y)
         latents.update(ctx.sae.encode(x), y)
     p_n, p_l = neurons.ttest()[1], latents.ttest()[1]
@@ -275,8 +311,9 @@ def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
     report.add("Per-unit t-tests between classes",
                table([{"units": k, **v} for k, v in out.items()],
                      ["units", "n_units", "n_uncorrected", "n_bonferroni", "n_benjamini_hochberg", "alpha"]),
-               figure_png(plots.pvalue_histograms({"neurons": p_n, "SAE latents": p_l})))
-    return out
+               figure_png(plots.pvalue_histograms({"neurons": p_n, "SAE latents": p_l})),
+               note(f"{ctx.label_note}; Welch t-tests per unit over {len(ctx.rows):,} held-out tokens."))
+    return {**out, "label": ctx.label_note}
 
 
 def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
@@ -284,13 +321,13 @@ def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
         return None
     from sae_jax.evals import browser
 
-    model, tok, batches = ctx.lm
+    model, tok, batches, layer, hook = ctx.lm
     latents = list(ctx.cfg.browser_latents)
     if not latents and ctx.core is not None:
         latents = browser.pick_latents(ctx.core.frequency, ctx.cfg.n_browser_latents)
     if not latents:
         latents = list(range(min(ctx.cfg.n_browser_latents, ctx.sae.d_sae)))
-    page = browser.build_browser(model, tok, ctx.sae, batches, ctx.cfg.layer, ctx.cfg.hook, latents)
+    page = browser.build_browser(model, tok, ctx.sae, batches, layer, hook, latents)
     path = Path(_out_dir(ctx.cfg)) / "browser.html"
     path.write_text(page.html, encoding="utf-8")
     report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents</p>")
@@ -303,8 +340,11 @@ def _out_dir(cfg: EvalConfig) -> Path:
 
 _RUNNERS = {"core": _core, "splice": _splice, "identifiability": _identifiability, "probing": _probing,
             "stats": _stats, "browser": _browser}
-_NEEDS = {"splice": "--model and --text-file", "browser": "--model and --text-file",
-          "probing": "--labels", "stats": "--labels",
+_NEEDS = {"splice": "a model, layer, hook and held-out texts (--model/--layer/--hook/--text-file, or a store from "
+                    "`sae-jax extract` whose corpus is installed)",
+          "browser": "the same inputs as splice",
+          "probing": "--labels, or a store extracted from a labelled corpus",
+          "stats": "--labels, or a store extracted from a labelled corpus",
           "identifiability": "--compare-sae, --ground-truth or synthetic data (and at most --max-match latents)"}
 
 
