@@ -166,26 +166,29 @@ sparse_decode.defvjp(_decode_fwd, _decode_bwd)
 # encoder
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _encode(x, b_dec, W_enc, b_enc, k, method):
-    pre = (x - b_dec) @ W_enc + b_enc
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _encode(x, b_dec, W_enc, b_enc, mask, k, method, dtype):
+    pre = jnp.dot((x - b_dec).astype(dtype), W_enc.astype(dtype),
+                  preferred_element_type=jnp.float32) + b_enc
+    if mask is not None:
+        pre = jnp.where(mask, pre, -jnp.inf)
     v, idx = topk(pre, k, method=method)
     return jax.nn.relu(v), idx
 
 
-def _encode_fwd(x, b_dec, W_enc, b_enc, k, method):
-    vals, idx = _encode(x, b_dec, W_enc, b_enc, k, method)
+def _encode_fwd(x, b_dec, W_enc, b_enc, mask, k, method, dtype):
+    vals, idx = _encode(x, b_dec, W_enc, b_enc, mask, k, method, dtype)
     return (vals, idx), (x, b_dec, W_enc, vals, idx)
 
 
-def _encode_bwd(k, method, res, cts):
+def _encode_bwd(k, method, dtype, res, cts):
     x, b_dec, W_enc, vals, idx = res
     g = cts[0]
-    gp = jnp.where(vals > 0, g, 0)  # relu'(pre) at the selected entries
+    gp = jnp.where(vals > 0, g, 0).astype(jnp.float32)  # relu'(pre) at the selected entries
     n = W_enc.shape[1]
-    g_b = jnp.zeros((n,), g.dtype).at[idx.reshape(-1)].add(gp.reshape(-1))
+    g_b = jnp.zeros((n,), jnp.float32).at[idx.reshape(-1)].add(gp.reshape(-1))
     # Scatter rows of W_enc^T (contiguous rows), transpose once at the end.
-    g_wT = _scatter_outer(gp, idx, x - b_dec, n)
+    g_wT = _scatter_outer(gp, idx, (x - b_dec).astype(jnp.float32), n)
     # d pre / d x: gathered columns of W_enc. XLA drops it when x needs no gradient
     # (training); b_dec's gradient is the cheap matvec -W_enc @ g_b instead of -sum_b g_x.
     g_x = _gather_combine(gp, idx, W_enc.T)
@@ -195,6 +198,7 @@ def _encode_bwd(k, method, res, cts):
         g_bdec.astype(b_dec.dtype),
         g_wT.T.astype(W_enc.dtype),
         g_b.astype(W_enc.dtype),
+        None,
     )
 
 
@@ -208,14 +212,19 @@ def sparse_encode(
     k: int,
     *,
     b_dec: jax.Array | None = None,
+    mask: jax.Array | None = None,
     topk_method: str = "auto",
+    compute_dtype: str = "float32",
 ) -> tuple[jax.Array, jax.Array]:
     """TopK encoder: (relu of the k largest of (x - b_dec) @ W_enc + b_enc [B, k], indices [B, k]).
 
     Without b_dec, x is the already-centred input x_c. Pass b_dec when it is a trained
-    parameter: its gradient is then a matvec instead of a [B, d] gather. Differentiable wrt
-    x, b_dec, W_enc and b_enc; the backward touches only the selected columns of W_enc
-    (scatter-add of x_c (x) g), O(B k d) instead of the dense O(B d F).
+    parameter: its gradient is then a matvec instead of a [B, d] gather. ``mask`` [F] bool
+    restricts the choice to those latents (AuxK over dead latents; unmasked slots that
+    must fill k come back with value 0). ``compute_dtype`` is the matmul input dtype
+    (float32 accumulation). Differentiable wrt x, b_dec, W_enc and b_enc; the backward
+    touches only the selected columns of W_enc (scatter-add of x_c (x) g), O(B k d)
+    instead of the dense O(B d F).
     """
     if x.ndim != 2 or W_enc.ndim != 2 or x.shape[1] != W_enc.shape[0]:
         raise ValueError(
@@ -228,7 +237,9 @@ def sparse_encode(
         b_dec = jnp.zeros((x.shape[1],), x.dtype)
     elif b_dec.shape != (x.shape[1],):
         raise ValueError(f"b_dec must have shape ({x.shape[1]},), got {b_dec.shape}")
-    return _encode(x, b_dec, W_enc, b_enc, int(k), topk_method)
+    if mask is not None and mask.shape != (W_enc.shape[1],):
+        raise ValueError(f"mask must have shape ({W_enc.shape[1]},), got {mask.shape}")
+    return _encode(x, b_dec, W_enc, b_enc, mask, int(k), topk_method, str(jnp.dtype(compute_dtype)))
 
 
 def choose_impl(impl: str, backend: str | None = None) -> str:

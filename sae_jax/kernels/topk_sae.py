@@ -1,0 +1,65 @@
+"""TopK SAE trained through the sparse kernels: same parameters, loss and metrics as
+``sae_jax.sae.topk.TopKSAE``, computed without the dense [B, F] code or dense backward.
+
+Selected by ``sae.impl = "sparse"`` (or "auto" off TPU) on meshes whose 'dict' axis is 1;
+the dictionary-sharded path keeps the dense architecture and its two-stage sharded top-k.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sae_jax import losses
+from sae_jax.kernels.sparse_topk import sparse_decode, sparse_encode
+from sae_jax.sae import base
+from sae_jax.sae.topk import TopKSAE
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseTopKSAE(TopKSAE):
+    """``TopKSAE`` whose training loss runs on gathered rows (see module docstring)."""
+
+    topk_method: str = "auto"
+
+    def sparse_codes(self, params, x):
+        """(vals [B, k], idx [B, k]): the nonzero part of ``encode``."""
+        return sparse_encode(x, params["W_enc"], params["b_enc"], self.k, b_dec=params["b_dec"],
+                             topk_method=self.topk_method, compute_dtype=self.dtype)
+
+    def loss(self, params, state, x, ctx: base.LossContext):
+        vals, idx = self.sparse_codes(params, x)
+        x_hat = sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
+        recon = losses.recon_loss(self.recon_loss, x, x_hat)
+        if self.auxk_coef > 0:
+            aux = self._auxk(params, x, x_hat, ctx.dead_mask)
+        else:
+            aux = jnp.zeros((), jnp.float32)
+        active = vals > 0
+        n_latents = params["W_enc"].shape[1]
+        fired = jnp.zeros((n_latents,), bool).at[idx.reshape(-1)].max(active.reshape(-1))
+        metrics = base.recon_metrics(x, x_hat) | {
+            "l0": jnp.mean(jnp.sum(active, axis=-1).astype(jnp.float32)),
+            "auxk": aux,
+        }
+        return recon + self.auxk_coef * aux, base.LossOutput(fired=fired, metrics=metrics, state=state)
+
+    def _auxk(self, params, x, x_hat, dead_mask):
+        """AuxK over the dead latents (residual stop-gradient, no b_dec), 0 when none is dead."""
+        residual = lax.stop_gradient(x - x_hat)
+
+        def compute(_):
+            av, ai = sparse_encode(x, params["W_enc"], params["b_enc"], self.k_aux,
+                                   b_dec=params["b_dec"], mask=dead_mask,
+                                   topk_method=self.topk_method, compute_dtype=self.dtype)
+            return losses.auxk_loss(residual, sparse_decode(av, ai, params["W_dec"]))
+
+        return lax.cond(jnp.any(dead_mask), compute, lambda _: jnp.zeros((), jnp.float32), None)
+
+    @classmethod
+    def from_dense(cls, arch: TopKSAE, topk_method: str = "auto") -> "SparseTopKSAE":
+        """The sparse twin of a dense TopKSAE (same hyperparameters)."""
+        fields = {f.name: getattr(arch, f.name) for f in dataclasses.fields(TopKSAE)}
+        return cls(**fields, topk_method=topk_method)
