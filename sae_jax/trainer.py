@@ -47,10 +47,16 @@ class TrainResult:
     export_dir: Path | None
 
 
+def stat_rows(seed: int, n_stat_rows: int, n_rows: int) -> np.ndarray:
+    """The fixed, sorted sample of source rows used for input statistics."""
+    n = min(n_stat_rows, n_rows)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n_rows, n, replace=False))
+
+
 def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
     """(b_dec init = geometric median of scaled sample rows, input scale) from a fixed sample."""
-    n = min(cfg.data.n_stat_rows, source.n_rows)
-    rows = np.sort(np.random.default_rng([cfg.data.seed, 7]).choice(source.n_rows, n, replace=False))
+    rows = stat_rows(cfg.data.seed, cfg.data.n_stat_rows, source.n_rows)
+    n = len(rows)
     sample = source.read(rows).astype(np.float64)
     bad = ~np.isfinite(sample).all(axis=1)
     if bad.any():

@@ -1,0 +1,100 @@
+"""Export to the SAELens format: our loader and SAELens itself compute the same encode/decode."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sae_jax.export import fold_input_scale, load_sae, write_sae
+from sae_jax.trainer import train
+from tests.helpers_train import tiny_config
+
+ARCHS = ["topk", "batchtopk", "relu", "jumprelu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = {}
+    for arch in ARCHS:
+        cfg = tiny_config(tmp_path_factory.mktemp(arch), architecture=arch, sparsity_coef=0.01)
+        out[arch] = (train(dataclasses.replace(cfg, steps=15)), cfg)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_matches_training_model_on_raw_inputs(trained, arch):
+    result, cfg = trained[arch]
+    sae = load_sae(result.export_dir)
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32) * 2
+    scale = float(result.state.input_scale)
+    assert scale != 1.0  # the fold is really exercised
+    params = jax.device_get(result.state.params)
+    h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, x * scale))
+    x_hat_ref = np.asarray(result.arch.decode(params, h_ref)) / scale
+    if arch == "batchtopk":  # inference is a JumpReLU at the learned threshold
+        assert sae.architecture == "jumprelu"
+    np.testing.assert_allclose(sae.encode(x), h_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sae.decode(sae.encode(x)), x_hat_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_input_scale_is_exact_algebra():
+    rng = np.random.default_rng(1)
+    p = {"W_enc": rng.standard_normal((5, 7)), "b_enc": rng.standard_normal(7),
+         "W_dec": rng.standard_normal((7, 5)), "b_dec": rng.standard_normal(5)}
+    x, s = rng.standard_normal((3, 5)), 2.5
+    f = fold_input_scale(p, s)
+    np.testing.assert_allclose((x - f["b_dec"]) @ f["W_enc"] + f["b_enc"], (s * x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    h = rng.standard_normal((3, 7))
+    np.testing.assert_allclose(h @ f["W_dec"] + f["b_dec"], (h @ p["W_dec"] + p["b_dec"]) / s)
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an SAE folder"):
+        load_sae(tmp_path)
+    p = {"W_enc": np.zeros((4, 6)), "b_enc": np.zeros(6), "W_dec": np.zeros((6, 4)), "b_dec": np.zeros(4)}
+    write_sae(tmp_path / "s", p, {"architecture": "standard"})
+    with pytest.raises(ValueError, match="does not match the SAE's d_in=4"):
+        load_sae(tmp_path / "s").encode(np.zeros((2, 5)))
+
+
+def _sae_lens_python():
+    """A Python that can import sae_lens: this one, or $SAE_LENS_PYTHON (its own venv)."""
+    try:
+        import sae_lens  # noqa: F401
+
+        return sys.executable
+    except ImportError:
+        return os.environ.get("SAE_LENS_PYTHON")
+
+
+SAE_LENS_CHECK = """
+import json, sys, numpy as np, torch
+from sae_lens import SAE
+sae = SAE.load_from_disk(sys.argv[1])
+x = torch.tensor(np.load(sys.argv[2]))
+with torch.no_grad():
+    h = sae.encode(x)
+    np.save(sys.argv[3], h.numpy()); np.save(sys.argv[4], sae.decode(h).numpy())
+print(type(sae).__name__)
+"""
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sae_lens_loads_and_computes_the_same(trained, arch, tmp_path):
+    python = _sae_lens_python()
+    if python is None:
+        pytest.skip("sae_lens not importable; set SAE_LENS_PYTHON to a venv that has it")
+    result, _ = trained[arch]
+    x = np.random.default_rng(2).standard_normal((40, 16)).astype(np.float32) * 2
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([python, "-c", SAE_LENS_CHECK, str(result.export_dir), str(tmp_path / "x.npy"),
+                          str(tmp_path / "h.npy"), str(tmp_path / "r.npy")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours = load_sae(result.export_dir)
+    np.testing.assert_allclose(np.load(tmp_path / "h.npy"), ours.encode(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), ours.decode(ours.encode(x)), rtol=1e-4, atol=1e-4)
