@@ -127,3 +127,10 @@ def test_run_eval_on_an_extracted_store_finds_model_texts_and_labels(workspace, 
     assert res["probing"]["label"] in ("label: text class 'animal' vs the rest", "label: text class 'number' vs the rest")
     assert res["probing"]["activations"]["accuracy"] > 0.8  # animal vs arithmetic text is easy from activations
     assert head["ce_loss_recovered"] is not None
+
+
+def test_format_headline():
+    from sae_jax.evals.run import format_headline
+
+    line = format_headline({"fvu": 0.12345, "l0": 31.96, "dead_fraction": 0.0123, "ce_loss_recovered": None})
+    assert line == "FVU 0.1235  L0 32.0  dead 1.23%  CE-loss recovered n/a"

@@ -25,6 +25,11 @@ def splice_bars(ce: Mapping[str, float]):
     fig, ax = plt.subplots(figsize=(7, 3.2))
     names = list(ce)
     ax.bar(names, [ce[n] for n in names], color=["#16a34a", "#3b82f6", "#94a3b8", "#ef4444", "#f59e0b"][: len(names)])
+    vals = [v for v in ce.values() if np.isfinite(v)]
+    if vals:  # the differences matter, not the distance from zero
+        lo, hi = min(vals), max(vals)
+        pad = 0.15 * (hi - lo) or 0.05 * abs(hi) or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_ylabel("next-token CE (nats)")
     ax.set_title("Cross-entropy with the hooked activation replaced")
     return fig

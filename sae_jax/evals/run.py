@@ -356,6 +356,14 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def format_headline(h: dict[str, float | None]) -> str:
+    def f(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+    dead = None if h.get("dead_fraction") is None else 100 * h["dead_fraction"]
+    return (f"FVU {f(h.get('fvu'), '.4f')}  L0 {f(h.get('l0'), '.1f')}  dead {f(dead, '.2f')}%  "
+            f"CE-loss recovered {f(h.get('ce_loss_recovered'), '.4f')}")
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, float]:
     """Run the evaluations, write ``eval.json`` and ``report.html``, return the headline numbers."""
     out_dir = _out_dir(cfg)
@@ -381,4 +389,5 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     report.sections.insert(0, ("Headline", table(results["headline"])))
     (out_dir / "eval.json").write_text(json.dumps(_jsonable(results), indent=2))
     report.write(out_dir / "report.html")
+    print(f"eval: {format_headline(results['headline'])}\nreport: {out_dir / 'report.html'}")
     return results["headline"]
