@@ -134,3 +134,36 @@ def test_format_headline():
 
     line = format_headline({"fvu": 0.12345, "l0": 31.96, "dead_fraction": 0.0123, "ce_loss_recovered": None})
     assert line == "FVU 0.1235  L0 32.0  dead 1.23%  CE-loss recovered n/a"
+
+
+def test_run_eval_base_vs_chat_shift_and_clustering(workspace, tmp_path):
+    from sae_jax.data.store import open_store
+    from sae_jax.evals.shift import cohens_d_arrays
+    from sae_jax.lm.extract import ExtractConfig, run_extract
+
+    root, _ = workspace
+    chat, tok = tiny_random_model("llama", n_layers=2, d_model=32, seed=1)  # a "fine-tuned" model: same tokenizer
+    chat.save_pretrained(tmp_path / "chat")
+    tok.save_pretrained(tmp_path / "chat")
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    run_extract(ExtractConfig(model=str(root / "model"), chat_model=str(tmp_path / "chat"), out=str(tmp_path / "st"),
+                              text=str(tmp_path / "t.txt"), layers=(0,), hooks=("resid",), context_length=32,
+                              progress=False))
+    base_path, chat_path = str(tmp_path / "st" / "base" / "layer0_resid"), str(tmp_path / "st" / "chat" / "layer0_resid")
+    run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(store=base_path), chat_store=chat_path,
+                        chat_sae=str(root / "other"), delta_sae=str(root / "run" / "export"), out_dir=str(tmp_path / "ev"),
+                        heldout_start=0.0, n_clusters=5, evals=("core", "shift", "clustering")))
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    sae = load_sae(root / "run" / "export")
+    b, c = open_store(base_path), open_store(chat_path)
+    rows = np.arange(b.n_rows)
+    d = cohens_d_arrays(sae.encode(b.read(rows)), sae.encode(c.read(rows)))
+    shifted = np.abs(d) >= 0.5
+    assert sum(res["shift"]["counts"].values()) == 64
+    assert res["shift"]["counts"]["amplified_in_chat"] == int((d >= 0.5).sum())
+    assert res["shift"]["n_delta_only"] == 0  # the "delta SAE" here is the base SAE itself: all matched
+    clusters = res["clustering"]["clusters"]
+    assert sum(r["size"] for r in clusters) == 64 and len(clusters) == 5
+    labels = np.array(res["clustering"]["labels"])
+    for r in clusters:
+        assert r["n_shifted"] == int((shifted & (labels == r["cluster"])).sum())

@@ -54,3 +54,37 @@ def test_enrichment_point_estimate_and_bootstrap_ci():
     assert e2.ci_low < 1.0 < e2.ci_high
     with pytest.raises(ValueError, match="at least one"):
         enrichment(g, np.zeros(F, bool))
+
+
+class _ReluSAE:
+    def __init__(self, W):
+        self.params = {"W_dec": W, "W_enc": W.T, "b_enc": np.zeros(len(W)), "b_dec": np.zeros(W.shape[1])}
+        self.d_sae, self.d_in = W.shape
+
+    def encode(self, x):
+        return np.maximum(x @ self.params["W_enc"], 0)
+
+
+def test_evaluate_shift_finds_planted_shifts_and_their_enrichment():
+    from sae_jax.data.source import ArraySource
+    from sae_jax.evals.shift import evaluate_shift
+
+    rng = np.random.default_rng(5)
+    W = np.linalg.qr(rng.normal(size=(16, 16)))[0]  # orthonormal dictionary, 16 latents
+    n = 4000
+    base = np.abs(rng.normal(size=(n, 16))) * (rng.random((n, 16)) < 0.3) @ W
+    group = rng.random(n) < 0.25
+    chat = base.copy()
+    chat[group] += 2.0 * W[3]  # latent 3 amplified in chat, on the group's texts only
+    chat -= np.outer(base @ W[7], W[7])  # latent 7 switched off in chat
+    sae = _ReluSAE(W)
+    res = evaluate_shift(sae, ArraySource(base.astype(np.float32)), ArraySource(chat.astype(np.float32)),
+                         np.arange(n), batch_size=700, threshold=0.5, row_group=group.astype(int), n_resamples=300)
+    hb, hc = sae.encode(base.astype(np.float32)), sae.encode(chat.astype(np.float32))
+    np.testing.assert_allclose(res.d, cohens_d_arrays(hb, hc), rtol=1e-5, atol=1e-7)
+    assert res.classes[3] == AMPLIFIED and res.classes[7] == SUPPRESSED
+    assert res.counts[AMPLIFIED] == 1 and res.counts[SUPPRESSED] == 1
+    assert res.top_amplified[0][0] == 3 and res.top_suppressed[0][0] == 7
+    # latent 3 now fires mostly on group texts: the only group latent, and half of the shifted ones
+    assert res.enrichment["n_group"] == 1 and res.enrichment["n_group_shifted"] == 1
+    assert res.enrichment["enrichment"] == pytest.approx((1 / 2) / (1 / 16))

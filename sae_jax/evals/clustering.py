@@ -13,13 +13,13 @@ from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 
-def cluster_directions(W_dec: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+def cluster_directions(W_dec: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
     """Cluster label per latent from k-means over unit-normalised decoder rows."""
     W = np.asarray(W_dec, dtype=np.float64)
     if not 1 <= n_clusters <= W.shape[0]:
         raise ValueError(f"n_clusters must be in [1, {W.shape[0]}] (the number of latents), got {n_clusters}")
     unit = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
-    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(unit)
+    return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(unit)
 
 
 def cluster_contexts(contexts: Sequence[str], n_clusters: int, seed: int = 0) -> np.ndarray:

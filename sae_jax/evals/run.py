@@ -22,7 +22,7 @@ from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_r
 from sae_jax.evals.provenance import heldout_docs, row_labels, store_provenance
 from sae_jax.evals.report import Report, figure_png, note, table
 
-EVALS = ("core", "splice", "identifiability", "probing", "stats", "browser")
+EVALS = ("core", "splice", "identifiability", "probing", "stats", "shift", "clustering", "browser")
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,23 @@ class EvalConfig:
     """A .npy true dictionary [n_features, d_in]; synthetic data supplies its own."""
     max_match: int = 8192
     """Skip Hungarian matching above this many latents (its cost grows as the cube)."""
+    chat_store: str = ""
+    """Activation store of the chat model on the same texts (row-aligned with --data): enables the base-vs-chat
+    shift evaluation of this (base) SAE."""
+    chat_sae: str = ""
+    """SAE trained on the chat store (with --delta-sae: latents found only by the delta SAE)."""
+    delta_sae: str = ""
+    """SAE trained on chat - base activations."""
+    shift_threshold: float = 0.5
+    """|Cohen's d| at which a latent counts as suppressed / amplified in chat."""
+    n_clusters: int = 16
+    """k-means clusters over decoder directions (themes)."""
     browser_latents: tuple[int, ...] = ()
     """Latents shown in the feature browser; empty = the most frequent alive latents."""
     n_browser_latents: int = 12
     """How many latents the browser shows when none are listed."""
     evals: tuple[str, ...] = EVALS
-    """Evaluations to run, from: core, splice, identifiability, probing, stats, browser."""
+    """Evaluations to run, from: core, splice, identifiability, probing, stats, shift, clustering, browser."""
 
     def __post_init__(self):
         unknown = [e for e in self.evals if e not in EVALS]
@@ -165,6 +176,7 @@ class _Context:
         self.lm_note = ""
         self.label_note = "label: --labels"
         self.core: CoreMetrics | None = None
+        self.shifted: np.ndarray | None = None  # base-vs-chat shifted latents, once the shift eval ran
 
     def _texts(self) -> tuple[list[str], int] | None:
         if self.cfg.text_file:
@@ -316,6 +328,49 @@ def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
     return {**out, "label": ctx.label_note}
 
 
+def _shift(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    if not ctx.cfg.chat_store:
+        return None
+    from sae_jax.data.store import open_store
+    from sae_jax.evals.shift import evaluate_shift
+    from sae_jax.export import load_sae
+
+    cfg = ctx.cfg
+    chat_sae = load_sae(cfg.chat_sae) if cfg.chat_sae else None
+    delta_sae = load_sae(cfg.delta_sae) if cfg.delta_sae else None
+    r = evaluate_shift(ctx.sae, ctx.source, open_store(cfg.chat_store), ctx.rows, cfg.batch_size, cfg.shift_threshold,
+                       chat_sae=chat_sae, delta_sae=delta_sae, row_group=ctx.labels(ctx.rows))
+    ctx.shifted = np.isin(r.classes, ["suppressed_in_chat", "amplified_in_chat"])
+    frags = [table(r.counts),
+             table([{"latent": j, "cohens_d": d} for j, d in r.top_suppressed[:10] + r.top_amplified[:10]],
+                   ["latent", "cohens_d"])]
+    if r.n_delta_only is not None:
+        frags.append(table({"delta-SAE latents with no base/chat counterpart": r.n_delta_only}))
+    if r.enrichment is not None:
+        frags.append(table(r.enrichment))
+    frags.append(note(f"Cohen's d (chat - base, pooled SD) of each latent over {r.n_tokens:,} held-out tokens; "
+                      f"|d| >= {r.threshold} counts as shifted. Enrichment: {ctx.label_note}."))
+    report.add("Base vs chat", *frags)
+    return r.to_dict()
+
+
+def _clustering(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    from sae_jax.evals.clustering import cluster_directions, shifted_share
+
+    n = min(ctx.cfg.n_clusters, ctx.sae.d_sae)
+    labels = cluster_directions(ctx.sae.params["W_dec"], n, n_init=3)
+    shifted = ctx.shifted
+    rows = shifted_share(labels, shifted if shifted is not None else np.zeros(ctx.sae.d_sae, bool))
+    for row in rows:
+        row["latents"] = ", ".join(str(j) for j in np.nonzero(labels == row["cluster"])[0][:10])
+    if shifted is None:
+        rows = sorted(rows, key=lambda r: -r["size"])
+    report.add("Themes: k-means over decoder directions",
+               table(rows, ["cluster", "size", "n_shifted", "share_shifted", "latents"]),
+               note("Clusters of unit-normalised decoder rows; share_shifted needs the base-vs-chat evaluation."))
+    return {"labels": labels, "clusters": rows}
+
+
 def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
     if ctx.lm is None:
         return None
@@ -339,12 +394,13 @@ def _out_dir(cfg: EvalConfig) -> Path:
 
 
 _RUNNERS = {"core": _core, "splice": _splice, "identifiability": _identifiability, "probing": _probing,
-            "stats": _stats, "browser": _browser}
+            "stats": _stats, "shift": _shift, "clustering": _clustering, "browser": _browser}
 _NEEDS = {"splice": "a model, layer, hook and held-out texts (--model/--layer/--hook/--text-file, or a store from "
                     "`sae-jax extract` whose corpus is installed)",
           "browser": "the same inputs as splice",
           "probing": "--labels, or a store extracted from a labelled corpus",
           "stats": "--labels, or a store extracted from a labelled corpus",
+          "shift": "--chat-store (chat-model activations of the same texts)",
           "identifiability": "--compare-sae, --ground-truth or synthetic data (and at most --max-match latents)"}
 
 

@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -104,3 +104,77 @@ def enrichment(in_group: np.ndarray, shifted: np.ndarray, n_resamples: int = 200
     ci = res.confidence_interval
     return Enrichment(point, float(ci.low), float(ci.high), confidence, int(g.size), int(g.sum()), int(s.sum()),
                       int((g & s).sum()))
+
+
+@dataclass
+class ShiftResult:
+    n_tokens: int
+    threshold: float
+    counts: dict[str, int]
+    """Base-SAE latents per class (suppressed / amplified / unchanged / absent)."""
+    top_suppressed: list[tuple[int, float]]
+    top_amplified: list[tuple[int, float]]
+    n_delta_only: int | None
+    delta_only_latents: list[int] | None
+    enrichment: dict[str, Any] | None
+    """Enrichment of group latents (firing group_ratio x more on the labelled text group) among shifted ones."""
+    d: np.ndarray = field(repr=False, default=None)
+    classes: np.ndarray = field(repr=False, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("d")
+        out.pop("classes")
+        return out
+
+
+def evaluate_shift(sae, base_source, chat_source, rows: np.ndarray, batch_size: int = 2048, threshold: float = 0.5,
+                   min_frequency: float = 1e-4, chat_sae=None, delta_sae=None, cos_threshold: float = 0.7,
+                   row_group: np.ndarray | None = None, group_ratio: float = 2.0, n_top: int = 20,
+                   n_resamples: int = 2000, seed: int = 0) -> ShiftResult:
+    """Shifts of the (base) ``sae``'s latents between base and chat activations of the same tokens.
+
+    ``base_source`` and ``chat_source`` must be aligned row by row (same texts, same tokens).
+    ``row_group``: optional 0/1 per row of ``rows`` (text in the labelled group) for enrichment.
+    """
+    if base_source.n_rows != chat_source.n_rows or base_source.d_in != chat_source.d_in:
+        raise ValueError(f"base and chat activations must be aligned row by row: ({base_source.n_rows}, "
+                         f"{base_source.d_in}) vs ({chat_source.n_rows}, {chat_source.d_in})")
+    F = sae.d_sae
+    moments = ClassMoments(F)
+    fired = np.zeros(F, dtype=np.int64)
+    group_sum, group_n = np.zeros((2, F)), np.zeros(2)
+    rows = np.asarray(rows, dtype=np.int64)
+    if row_group is not None and len(row_group) != len(rows):
+        raise ValueError(f"row_group needs one entry per evaluated row ({len(rows)}), got {len(row_group)}")
+    for i in range(0, len(rows), batch_size):
+        r = rows[i:i + batch_size]
+        hb, hc = sae.encode(base_source.read(r)), sae.encode(chat_source.read(r))
+        moments.update(hb, np.zeros(len(r), int))
+        moments.update(hc, np.ones(len(r), int))
+        fired += (hb != 0).sum(0)
+        if row_group is not None:
+            g = np.asarray(row_group[i:i + batch_size], bool)
+            for k, sel in ((1, g), (0, ~g)):
+                group_sum[k] += hb[sel].sum(0, dtype=np.float64) + hc[sel].sum(0, dtype=np.float64)
+                group_n[k] += 2 * sel.sum()
+    d = cohens_d(moments)
+    classes = classify_latents(d, fired / len(rows), threshold, min_frequency)
+    counts = {c: int((classes == c).sum()) for c in (SUPPRESSED, AMPLIFIED, UNCHANGED, ABSENT)}
+    order = np.argsort(d)
+    top_sup = [(int(j), float(d[j])) for j in order[:n_top] if classes[j] == SUPPRESSED]
+    top_amp = [(int(j), float(d[j])) for j in order[::-1][:n_top] if classes[j] == AMPLIFIED]
+    n_delta = delta_lat = None
+    if delta_sae is not None and chat_sae is not None:
+        mask = delta_only(delta_sae.params["W_dec"], sae.params["W_dec"], chat_sae.params["W_dec"], cos_threshold)
+        n_delta, delta_lat = int(mask.sum()), [int(j) for j in np.nonzero(mask)[0][:100]]
+    enrich = None
+    if row_group is not None:
+        if group_n.min() == 0:
+            raise ValueError("row_group must contain rows both in and outside the group")
+        mean_in, mean_out = group_sum[1] / group_n[1], group_sum[0] / group_n[0]
+        in_group = (mean_in > 0) & (mean_in > group_ratio * mean_out)
+        shifted = (classes == SUPPRESSED) | (classes == AMPLIFIED)
+        if in_group.any() and shifted.any():
+            enrich = enrichment(in_group, shifted, n_resamples=n_resamples, seed=seed).to_dict()
+    return ShiftResult(len(rows), threshold, counts, top_sup, top_amp, n_delta, delta_lat, enrich, d, classes)
