@@ -49,8 +49,10 @@ class SSAETrainConfig:
     """Dual learning rate (ascent on the multiplier)."""
     dual_optimizer: Literal["sgd", "adam"] = "sgd"
     """Optimizer of the multiplier."""
-    scheme: Literal["simultaneous", "alternating", "extragradient"] = "extragradient"
-    """Primal–dual update scheme."""
+    scheme: Literal["simultaneous", "alternating", "extragradient"] = "simultaneous"
+    """Primal–dual update scheme. With an Adam primal, extragradient enforces the constraint at
+    the look-ahead point, which sat ~8% off the target at the actual parameters in
+    experiments/ssae_identifiability (correlated concepts); simultaneous hit it within 0.5%."""
     fixed_multiplier: float | None = None
     """If set, the multiplier is frozen at this value: an L1-penalised SAE (for comparisons)."""
     whiten: bool = False

@@ -54,6 +54,10 @@ def main() -> None:
     ap.add_argument("--n-rows", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--dual-lr", type=float, default=1e-2)
+    ap.add_argument("--dual-optimizer", choices=["sgd", "adam"], default="sgd")
+    ap.add_argument("--scheme", choices=["simultaneous", "alternating", "extragradient"], default="simultaneous")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(pathlib.Path(__file__).with_name("results.json")))
     args = ap.parse_args()
@@ -78,7 +82,8 @@ def main() -> None:
 
     mesh = make_mesh(MeshConfig(data=1, dict=1), jax.devices()[:1])
     base = SSAETrainConfig(ssae=SSAE(target=target, warmup=args.steps // 10, schedule=args.steps // 4),
-                           d_sae=d_sae, steps=args.steps, batch_size=args.batch_size)
+                           d_sae=d_sae, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           dual_lr=args.dual_lr, dual_optimizer=args.dual_optimizer, scheme=args.scheme)
 
     def evaluate(cfg, run, name):
         W = np.asarray(run.state.params["W_dec"])
@@ -110,11 +115,14 @@ def main() -> None:
         cfg = dataclasses.replace(base, fixed_multiplier=fixed, ssae=dataclasses.replace(base.ssae, warmup=0))
         row, _ = evaluate(cfg, train_ssae(cfg, src, mesh), f"L1 penalty λ={fixed:.4g}")
         baselines.append(row)
-    pca = fit_pca(x_train, d_sae)
-    pca_cos, pca_share, _ = match_directions(A, pca["W_dec"])
-    pca_codes = (x_held - pca["b_dec"]) @ pca["W_enc"]
-    baselines.append({"name": "PCA", "mean_cos_raw_directions": pca_cos, "share_above_0.9_raw": pca_share,
-                      "mcc_vs_truth": mcc(held_codes, pca_codes)[0], "mcc_vs_truth_ln": mcc(held_codes_ln, pca_codes)[0]})
+    if d_sae <= args.d:
+        pca = fit_pca(x_train, d_sae)
+        pca_cos, pca_share, _ = match_directions(A, pca["W_dec"])
+        pca_codes = (x_held - pca["b_dec"]) @ pca["W_enc"]
+        baselines.append({"name": "PCA", "mean_cos_raw_directions": pca_cos, "share_above_0.9_raw": pca_share,
+                          "mcc_vs_truth": mcc(held_codes, pca_codes)[0], "mcc_vs_truth_ln": mcc(held_codes_ln, pca_codes)[0]})
+    else:
+        baselines.append({"name": "PCA", "skipped": f"d_sae={d_sae} > d={args.d}: PCA has at most d directions"})
     print(json.dumps(baselines[-1]))
 
     summary = {
