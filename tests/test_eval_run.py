@@ -58,7 +58,7 @@ def test_run_eval_writes_json_and_self_contained_report(workspace):
     head = run_eval(cfg)
     out = root / "run" / "eval"
     res = json.loads((out / "eval.json").read_text())
-    assert res["skipped"] == {}
+    assert set(res["skipped"]) == {"shift"}  # no chat store
     sae = load_sae(root / "run" / "export")
     rows = split_rows(len(acts), 0.5, 1.0)
     ref = evaluate_core(sae, ArraySource(acts), rows)
@@ -112,7 +112,7 @@ def test_run_eval_on_an_extracted_store_finds_model_texts_and_labels(workspace, 
     head = run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(store=str(tmp_path / "store")),
                                out_dir=str(tmp_path / "eval"), heldout_start=0.5, n_browser_latents=3))
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert set(res["skipped"]) == {"identifiability"}  # no second SAE, no true dictionary
+    assert set(res["skipped"]) == {"identifiability", "shift"}  # no second SAE, true dictionary or chat store
     # independent count: rows per text = its non-special tokens; held-out texts have all rows in the 2nd half
     from sae_jax.lm.models import load_model
 
