@@ -39,7 +39,8 @@ class EvalConfig:
     run_config: str = ""
     """A training run's config.json whose data section to use (overrides --data)."""
     heldout_start: float = 0.9
-    """Start of the held-out split, as a fraction of the source's rows."""
+    """Start of the held-out split, as a fraction of the source's rows (synthetic data: a fresh draw of
+    (stop - start) x synthetic_n_rows rows instead)."""
     heldout_stop: float = 1.0
     """End of the held-out split, as a fraction of the source's rows."""
     max_rows: int = 1_000_000
@@ -98,17 +99,44 @@ class EvalConfig:
             raise ValueError("no SAE given: pass --sae <exported SAE folder>")
 
 
-def _resolve_data(cfg: EvalConfig) -> tuple[DataConfig, str]:
-    path = cfg.run_config
-    if not path and cfg.data == DataConfig():
-        guess = Path(cfg.sae).resolve().parent / "config.json"
-        path = str(guess) if guess.exists() else ""
-    if not path:
+def _resolve_data(cfg: EvalConfig, sae_cfg: dict[str, Any]) -> tuple[DataConfig, str]:
+    """--run-config, else --data if set, else the run's config.json beside the SAE, else the export's metadata."""
+    if cfg.run_config:
+        d = json.loads(Path(cfg.run_config).read_text())
+        if "data" not in d:
+            raise ValueError(f"{cfg.run_config} has no 'data' section; pass --data.store / --data.npy instead")
+        return DataConfig(**d["data"]), cfg.run_config
+    if cfg.data != DataConfig():
         return cfg.data, "--data"
-    d = json.loads(Path(path).read_text())
-    if "data" not in d:
-        raise ValueError(f"{path} has no 'data' section; pass --data.store / --data.npy instead")
-    return DataConfig(**d["data"]), path
+    guess = Path(cfg.sae).resolve().parent / "config.json"
+    if guess.exists():
+        d = json.loads(guess.read_text())
+        if "data" in d:
+            return DataConfig(**d["data"]), str(guess)
+    exported = (sae_cfg.get("metadata") or {}).get("config", {}).get("data")
+    if isinstance(exported, dict):
+        return DataConfig(**exported), "the SAE's cfg.json metadata"
+    return cfg.data, "--data (defaults)"
+
+
+def _is_synthetic(d: DataConfig) -> bool:
+    return not d.store and not d.npy
+
+
+def fresh_synthetic_source(d: DataConfig, n_rows: int):
+    """New rows from the same synthetic distribution (same dictionary, new codes and noise): truly held out."""
+    from sae_jax.data.source import ArraySource
+    from sae_jax.data.synthetic import ground_truth_dictionary, sparse_codes
+
+    dictionary = ground_truth_dictionary(d.synthetic_n_features, d.synthetic_d_in, d.seed)
+    rng = np.random.default_rng([d.seed, 7919])
+    seed = 1_000_003 + d.seed  # codes from a seed the training rows never use
+    x = np.empty((n_rows, d.synthetic_d_in), np.float32)
+    for start in range(0, n_rows, 16384):
+        stop = min(start + 16384, n_rows)
+        codes = sparse_codes(stop - start, d.synthetic_n_features, d.synthetic_k, seed + start)
+        x[start:stop] = codes @ dictionary + d.synthetic_noise * rng.standard_normal((stop - start, d.synthetic_d_in))
+    return ArraySource(x, {"source": "synthetic (fresh held-out draw)", "dictionary": dictionary})
 
 
 def _jsonable(obj):
@@ -168,9 +196,16 @@ class _Context:
 
         self.cfg = cfg
         self.sae = load_sae(cfg.sae)
-        self.data_cfg, self.data_from = _resolve_data(cfg)
-        self.source = open_source(self.data_cfg)
-        self.rows = split_rows(self.source.n_rows, cfg.heldout_start, cfg.heldout_stop, cfg.max_rows)
+        self.data_cfg, self.data_from = _resolve_data(cfg, self.sae.cfg)
+        if _is_synthetic(self.data_cfg):
+            n = int(round((cfg.heldout_stop - cfg.heldout_start) * self.data_cfg.synthetic_n_rows))
+            split_rows(self.data_cfg.synthetic_n_rows, cfg.heldout_start, cfg.heldout_stop)  # validates the split
+            self.source = fresh_synthetic_source(self.data_cfg, min(n, cfg.max_rows) if cfg.max_rows else n)
+            self.rows = np.arange(self.source.n_rows, dtype=np.int64)
+            self.data_from += "; synthetic data: a fresh draw (new codes, same dictionary), never trained on"
+        else:
+            self.source = open_source(self.data_cfg)
+            self.rows = split_rows(self.source.n_rows, cfg.heldout_start, cfg.heldout_stop, cfg.max_rows)
         self.prov = store_provenance(self.source)
         self._lm = None
         self.lm_note = ""
