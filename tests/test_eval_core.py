@@ -5,30 +5,17 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 
 from sae_jax.data.source import ArraySource
 from sae_jax.evals.core import CoreAccumulator, evaluate_core, split_rows
+from sae_jax.export import LoadedSAE
 
 
-class FakeTopKSAE:
-    """Same members as sae_jax.export.LoadedSAE; TopK in plain NumPy."""
-
-    def __init__(self, d_in, d_sae, k, seed=0):
-        rng = np.random.default_rng(seed)
-        W_dec = rng.normal(size=(d_sae, d_in)).astype(np.float32)
-        W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
-        self.params = {"W_enc": W_dec.T.copy(), "b_enc": np.zeros(d_sae, np.float32),
-                       "W_dec": W_dec, "b_dec": rng.normal(size=d_in).astype(np.float32) * 0.1}
-        self.d_in, self.d_sae, self.k = d_in, d_sae, k
-        self.cfg = {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k}
-
-    def encode(self, x):
-        p = self.params
-        pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-        idx = np.argpartition(-pre, self.k - 1, axis=1)[:, : self.k]
-        h = np.zeros_like(pre)
-        np.put_along_axis(h, idx, np.maximum(np.take_along_axis(pre, idx, 1), 0), 1)
-        return h
-
-    def decode(self, h):
-        return h @ self.params["W_dec"] + self.params["b_dec"]
+def FakeTopKSAE(d_in, d_sae, k, seed=0):
+    """A random TopK SAE (the exported-SAE class, built in memory)."""
+    rng = np.random.default_rng(seed)
+    W_dec = rng.normal(size=(d_sae, d_in)).astype(np.float32)
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+    params = {"W_enc": W_dec.T.copy(), "b_enc": np.zeros(d_sae, np.float32), "W_dec": W_dec,
+              "b_dec": rng.normal(size=d_in).astype(np.float32) * 0.1}
+    return LoadedSAE({"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k}, params)
 
 
 def test_core_metrics_match_sklearn_and_numpy_references():
@@ -102,3 +89,48 @@ def test_split_rows_and_clear_errors():
         split_rows(100, 0.9, 0.5)
     with pytest.raises(ValueError, match="d_in"):
         evaluate_core(FakeTopKSAE(4, 8, 2), ArraySource(np.zeros((3, 5), np.float32)))
+
+
+_MEMORY_SCRIPT = r"""
+import json, os, resource, sys, time
+import numpy as np
+from sae_jax.evals.core import evaluate_core
+from sae_jax.export import LoadedSAE
+
+n, d, F, k = int(sys.argv[1]), 512, 16384, 32
+
+class OnTheFly:
+    # rows are generated when read, so the data itself takes no memory
+    n_rows, d_in, metadata = n, d, {}
+    def read(self, rows):
+        rng = np.random.default_rng(int(rows[0]))
+        return rng.standard_normal((len(rows), d), dtype=np.float32)
+
+rng = np.random.default_rng(0)
+W = rng.standard_normal((F, d), dtype=np.float32)
+W /= np.linalg.norm(W, axis=1, keepdims=True)
+sae = LoadedSAE({"architecture": "topk", "d_in": d, "d_sae": F, "k": k},
+                {"W_enc": np.ascontiguousarray(W.T), "b_enc": np.zeros(F, np.float32), "W_dec": W,
+                 "b_dec": np.zeros(d, np.float32)})
+t0 = time.perf_counter()
+m = evaluate_core(sae, OnTheFly(), batch_size=2048)
+print(json.dumps({"n_tokens": m.n_tokens, "l0": m.l0, "fvu": m.fvu, "seconds": time.perf_counter() - t0,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_core_metrics_on_1m_tokens_16k_latents_in_bounded_memory():
+    """A dense N x F code matrix would be 1M x 16384 x 4 B = 64 GiB; streaming must stay far below."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    n = int(os.environ.get("SAE_JAX_CORE_MEM_TOKENS", 1_000_000))
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(n)], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(res)
+    assert res["n_tokens"] == n
+    assert res["l0"] == pytest.approx(32, abs=0.5)  # TopK: k active (a few may be <= 0 and dropped)
+    assert res["peak_rss_mib"] < 2048

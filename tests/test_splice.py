@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from sae_jax.evals import splice as ev_splice
+from sae_jax.export import LoadedSAE
 from sae_jax.lm import splice as lm_splice
 from sae_jax.lm.hooks import forward_activations
 
@@ -44,24 +45,11 @@ def tiny_lm():
     return model
 
 
-class NumpyTopKSAE:
-    """LoadedSAE-shaped wrapper around trained TopK params (NumPy encode/decode)."""
-
-    def __init__(self, params, k):
-        self.params = {n: np.asarray(p, np.float32) for n, p in params.items()}
-        self.d_in, self.d_sae = self.params["W_enc"].shape
-        self.k = k
-
-    def encode(self, x):
-        p = self.params
-        pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-        idx = np.argpartition(-pre, self.k - 1, axis=1)[:, : self.k]
-        h = np.zeros_like(pre)
-        np.put_along_axis(h, idx, np.maximum(np.take_along_axis(pre, idx, 1), 0), 1)
-        return h
-
-    def decode(self, h):
-        return h @ self.params["W_dec"] + self.params["b_dec"]
+def NumpyTopKSAE(params, k):
+    """Trained TopK params as the exported-SAE class (NumPy encode/decode)."""
+    params = {n: np.asarray(p, np.float32) for n, p in params.items()}
+    d_in, d_sae = params["W_enc"].shape
+    return LoadedSAE({"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k}, params)
 
 
 def _train_topk_sae(x, d_sae, k, steps, seed=0):

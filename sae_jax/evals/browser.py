@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sae_jax.evals.core import SAELike
+from sae_jax.evals.splice import real_tokens
 
 
 def pick_latents(frequency: np.ndarray, n: int) -> list[int]:
@@ -142,9 +143,8 @@ def build_browser(model, tokenizer, sae: SAELike, batches: list[tuple[np.ndarray
     bad = [l for l in latents if not 0 <= l < sae.d_sae]
     if bad:
         raise ValueError(f"latent ids {bad} are outside [0, {sae.d_sae})")
-    special = set(tokenizer.all_special_ids)
     acts = list(lm_splice.hooked_activations(model, batches, layer, hook))
-    masks = [att.astype(bool) & ~np.isin(ids, list(special)) for ids, att in batches]
+    masks = [real_tokens(ids, att, tokenizer.all_special_ids) for ids, att in batches]
     cards = collect(sae, acts, masks, latents, top_n)
     # per-token activations along each sequence that holds a top context, and its tokens
     tokens, latent_acts, seq = [], {}, 0

@@ -25,7 +25,7 @@ import numpy as np
 
 from sae_jax.evals.core import SAELike
 from sae_jax.evals.shift import cohens_d_arrays
-from sae_jax.evals.splice import ablate_latents
+from sae_jax.evals.splice import ablate_latents, real_tokens
 
 METHODS = ("zero", "mean", "paired")
 
@@ -113,7 +113,7 @@ def patch_logprob_effects(model, sae: SAELike, layer: int, hook: str, input_ids:
 
     _check_methods(methods, mean_codes is not None, paired_ids is not None)
     latents = np.asarray(latents, dtype=np.int64)
-    mask = attention_mask.astype(bool) & ~np.isin(input_ids, list(special_ids))
+    mask = real_tokens(input_ids, attention_mask, special_ids)
     if mean_codes is None:
         acts = next(lm_splice.hooked_activations(model, [(input_ids, attention_mask)], layer, hook))
         mean_codes = sae.encode(acts[mask]).mean(0)
@@ -127,7 +127,7 @@ def patch_logprob_effects(model, sae: SAELike, layer: int, hook: str, input_ids:
     for m in methods:
         if m == "paired":
             if paired_ids.shape != input_ids.shape or not np.array_equal(
-                    attention_mask.astype(bool) & ~np.isin(paired_ids, list(special_ids)), mask):
+                    real_tokens(paired_ids, attention_mask, special_ids), mask):
                 raise ValueError("paired_ids must have the same shape and the same real/special positions as input_ids")
             acts = next(lm_splice.hooked_activations(model, [(paired_ids, attention_mask)], layer, hook))
             values = sae.encode(acts[mask])[:, latents]  # rows in the order the hook sees them

@@ -464,7 +464,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
     report.add("Setup", table({"sae": cfg.sae, "architecture": ctx.sae.cfg.get("architecture"), "d_in": ctx.sae.d_in,
                                "d_sae": ctx.sae.d_sae, "k": ctx.sae.cfg.get("k"), "data from": ctx.data_from,
                                "source rows": ctx.source.n_rows,
-                               "held-out rows": f"{ctx.rows[0]}..{ctx.rows[-1]} ({len(ctx.rows):,})"}))
+                               "held-out rows": f"{ctx.rows[0]}..{ctx.rows[-1]} ({len(ctx.rows):,})"}),
+               note("Rows of a store or .npy are held out only if training did not read them; synthetic data is "
+                    "evaluated on a fresh draw."))
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "skipped": {}, "seconds": {}}
     for name in cfg.evals:
         t0 = time.perf_counter()

@@ -16,6 +16,11 @@ import numpy as np
 from sae_jax.evals.core import SAELike
 
 
+def real_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Iterable[int]) -> np.ndarray:
+    """Positions that are attended and not special tokens: where splices act and rows are kept (NumPy)."""
+    return np.asarray(attention_mask).astype(bool) & ~np.isin(input_ids, list(special_ids))
+
+
 def reconstruct(sae: SAELike):
     """x -> x_hat."""
     return lambda x: sae.decode(sae.encode(x))
