@@ -518,3 +518,22 @@ def _d_model(model) -> int:
         if isinstance(value, int):
             return value
     raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sae_jax.lm.extract --model ... --out ...`` (same as ``sae-jax extract``)."""
+    import tyro
+
+    cfg = tyro.cli(ExtractConfig, args=argv)
+    summary = run_extract(cfg)
+    if summary.get("already_complete"):
+        print(f"{summary['out']}: already complete ({summary['n_rows']} rows); nothing to do")
+    else:
+        print(
+            f"{summary['out']}: {summary['n_rows']} rows x {len(summary['arrays'])} arrays, "
+            f"{summary['tokens']} tokens in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

