@@ -102,3 +102,17 @@ def resample_dead(params: dict[str, jax.Array], opt_state: Any, dead_mask: jax.A
     new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
     return ResampleResult(params=new, opt_state=zero_latent_moments(opt_state, dead), resampled=dead,
                           count=jnp.sum(dead).astype(jnp.int32))
+
+
+def resample_train_state(state: Any, x: jax.Array, key: jax.Array, cfg: ResampleConfig,
+                         reconstruct: Callable[[dict, jax.Array], jax.Array] = relu_sae_reconstruct):
+    """Resample on the core ``TrainState``: dead = ``tokens_since_fired >= cfg.dead_window``.
+
+    ``x`` is a raw sample batch (the state's ``input_scale`` is applied here). Resampled latents
+    get their counters reset to 0 so they have a full window to fire. Returns (state, count).
+    """
+    dead = state.tokens_since_fired >= cfg.dead_window
+    out = resample_dead(state.params, state.opt_state, dead, x.astype(jnp.float32) * state.input_scale, key,
+                        mode=cfg.mode, enc_scale=cfg.enc_scale, reconstruct=reconstruct)
+    since = jnp.where(out.resampled, 0, state.tokens_since_fired)
+    return state.replace(params=out.params, opt_state=out.opt_state, tokens_since_fired=since), out.count

@@ -104,3 +104,37 @@ def test_config_and_errors():
         resample_dead(_sae(), (), jnp.zeros(8, bool), jnp.zeros((2, 5)), jax.random.key(0), mode="kmeans")
     with pytest.raises(ValueError, match="dead_mask"):
         resample_dead(_sae(), (), jnp.zeros(7, bool), jnp.zeros((2, 5)), jax.random.key(0))
+
+
+def test_resample_train_state_revives_dead_latents_in_core_training():
+    """On the core TrainState with a ReLU SAE: dead latents come back and fire after resampling."""
+    from sae_jax.config import MeshConfig, OptimConfig, SAEConfig, TrainConfig
+    from sae_jax.data.synthetic import synthetic_source
+    from sae_jax.mesh import make_mesh
+    from sae_jax.optim import make_optimizer
+    from sae_jax.resample import resample_train_state
+    from sae_jax.sae.relu import ReluSAE
+    from sae_jax.train_state import create_state
+    from sae_jax.train_step import make_step_fn
+
+    src = synthetic_source(4096, 8, 16, 2.0, seed=0)
+    x = jnp.asarray(src.read(np.arange(512)))
+    cfg = TrainConfig(sae=SAEConfig(architecture="relu", d_sae=16, sparsity_coef=0.5, dead_tokens=256),
+                      optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    arch, opt = ReluSAE(), make_optimizer(cfg)
+    mesh = make_mesh(MeshConfig(data=1, dict=1), jax.devices()[:1])
+    state = create_state(arch, opt, 8, 16, mesh, 0, b_dec=np.zeros(8, np.float32), input_scale=1.0)
+    # Kill half the latents: encoder bias so negative they never fire.
+    kill = np.arange(16) % 2 == 0
+    state = state.replace(params=state.params | {"b_enc": jnp.where(kill, -1e3, state.params["b_enc"])})
+    step = jax.jit(make_step_fn(cfg, arch, opt))
+    for t in range(4):
+        state, _ = step(state, x[128 * t:128 * (t + 1)])
+    dead = np.asarray(state.tokens_since_fired >= 256)
+    np.testing.assert_array_equal(dead, kill)
+    state, count = resample_train_state(state, x, jax.random.key(0), ResampleConfig(dead_window=256))
+    assert int(count) == kill.sum()
+    np.testing.assert_array_equal(np.asarray(state.tokens_since_fired)[kill], 0)
+    state, _ = step(state, x[:128])  # and the state still trains after resampling
+    h = arch.encode(state.params, state.arch_state, x)
+    assert np.all(np.asarray((h > 0).any(axis=0))[kill])  # every resampled latent fires again
