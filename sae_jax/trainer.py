@@ -138,6 +138,15 @@ class _MetricsLog:
             self.wandb.finish()
 
 
+def _check_data_width(run_dir: Path, d_in: int) -> None:
+    """Refuse to resume on data of another width than the run was started on."""
+    path = run_dir / "data_width.json"
+    old = json.loads(path.read_text())["d_in"] if path.exists() else d_in
+    if old != d_in:
+        raise ConfigError(f"{run_dir} was trained on d_in={old} activations but the data source now "
+                          f"has d_in={d_in}; point --data.* at the original data or use a new --run-dir")
+
+
 def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     path = run_dir / "config.json"
     if path.exists():  # resuming: the run's data order and model must not change
@@ -181,6 +190,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if latest is None:
         if jax.process_index() == 0:
             (run_dir / "config.json").write_text(cfg.to_json())
+            (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in}))
         b_dec, scale = input_statistics(source, cfg)
         state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale)
     else:
@@ -188,6 +198,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new "
                               "--run-dir to start over, or drop --checkpoint.resume False to resume")
         _check_config(run_dir, cfg)
+        _check_data_width(run_dir, d_in)
         state = ckpt.restore(latest, pieces.abstract)
 
     step_fn = make_train_step(cfg, arch, optimizer, mesh, pieces.shardings)
@@ -206,10 +217,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             last = _host_metrics(step, metrics)
             log.record(step, last)
 
+    batches = loader.iter_from(start)  # background thread reads ahead while the device computes
     try:
         with _StopFlag() as stop:
             for step in range(start, cfg.steps):
-                state, metrics = step_fn(state, loader.device_batch(step))
+                _, batch = next(batches)
+                state, metrics = step_fn(state, batch)
                 consume()  # the previous step's metrics, while this one runs
                 pending = (step, metrics)
                 done = step + 1
@@ -231,6 +244,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             ckpt.wait()
         raise
     finally:
+        batches.close()
         log.close()
         ckpt.wait()
     ckpt.close()

@@ -66,3 +66,14 @@ def test_diverging_loss_stops_without_saving_bad_state(tmp_path):
 def test_array_source_refuses_empty():
     with pytest.raises(ValueError, match="no rows"):
         ArraySource(np.zeros((0, 3)))
+
+
+def test_resume_on_data_of_another_width_is_refused(tmp_path):
+    path = tmp_path / "acts.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((2048, 16)).astype(np.float32))
+    cfg = tiny_config(tmp_path / "run")
+    cfg = dataclasses.replace(cfg, steps=10, data=dataclasses.replace(cfg.data, npy=str(path), n_stat_rows=256))
+    train(cfg)
+    np.save(path, np.random.default_rng(0).standard_normal((2048, 8)).astype(np.float32))
+    with pytest.raises(ConfigError, match="trained on d_in=16 activations but the data source now has d_in=8"):
+        train(dataclasses.replace(cfg, steps=20))
