@@ -126,3 +126,14 @@ def test_jumprelu_forward_and_pseudo_gradient_match_numpy():
     kern = (np.abs((z - theta) / eps) < 0.5) / eps
     dtheta = np.sum(dl_dh * (-theta * kern), 0) + coef / B * np.sum(-kern, 0)
     np.testing.assert_allclose(np.asarray(grads["log_threshold"]), dtheta * theta, rtol=2e-3, atol=1e-5)
+
+
+def test_bfloat16_matmuls_track_float32():
+    p, x = random_params(6)
+    f32 = TopKSAE(k=5, k_aux=6, auxk_coef=0.0)
+    bf16 = TopKSAE(k=5, k_aux=6, auxk_coef=0.0, dtype="bfloat16")
+    (l32, _), g32 = jax.value_and_grad(f32.loss, has_aux=True)(p, {}, jnp.asarray(x), ctx())
+    (l16, _), g16 = jax.value_and_grad(bf16.loss, has_aux=True)(p, {}, jnp.asarray(x), ctx())
+    assert g16["W_enc"].dtype == jnp.float32  # master weights and their gradients stay float32
+    np.testing.assert_allclose(float(l16), float(l32), rtol=3e-2)
+    assert float(l16) != float(l32)  # the bf16 path really ran at lower precision
