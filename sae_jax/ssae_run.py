@@ -109,6 +109,9 @@ def run_ssae(cfg: SSAERunConfig) -> dict[str, float]:
     with open(run_dir / "metrics.jsonl", "w") as f:
         for row in run.history:
             f.write(json.dumps(row) + "\n")
+    if run.whitening is not None:  # kept with the run, whatever the export does with it
+        save_file({k: np.ascontiguousarray(v) for k, v in run.whitening.to_arrays().items()},
+                  str(run_dir / "whitening.safetensors"))
     last = run.history[-1]
     print(f"step {int(last['step'])}: recon {last['recon']:.4f}  Σ|h|/(B·F) {last['mean_abs_h']:.4f} "
           f"(level {last['level']:.4f})  multiplier {last['multiplier']:.4f}")

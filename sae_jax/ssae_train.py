@@ -53,6 +53,12 @@ class SSAETrainConfig:
     """Primal–dual update scheme. With an Adam primal, extragradient enforces the constraint at
     the look-ahead point, which sat ~8% off the target at the actual parameters in
     experiments/ssae_identifiability (correlated concepts); simultaneous hit it within 0.5%."""
+    formulation: Literal["lagrangian", "augmented_lagrangian"] = "lagrangian"
+    """Lagrangian, or augmented Lagrangian (PHR; use an SGD dual whose rate equals penalty_init)."""
+    penalty_init: float = 1.0
+    """Augmented Lagrangian: initial penalty coefficient ρ."""
+    penalty_growth: float = 1.0
+    """Augmented Lagrangian: ρ is multiplied by this every step the constraint is violated (1 = fixed)."""
     fixed_multiplier: float | None = None
     """If set, the multiplier is frozen at this value: an L1-penalised SAE (for comparisons)."""
     whiten: bool = False
@@ -85,7 +91,8 @@ def make_constrained_optimizer(cfg: SSAETrainConfig) -> ConstrainedOptimizer:
         dual = optax.adam(cfg.dual_lr) if cfg.dual_optimizer == "adam" else optax.sgd(cfg.dual_lr)
         init = 0.0
     return ConstrainedOptimizer(primal=primal, dual=dual, scheme=cfg.scheme, primal_projection=project_rows,
-                                multiplier_init=init)
+                                multiplier_init=init, formulation=cfg.formulation, penalty_init=cfg.penalty_init,
+                                penalty_growth=cfg.penalty_growth)
 
 
 def make_ssae_step(ssae: SSAE, copt: ConstrainedOptimizer) -> Callable:

@@ -167,3 +167,17 @@ def test_ssae_recovers_concepts_at_target_sparsity_where_l1_misses():
         l1_cfg = dataclasses.replace(cfg, fixed_multiplier=fixed, ssae=dataclasses.replace(cfg.ssae, warmup=0))
         l1 = _achieved(l1_cfg, train_ssae(l1_cfg, src, mesh), x_eval)
         assert abs(l1 - target) > 0.1 * target, (fixed, l1, target)
+
+
+def test_ssae_augmented_lagrangian_meets_target():
+    src = multi_concept_shifts(**SMALL, seed=1)
+    A = src.metadata["directions"]
+    target = _layernorm_level(src, SMALL["n_concepts"])
+    x_eval = multi_concept_shifts(**(SMALL | {"n_rows": 4096}), seed=1).read(np.arange(4096))
+    cfg = SSAETrainConfig(ssae=SSAE(target=target, warmup=100, schedule=400), d_sae=SMALL["n_concepts"],
+                          steps=2000, batch_size=256, formulation="augmented_lagrangian", penalty_init=1e-2,
+                          dual_lr=1e-2, mesh=MeshConfig(data=1, dict=1))
+    run = train_ssae(cfg, src, make_mesh(cfg.mesh, jax.devices()[:1]))
+    mean_cos, _, _ = match_directions(A - A.mean(1, keepdims=True), np.asarray(run.state.params["W_dec"]))
+    assert mean_cos >= 0.9
+    assert abs(_achieved(cfg, run, x_eval) - target) <= 0.1 * target
