@@ -171,3 +171,24 @@ def test_error_term_is_exact_at_sub_layer_hooks(tiny_lm, layer, hook):
     assert m.ce_spliced_with_error == pytest.approx(m.ce_clean, abs=1e-5)
     assert m.kl_spliced_with_error < 1e-6
     assert m.kl_zero > 0 and m.kl_spliced > 0  # the hook did act on this sub-layer
+
+
+def test_padding_does_not_change_the_losses():
+    """CE/KL of texts batched together (right-padded) equal the sums over each text run alone."""
+    from sae_jax.evals.run import token_batches
+    from sae_jax.lm.models import tiny_random_model
+
+    model, tok = tiny_random_model("gpt2", 2, 32, seed=0)  # absolute positions: left padding would shift them
+    tok.padding_side = "left"  # token_batches must pad on the right regardless
+    texts = ["a short one", "a much longer text that needs no padding at all", "mid length text"]
+    direction = np.linspace(-1, 1, 32).astype(np.float32)  # not constant: LayerNorm would remove that
+    shift = {"shift": lambda x: x + direction}
+    together = lm_splice.splice_losses(model, token_batches(tok, texts, 64, batch_size=3), 1, "resid", shift,
+                                       tok.all_special_ids)
+    alone = [lm_splice.splice_losses(model, token_batches(tok, [t], 64), 1, "resid", shift, tok.all_special_ids)
+             for t in texts]
+    for name in ("clean", "shift"):
+        assert together[name].n_tokens == sum(a[name].n_tokens for a in alone)
+        assert together[name].ce_sum == pytest.approx(sum(a[name].ce_sum for a in alone), rel=1e-5)
+        assert together[name].kl_sum == pytest.approx(sum(a[name].kl_sum for a in alone), rel=1e-4, abs=1e-7)
+    assert together["shift"].kl_sum > 1e-3 * together["shift"].n_tokens

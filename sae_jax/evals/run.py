@@ -178,11 +178,14 @@ def read_texts(path: str, n: int) -> list[str]:
 
 
 def token_batches(tokenizer, texts: list[str], seq_len: int, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(input_ids, attention_mask)`` NumPy batches, right-padded and truncated to ``seq_len``."""
+    """``(input_ids, attention_mask)`` NumPy batches, right-padded and truncated to ``seq_len``.
+
+    Right padding keeps every text's positions as if it ran alone (left padding would shift them).
+    """
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=seq_len, padding=True,
-                        return_tensors="np")
+                        padding_side="right", return_tensors="np")
         out.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
     return out
 
