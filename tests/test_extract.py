@@ -74,7 +74,7 @@ def test_token_rows_equal_output_hidden_states(workdir, tmp_path, arch):
 
 
 def test_resumed_extraction_equals_uninterrupted(workdir, tmp_path):
-    kw = dict(layers=(0, 1), hooks=("resid", "attn_out"), shard_rows=32, chunk_rows=4)
+    kw = dict(layers=(0, 1), hooks=("resid", "attn_out"), shard_rows=32, chunk_rows=4, batch_size=3, sort_window=2)
     full = run_extract(_cfg(workdir, tmp_path / "full", **kw))
     part = run_extract(_cfg(workdir, tmp_path / "part", **kw), stop_after_shards=2)
     assert part["stopped"] and 0 < part["rows_done"] < full["n_rows"]

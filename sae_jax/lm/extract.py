@@ -59,6 +59,8 @@ class ExtractConfig:
     """Tokens per text after truncation (special tokens included)."""
     batch_size: int = 16
     """Texts per forward pass."""
+    sort_window: int = 16
+    """Batches per window whose texts are sorted by length before batching (less padding); rows are stored in text order regardless."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Element type in the store (rows are always read back as float32)."""
     mode: Literal["tokens", "pairs", "sequential"] = "tokens"
@@ -98,8 +100,8 @@ class ExtractConfig:
         bad = [h for h in self.hooks if h not in lm_hooks.HOOKS]
         if bad or not self.hooks:
             raise ValueError(f"hooks {bad or '()'} invalid; choose from {lm_hooks.HOOKS}")
-        if self.context_length < 1 or self.batch_size < 1:
-            raise ValueError("context_length and batch_size must be positive")
+        if self.context_length < 1 or self.batch_size < 1 or self.sort_window < 1:
+            raise ValueError("context_length, batch_size and sort_window must be positive")
         if self.dtype not in st.DTYPES:
             raise ValueError(f"dtype must be one of {st.DTYPES}, got {self.dtype!r}")
         if self.mode not in ("tokens", "pairs", "sequential"):
@@ -271,6 +273,22 @@ class _Extractor:
         return out
 
 
+def _run_window(extractor: _Extractor, plan: _Plan, u0: int, u1: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Rows of units ``[u0, u1)`` in unit order, computed in length-sorted batches."""
+    longest = {i: max(len(x) for x in plan.units[i]) for i in range(u0, u1)}
+    order = sorted(range(u0, u1), key=lambda i: (-longest[i], i))
+    per_unit: dict[str, dict[int, np.ndarray]] = {}
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        rows = extractor.rows([plan.units[i] for i in idx], [plan.keep[i] for i in idx])
+        offsets = np.concatenate([[0], np.cumsum(plan.unit_rows[idx])])
+        for name, block in rows.items():
+            slot = per_unit.setdefault(name, {})
+            for j, i in enumerate(idx):
+                slot[i] = block[offsets[j] : offsets[j + 1]]
+    return {name: np.concatenate([slot[i] for i in range(u0, u1)]) for name, slot in per_unit.items()}
+
+
 def _default_shard_rows(d_model: int, dtype: str, chunk_rows: int) -> int:
     itemsize = 4 if dtype == "float32" else 2
     rows = 2 ** int(math.floor(math.log2(max(1, (128 << 20) // (d_model * itemsize)))))
@@ -391,11 +409,12 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             st.write_json(root, "labels.json", list(labels))
         st.write_json(root, MANIFEST, manifest)
 
-    # Restart from the fixed batch holding the first unwritten row.
+    # Work goes in fixed windows of texts; restart from the window holding the first unwritten row.
     unit_end = np.cumsum(plan.unit_rows)
     unit_start = unit_end - plan.unit_rows
     n_units = len(plan.units)
-    batches = [(b, min(b + cfg.batch_size, n_units)) for b in range(0, n_units, cfg.batch_size)]
+    window = cfg.batch_size * cfg.sort_window
+    batches = [(b, min(b + window, n_units)) for b in range(0, n_units, window)]
     first_batch = next((i for i, (_, e) in enumerate(batches) if unit_end[e - 1] > rows_done), len(batches))
     skip = rows_done - (int(unit_start[batches[first_batch][0]]) if first_batch < len(batches) else rows_done)
 
@@ -435,7 +454,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"extract {cfg.model}", dynamic_ncols=True)
     try:
         for b0, b1 in batches[first_batch:]:
-            rows = extractor.rows(plan.units[b0:b1], plan.keep[b0:b1])
+            rows = _run_window(extractor, plan, b0, b1, cfg.batch_size)
             expected = int(unit_end[b1 - 1] - unit_start[b0])
             for name in names:
                 block = rows[name]
