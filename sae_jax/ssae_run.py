@@ -50,6 +50,8 @@ class SSAERunConfig:
     """Training (the SSAE, its constraint schedule, optimizers, mesh)."""
     export: bool = True
     """Write the SAELens export at the end."""
+    export_linear_as: Literal["linear", "split"] = "linear"
+    """Signed code: 'linear' (F latents, arch 'linear') or 'split' (SAELens 'standard', 2F latents)."""
 
 
 def _open(path: str) -> ActivationSource:
@@ -74,15 +76,35 @@ def open_differences(cfg: SSAERunConfig) -> ActivationSource:
     raise ValueError(f"unknown --kind {cfg.kind!r}; use synthetic, rows, paired or sequential")
 
 
+def split_signed(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A linear (signed) code as a ReLU SAE with 2F latents: h = relu(pre) − relu(−pre).
+
+    Latent i keeps the positive part, latent F + i the negative part with negated encoder and
+    decoder, so decode(encode(x)) is unchanged and SAELens' 'standard' architecture loads it.
+    """
+    return {"W_enc": np.concatenate([params["W_enc"], -params["W_enc"]], axis=1),
+            "b_enc": np.concatenate([params["b_enc"], -params["b_enc"]]),
+            "W_dec": np.concatenate([params["W_dec"], -params["W_dec"]], axis=0),
+            "b_dec": params["b_dec"]}
+
+
 def export_ssae(path: str | Path, ssae: SSAE, state: SSAEState, whitening: Whitening | None = None,
-                metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ ``whitening.safetensors`` if not folded)."""
+                metadata: dict[str, Any] | None = None, linear_as: Literal["linear", "split"] = "linear") -> Path:
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ ``whitening.safetensors`` if not folded).
+
+    A signed (no-ReLU) code is exported as architecture ``linear`` (F latents), or with
+    ``linear_as='split'`` as a SAELens ``standard`` SAE with 2F latents (``split_signed``).
+    """
     params = {k: np.asarray(v, np.float32) for k, v in
               jax.device_get(ssae.export_params(state.params, state.arch_state)).items()}
     cfg = ssae.export_cfg()
     folded = whitening is not None and cfg["normalize_activations"] == "none"
     if folded:
         params = fold_into_sae(params, whitening)
+    if cfg["architecture"] == "linear" and linear_as == "split":
+        params, cfg = split_signed(params), cfg | {"architecture": "standard", "signed_split": True}
+    elif linear_as not in ("linear", "split"):
+        raise ValueError(f"linear_as must be 'linear' or 'split', got {linear_as!r}")
     d_sae, d_in = params["W_dec"].shape
     full_cfg = {"d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu",
                 "apply_b_dec_to_input": True, "reshape_activations": "none"} | cfg | {
@@ -116,6 +138,7 @@ def run_ssae(cfg: SSAERunConfig) -> dict[str, float]:
     print(f"step {int(last['step'])}: recon {last['recon']:.4f}  Σ|h|/(B·F) {last['mean_abs_h']:.4f} "
           f"(level {last['level']:.4f})  multiplier {last['multiplier']:.4f}")
     if cfg.export:
-        out = export_ssae(run_dir / "export", cfg.train.ssae, run.state, run.whitening)
+        out = export_ssae(run_dir / "export", cfg.train.ssae, run.state, run.whitening,
+                          linear_as=cfg.export_linear_as)
         print(f"exported SSAE (SAELens format): {out}")
     return last

@@ -71,3 +71,18 @@ def test_run_ssae_end_to_end(tmp_path):
     assert rows[-1]["step"] == 11 and "multiplier" in rows[-1]
     assert (tmp_path / "run" / "export" / "sae_weights.safetensors").exists()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["kind"] == "synthetic"
+
+
+def test_signed_code_split_export_loads_as_standard(tmp_path):
+    ssae = SSAE(target=0.3, warmup=5, schedule=10, input_norm="none")  # signed linear code
+    run = _train(ssae)
+    out = export_ssae(tmp_path / "e", ssae, run.state, run.whitening, linear_as="split")
+    sae = load_sae(out)
+    assert sae.architecture == "standard" and sae.d_sae == 12
+    params, arch_state = jax.device_get(run.state.params), jax.device_get(run.state.arch_state)
+    xw = jnp.asarray(run.whitening.apply(X))
+    h = np.asarray(ssae.encode(params, arch_state, xw))
+    h2 = sae.encode(X)
+    np.testing.assert_allclose(h2[:, :6] - h2[:, 6:], h, rtol=1e-3, atol=1e-4)  # positive − negative part
+    np.testing.assert_allclose(sae.decode(h2), run.whitening.undo(np.asarray(ssae.reconstruct(params, arch_state, xw))),
+                               rtol=1e-3, atol=1e-3)
