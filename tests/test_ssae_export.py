@@ -86,3 +86,20 @@ def test_signed_code_split_export_loads_as_standard(tmp_path):
     np.testing.assert_allclose(h2[:, :6] - h2[:, 6:], h, rtol=1e-3, atol=1e-4)  # positive − negative part
     np.testing.assert_allclose(sae.decode(h2), run.whitening.undo(np.asarray(ssae.reconstruct(params, arch_state, xw))),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_run_ssae_on_paired_npy_sources(tmp_path):
+    """base/chat (or s1/s2) activations in two aligned .npy files: the SSAE trains on second − first."""
+    from sae_jax.ssae_run import open_differences
+    shifts = multi_concept_shifts(512, 8, 4, seed=3)
+    base = np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32)
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "chat.npy", base + shifts.read(np.arange(512)))
+    mesh = MeshConfig(data=jax.device_count(), dict=1)
+    cfg = SSAERunConfig(run_dir=str(tmp_path / "run"), kind="paired", first=str(tmp_path / "base.npy"),
+                        second=str(tmp_path / "chat.npy"), export=False,
+                        train=SSAETrainConfig(ssae=SSAE(target=0.5, warmup=2, schedule=2), d_sae=4, steps=4,
+                                              batch_size=32, mesh=mesh))
+    src = open_differences(cfg)
+    np.testing.assert_allclose(src.read(np.arange(10)), shifts.read(np.arange(10)), atol=1e-5)
+    assert run_ssae(cfg)["step"] == 3
