@@ -47,8 +47,8 @@ def _loss(fwd, k, **kw):
     return loss
 
 
-@pytest.mark.parametrize("n,k", [(1000, 7), (4096, 32), (300, 1), (64, 64), (2048, 3)])
-@pytest.mark.parametrize("method", ["chunked", "lax", "auto"])
+@pytest.mark.parametrize("n,k", [(1000, 7), (4096, 32), (300, 1), (64, 64)])
+@pytest.mark.parametrize("method", ["chunked", "auto"])
 def test_topk_equals_lax_top_k(n, k, method):
     x = np.random.default_rng(n + k).standard_normal((37, n)).astype(np.float32)
     v, i = topk(jnp.asarray(x), k, method=method)
@@ -151,3 +151,31 @@ def test_choose_impl():
     assert choose_impl("dense", "cpu") == "dense"
     with pytest.raises(ValueError, match="impl"):
         choose_impl("fast")
+
+
+def test_topk_with_bias_equals_lax_top_k_of_the_sum():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 4000)).astype(np.float32)
+    b = rng.standard_normal(4000).astype(np.float32)
+    b[::7] = -np.inf  # masked entries (AuxK) never win
+    for method in ("chunked", "lax"):
+        v, i = topk(jnp.asarray(x), 12, method=method, bias=jnp.asarray(b))
+        rv, ri = lax.top_k(jnp.asarray(x) + jnp.asarray(b), 12)
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(rv))
+        np.testing.assert_array_equal(np.asarray(i), np.asarray(ri))
+        assert not np.any(np.asarray(i) % 7 == 0)
+
+
+def test_blocked_transpose_and_large_dictionary_grads():
+    from sae_jax.kernels.sparse_topk import _transpose_materialised
+
+    a = np.arange(2048 * 6, dtype=np.float32).reshape(2048, 6)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_transpose_materialised)(jnp.asarray(a))), a.T)
+    # F = 1024 takes the blocked-transpose path inside the encoder backward
+    B, d, F, k = 16, 8, 1024, 4
+    p = _params(jax.random.PRNGKey(11), d, F)
+    x = jax.random.normal(jax.random.PRNGKey(12), (B, d))
+    gd = jax.jit(jax.grad(_loss(dense_forward, k)))(p, x)
+    gs = jax.jit(jax.grad(_loss(sparse_forward, k)))(p, x)
+    for name in gd:
+        np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]), rtol=1e-4, atol=1e-4)
