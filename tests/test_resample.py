@@ -18,10 +18,13 @@ def _sae(d=5, f=8, seed=0):
 
 def _adam_state(params):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
-    state = opt.init(params)
-    grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
-    _, state = opt.update(grads, state, params)  # non-zero mu/nu everywhere
-    return state
+
+    @jax.jit
+    def one_step(params):
+        grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+        return opt.update(grads, opt.init(params), params)[1]  # non-zero mu/nu everywhere
+
+    return one_step(params)
 
 
 def test_loss_mode_picks_high_loss_input_and_resets_rows():
@@ -36,7 +39,8 @@ def test_loss_mode_picks_high_loss_input_and_resets_rows():
     err = ((x - np.asarray(relu_sae_reconstruct(params, jnp.asarray(x)))) ** 2).sum(1)
     assert err[-1] ** 2 / (err ** 2).sum() > 1 - 1e-6
     state = _adam_state(params)
-    out = jax.jit(resample_dead)(params, state, jnp.asarray(dead), jnp.asarray(x), jax.random.key(0))
+    out = jax.device_get(jax.jit(resample_dead)(params, state, jnp.asarray(dead), jnp.asarray(x), jax.random.key(0)))
+    params = jax.device_get(params)
     assert int(out.count) == 3
     direction = x_far - np.asarray(params["b_dec"])
     unit = direction / np.linalg.norm(direction)
@@ -66,19 +70,20 @@ def test_sampling_probability_is_loss_squared():
     params = {"W_enc": jnp.zeros((d, f)), "b_enc": jnp.zeros(f), "W_dec": jnp.eye(d, d)[jnp.zeros(f, int)],
               "b_dec": jnp.zeros(d)}
     x = jnp.array([[1.0, 0.0, 0.0], [0.0, np.sqrt(2.0), 0.0]])  # squared errors 1 and 2
-    out = resample_dead(params, (), jnp.ones(f, bool), x, jax.random.key(1))
+    out = jax.jit(resample_dead)(params, (), jnp.ones(f, bool), x, jax.random.key(1))
     share_second = float(jnp.mean(jnp.abs(out.params["W_dec"][:, 1]) > 0.5))
     assert share_second == pytest.approx(4 / 5, abs=0.03)  # 3 sigma of a binomial(4000, 0.8) is 0.019
 
 
 def test_random_mode_and_no_dead():
     params = _sae()
-    out = resample_dead(params, (), jnp.ones(8, bool), jnp.zeros((2, 5)), jax.random.key(2), mode="random")
+    jitted = jax.jit(resample_dead, static_argnames=("mode",))
+    out = jitted(params, (), jnp.ones(8, bool), jnp.zeros((2, 5)), jax.random.key(2), mode="random")
     np.testing.assert_allclose(np.linalg.norm(out.params["W_dec"], axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(out.params["W_dec"], params["W_dec"])
     # all latents dead: the encoder norm falls back to enc_scale * 1
     np.testing.assert_allclose(np.linalg.norm(out.params["W_enc"], axis=0), 0.2, rtol=1e-5)
-    none = resample_dead(params, (), jnp.zeros(8, bool), jnp.ones((2, 5)), jax.random.key(2))
+    none = jitted(params, (), jnp.zeros(8, bool), jnp.ones((2, 5)), jax.random.key(2))
     assert int(none.count) == 0
     for name in params:
         np.testing.assert_array_equal(none.params[name], params[name])

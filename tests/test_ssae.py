@@ -65,7 +65,7 @@ def test_forward_matches_numpy(kw):
     h_ref, loss_ref = _np_forward(p, x, ssae, None)
     pj = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
     state = ssae.init_state(f, d_in=d)
-    out = ssae.problem(pj, state, jnp.asarray(x), jnp.int32(100))  # after warm-up + schedule
+    out = jax.jit(ssae.problem)(pj, state, jnp.asarray(x), jnp.int32(100))  # after warm-up + schedule
     np.testing.assert_allclose(out.loss, loss_ref, rtol=2e-4)
     # violation Σ|h|/(B·F) − target (dense level measured earlier is irrelevant at t >= end)
     np.testing.assert_allclose(out.ineq[0], np.abs(h_ref).sum() / h_ref.size - 0.3, rtol=1e-4, atol=1e-5)
@@ -79,10 +79,11 @@ def test_level_schedule_and_warmup():
     d, f = 6, 4
     params = ssae.init_params(jax.random.key(0), d, f)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(16, d)), jnp.float32)
-    out = ssae.problem(params, ssae.init_state(f), x, jnp.int32(3))
+    problem = jax.jit(ssae.problem)
+    out = problem(params, ssae.init_state(f), x, jnp.int32(3))
     assert float(out.ineq[0]) == 0.0  # no constraint during warm-up
     assert float(out.aux.state["dense_level"]) > 0  # but the dense level is being measured
-    out0 = ssae.problem(params, ssae.init_state(f), x, jnp.int32(0))
+    out0 = problem(params, ssae.init_state(f), x, jnp.int32(0))
     np.testing.assert_allclose(out0.aux.state["dense_level"], jnp.mean(jnp.abs(ssae.encode(params, ssae.init_state(f), x))),
                                rtol=1e-5)
 
@@ -96,10 +97,10 @@ def test_export_folds_batch_statistics():
         "in_mean": jnp.asarray(rng.normal(size=d), jnp.float32), "in_var": jnp.asarray(rng.uniform(0.5, 2, d), jnp.float32),
         "code_mean": jnp.asarray(rng.normal(size=f), jnp.float32), "code_var": jnp.asarray(rng.uniform(0.5, 2, f), jnp.float32)}
     x = rng.normal(size=(20, d)).astype(np.float32)
-    e = {k: np.asarray(v, np.float64) for k, v in ssae.export_params(p, state).items()}
+    e = {k: np.asarray(v, np.float64) for k, v in jax.jit(ssae.export_params)(p, state).items()}
     h = np.maximum((x - e["b_dec"]) @ e["W_enc"] + e["b_enc"], 0)  # SAELens 'standard'
-    np.testing.assert_allclose(h, ssae.encode(p, state, jnp.asarray(x)), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(h @ e["W_dec"] + e["b_dec"], ssae.reconstruct(p, state, jnp.asarray(x)),
+    np.testing.assert_allclose(h, jax.jit(ssae.encode)(p, state, jnp.asarray(x)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h @ e["W_dec"] + e["b_dec"], jax.jit(ssae.reconstruct)(p, state, jnp.asarray(x)),
                                rtol=1e-4, atol=1e-4)
     assert ssae.export_cfg() == {"architecture": "standard", "normalize_activations": "none"}
     with pytest.raises(ValueError, match="code_norm"):
