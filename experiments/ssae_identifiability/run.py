@@ -29,18 +29,31 @@ import numpy as np
 from sae_jax.baselines.pca import fit_pca
 from sae_jax.config import MeshConfig
 from sae_jax.data.shifts import multi_concept_shifts
+from sae_jax.data.source import ArraySource
 from sae_jax.evals.identifiability import match_directions, mcc
 from sae_jax.mesh import make_mesh
 from sae_jax.sae.ssae import SSAE
 from sae_jax.ssae_train import SSAETrainConfig, evaluate_codes, train_ssae
+from sae_jax.whitening import Whitening, fit_zca
 
 
-def layernorm_level(x: np.ndarray, directions: np.ndarray, codes: np.ndarray, n_latents: int,
-                    eps: float = 1e-5) -> float:
-    """Σ|h|/(B·F) of the true code after the per-row LayerNorm the SSAE applies."""
+def model_space(x: np.ndarray, codes: np.ndarray, directions: np.ndarray, whitening: Whitening | None,
+                input_norm: str, eps: float = 1e-5):
+    """(rows, concept directions, true codes) as the SSAE sees them: after optional whitening
+    (x -> (x - μ) W, a_j -> a_j W) and its input normalisation. LayerNorm centres each row (the
+    directions become a_j − mean(a_j)) and divides it by σ_row + eps, which rescales the codes."""
     x = x.astype(np.float64)
-    norms = np.linalg.norm(directions - directions.mean(1, keepdims=True), axis=1)
-    return float(np.sum(np.abs(codes) * norms / (x.std(1, ddof=1) + eps)[:, None]) / (len(x) * n_latents))
+    d = directions.astype(np.float64)
+    if whitening is not None:
+        x, d = whitening.apply(x).astype(np.float64), d @ whitening.matrix
+    if input_norm == "layernorm":
+        d = d - d.mean(1, keepdims=True)
+        scale = 1.0 / (x.std(1, ddof=1) + eps)
+    elif input_norm == "none":
+        scale = np.ones(len(x))
+    else:
+        raise ValueError("the experiment handles input_norm 'layernorm' and 'none'")
+    return x.astype(np.float32), d, codes * np.linalg.norm(d, axis=1) * scale[:, None]
 
 
 def main() -> None:
@@ -58,6 +71,8 @@ def main() -> None:
     ap.add_argument("--dual-lr", type=float, default=1e-2)
     ap.add_argument("--dual-optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--scheme", choices=["simultaneous", "alternating", "extragradient"], default="simultaneous")
+    ap.add_argument("--whiten", action="store_true", help="ZCA-whiten the data (fitted on the training rows)")
+    ap.add_argument("--input-norm", choices=["layernorm", "none"], default="layernorm")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(pathlib.Path(__file__).with_name("results.json")))
     args = ap.parse_args()
@@ -69,30 +84,31 @@ def main() -> None:
     A = src.metadata["directions"]
     held = multi_concept_shifts(8192, **(gen | {"seed": 456}), directions=A)  # held-out rows, same concepts
     x_held, held_codes = held.read(np.arange(held.n_rows)), held.metadata["codes"]
-    # The true code as the SSAE sees it: LayerNorm rescales each row by 1/(σ + eps) and centres
-    # the directions, so the code of concept j becomes c_j ||a_j − mean(a_j)|| / (σ + eps).
-    ln_norms = np.linalg.norm(A - A.mean(1, keepdims=True), axis=1)
-    held_codes_ln = held_codes * ln_norms / (x_held.astype(np.float64).std(1, ddof=1) + 1e-5)[:, None]
     x_train = src.read(np.arange(src.n_rows))
-    target = layernorm_level(x_train, A, src.metadata["codes"], d_sae)
-    A_ln = A - A.mean(1, keepdims=True)  # the directions in the SSAE's (LayerNorm-centred) input space
+    whitening = fit_zca(x_train) if args.whiten else None
+    x_train_m, A_m, train_codes_m = model_space(x_train, src.metadata["codes"], A, whitening, args.input_norm)
+    x_held_m, _, held_codes_m = model_space(x_held, held_codes, A, whitening, args.input_norm)
+    target = float(np.abs(train_codes_m).sum() / (len(x_train) * d_sae))  # the true code's Σ|h|/(B·F)
+    train_src = ArraySource(x_train_m) if whitening is not None else src
     print(f"data: d={args.d} concepts={args.n_concepts} d_sae={d_sae} p={args.p_active} "
           f"mean |cos| between true directions={np.abs(A @ A.T)[np.triu_indices(len(A), 1)].mean():.3f} "
           f"target level={target:.4f}")
 
     mesh = make_mesh(MeshConfig(data=1, dict=1), jax.devices()[:1])
-    base = SSAETrainConfig(ssae=SSAE(target=target, warmup=args.steps // 10, schedule=args.steps // 4),
+    base = SSAETrainConfig(ssae=SSAE(target=target, warmup=args.steps // 10, schedule=args.steps // 4,
+                                     input_norm=args.input_norm),
                            d_sae=d_sae, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            dual_lr=args.dual_lr, dual_optimizer=args.dual_optimizer, scheme=args.scheme)
 
     def evaluate(cfg, run, name):
         W = np.asarray(run.state.params["W_dec"])
-        codes = evaluate_codes(cfg.ssae, run.state, x_held)
-        cos_ln, share_ln, _ = match_directions(A_ln, W)
-        cos_raw, _, _ = match_directions(A, W)
+        codes = evaluate_codes(cfg.ssae, run.state, x_held_m)
+        cos_ln, share_ln, _ = match_directions(A_m, W)
+        W_raw = W @ whitening.inverse if whitening is not None else W  # decoder rows in raw activation space
+        cos_raw, _, _ = match_directions(A, W_raw)
         achieved = float(np.mean(np.abs(codes)))
         row = {"name": name, "mean_cos": cos_ln, "share_above_0.9": share_ln, "mean_cos_raw_directions": cos_raw,
-               "mcc_vs_truth": mcc(held_codes, codes)[0], "mcc_vs_truth_ln": mcc(held_codes_ln, codes)[0],
+               "mcc_vs_truth": mcc(held_codes, codes)[0], "mcc_vs_truth_ln": mcc(held_codes_m, codes)[0],
                "achieved_level": achieved, "target_level": target,
                "achieved_over_target": achieved / target, "multiplier": float(run.state.opt.multipliers.ineq[0]),
                "final_recon": run.history[-1]["recon"]}
@@ -103,7 +119,7 @@ def main() -> None:
     for seed in args.seeds:
         cfg = dataclasses.replace(base, seed=seed, data_seed=seed)
         t0 = time.time()
-        run = train_ssae(cfg, src, mesh, log_every=max(args.steps // 20, 1))
+        run = train_ssae(cfg, train_src, mesh, log_every=max(args.steps // 20, 1))
         row, codes[seed] = evaluate(cfg, run, f"ssae seed={seed}")
         row["seconds"] = time.time() - t0
         rows.append(row)
@@ -113,14 +129,14 @@ def main() -> None:
     baselines = []
     for fixed in (lam / 10, lam * 10):
         cfg = dataclasses.replace(base, fixed_multiplier=fixed, ssae=dataclasses.replace(base.ssae, warmup=0))
-        row, _ = evaluate(cfg, train_ssae(cfg, src, mesh), f"L1 penalty λ={fixed:.4g}")
+        row, _ = evaluate(cfg, train_ssae(cfg, train_src, mesh), f"L1 penalty λ={fixed:.4g}")
         baselines.append(row)
     if d_sae <= args.d:
         pca = fit_pca(x_train, d_sae)
         pca_cos, pca_share, _ = match_directions(A, pca["W_dec"])
         pca_codes = (x_held - pca["b_dec"]) @ pca["W_enc"]
         baselines.append({"name": "PCA", "mean_cos_raw_directions": pca_cos, "share_above_0.9_raw": pca_share,
-                          "mcc_vs_truth": mcc(held_codes, pca_codes)[0], "mcc_vs_truth_ln": mcc(held_codes_ln, pca_codes)[0]})
+                          "mcc_vs_truth": mcc(held_codes, pca_codes)[0], "mcc_vs_truth_ln": mcc(held_codes_m, pca_codes)[0]})
     else:
         baselines.append({"name": "PCA", "skipped": f"d_sae={d_sae} > d={args.d}: PCA has at most d directions"})
     print(json.dumps(baselines[-1]))
