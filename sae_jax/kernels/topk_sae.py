@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from sae_jax import losses
-from sae_jax.kernels.sparse_topk import sparse_decode, sparse_encode
+from sae_jax.kernels.fused import sparse_autoencode
+from sae_jax.kernels.sparse_topk import sparse_encode
 from sae_jax.sae import base
 from sae_jax.sae.topk import TopKSAE
 
@@ -30,11 +31,15 @@ class SparseTopKSAE(TopKSAE):
                              topk_method=self.topk_method, compute_dtype=self.dtype)
 
     def loss(self, params, state, x, ctx: base.LossContext):
-        vals, idx = self.sparse_codes(params, x)
-        x_hat = sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
+        k_aux = self.k_aux if self.auxk_coef > 0 else 0
+        x_hat, vals, idx, e_hat, aux_on = sparse_autoencode(
+            x, params, self.k, dead_mask=ctx.dead_mask, k_aux=k_aux,
+            topk_method=self.topk_method, compute_dtype=self.dtype)
         recon = losses.recon_loss(self.recon_loss, x, x_hat)
-        if self.auxk_coef > 0:
-            aux = self._auxk(params, x, x_hat, ctx.dead_mask)
+        if k_aux:
+            # residual with stop-gradient; e_hat uses decoder rows without b_dec (auxk.py)
+            residual = lax.stop_gradient(x - x_hat)
+            aux = jnp.where(aux_on, losses.auxk_loss(residual, e_hat), 0.0)
         else:
             aux = jnp.zeros((), jnp.float32)
         active = vals > 0
@@ -45,18 +50,6 @@ class SparseTopKSAE(TopKSAE):
             "auxk": aux,
         }
         return recon + self.auxk_coef * aux, base.LossOutput(fired=fired, metrics=metrics, state=state)
-
-    def _auxk(self, params, x, x_hat, dead_mask):
-        """AuxK over the dead latents (residual stop-gradient, no b_dec), 0 when none is dead."""
-        residual = lax.stop_gradient(x - x_hat)
-
-        def compute(_):
-            av, ai = sparse_encode(x, params["W_enc"], params["b_enc"], self.k_aux,
-                                   b_dec=params["b_dec"], mask=dead_mask,
-                                   topk_method=self.topk_method, compute_dtype=self.dtype)
-            return losses.auxk_loss(residual, sparse_decode(av, ai, params["W_dec"]))
-
-        return lax.cond(jnp.any(dead_mask), compute, lambda _: jnp.zeros((), jnp.float32), None)
 
     @classmethod
     def from_dense(cls, arch: TopKSAE, topk_method: str = "auto") -> "SparseTopKSAE":
