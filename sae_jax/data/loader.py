@@ -6,9 +6,9 @@ assembles the global ``jax.Array`` with ``jax.make_array_from_process_local_data
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
-import queue
-import threading
 from collections.abc import Iterator
 
 import jax
@@ -79,40 +79,28 @@ class BatchLoader:
     def iter_from(self, start_step: int, prefetch: int = 2) -> Iterator[tuple[int, jax.Array]]:
         """``(step, device_batch(step))`` for ``start_step, start_step + 1, ...`` forever.
 
-        A background thread reads and places up to ``prefetch`` batches ahead; batches are
-        identical to ``device_batch(step)``. Closing the generator (or dropping it) stops the
-        thread; a read error is raised in the consumer at the step that failed.
+        Background threads read and place the next ``prefetch`` batches concurrently while the
+        caller computes; batches are identical to ``device_batch(step)`` and come in step order.
+        Closing the generator (or dropping it) stops the threads; a read error is raised in the
+        consumer at the step that failed.
         """
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-        ready: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-
-        def produce() -> None:
-            step = start_step
-            while not stop.is_set():
-                try:
-                    item = (step, self.device_batch(step), None)
-                except BaseException as e:  # handed to the consumer, which re-raises it
-                    item = (step, None, e)
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if item[2] is not None:
-                    return
-                step += 1
-
-        thread = threading.Thread(target=produce, name=f"BatchLoader-prefetch-{start_step}", daemon=True)
-        thread.start()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="BatchLoader-prefetch")
+        pending: collections.deque = collections.deque()
+        next_step = start_step
         try:
             while True:
-                step, batch, error = ready.get()
-                if error is not None:
-                    raise RuntimeError(f"reading the batch for step {step} failed: {error}") from error
+                while len(pending) < prefetch:
+                    pending.append((next_step, pool.submit(self.device_batch, next_step)))
+                    next_step += 1
+                step, future = pending.popleft()
+                try:
+                    batch = future.result()
+                except Exception as e:
+                    raise RuntimeError(f"reading the batch for step {step} failed: {e}") from e
                 yield step, batch
         finally:
-            stop.set()
-            thread.join(timeout=5)
+            for _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
