@@ -359,7 +359,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             "rerun with the original settings to resume it, choose another --out, or pass --overwrite"
         )
     if manifest is not None and manifest.get("content_key") == key and manifest.get("complete"):
-        return {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"], "already_complete": True}
+        return _report(cfg, {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"], "already_complete": True})
 
     model, tokenizer = lm_models.load_model(cfg.model)
     chat = None
@@ -469,7 +469,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             if buffered >= shard_rows:
                 flush(final=False)
                 if stop_after_shards is not None and flushes >= stop_after_shards:
-                    return {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written, "stopped": True}
+                    return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written, "stopped": True})
         flush(final=True)
     finally:
         if bar is not None:
@@ -520,14 +520,20 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         raise st.NonFiniteRowsError(f"NaN/Inf activations, store left uncommitted: {detail}; extract in float32 or drop those texts")
     manifest["complete"] = True
     st.write_json(root, MANIFEST, manifest)
-    return {
+    return _report(cfg, {
         "out": root,
         "arrays": names,
         "n_rows": n_rows,
         "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else float("nan"),
         "tokens": tokens_seen,
         "elapsed_s": elapsed,
-    }
+    })
+
+
+def _report(cfg: ExtractConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    if cfg.progress:
+        print(summary_line(summary), flush=True)
+    return summary
 
 
 def _d_model(model) -> int:
@@ -539,19 +545,23 @@ def _d_model(model) -> int:
     raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
 
 
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for the console: rows, arrays and tokens/s of a ``run_extract`` result."""
+    if summary.get("already_complete"):
+        return f"{summary['out']}: already complete ({summary['n_rows']} rows); nothing to do"
+    if summary.get("stopped"):
+        return f"{summary['out']}: stopped after {summary['rows_done']} of {summary['n_rows']} rows; rerun to resume"
+    return (
+        f"{summary['out']}: {summary['n_rows']} rows x {len(summary['arrays'])} arrays, {summary['tokens']} tokens "
+        f"in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m sae_jax.lm.extract --model ... --out ...`` (same as ``sae-jax extract``)."""
     import tyro
 
-    cfg = tyro.cli(ExtractConfig, args=argv)
-    summary = run_extract(cfg)
-    if summary.get("already_complete"):
-        print(f"{summary['out']}: already complete ({summary['n_rows']} rows); nothing to do")
-    else:
-        print(
-            f"{summary['out']}: {summary['n_rows']} rows x {len(summary['arrays'])} arrays, "
-            f"{summary['tokens']} tokens in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s"
-        )
+    run_extract(tyro.cli(ExtractConfig, args=argv))
 
 
 if __name__ == "__main__":
