@@ -64,7 +64,8 @@ class SSAETrainConfig:
     whiten: bool = False
     """Fit ZCA whitening on a sample and train on whitened differences."""
     whiten_eps: float = 1e-5
-    """Eigenvalue floor of the whitening."""
+    """Eigenvalue floor of the whitening; keep it above the noise eigenvalues, or whitening
+    amplifies pure-noise directions to unit variance (experiments/ssae_identifiability)."""
     whiten_rows: int = 16384
     """Rows sampled to fit the whitening."""
     mesh: MeshConfig = field(default_factory=MeshConfig)

@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--dual-optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--scheme", choices=["simultaneous", "alternating", "extragradient"], default="simultaneous")
     ap.add_argument("--whiten", action="store_true", help="ZCA-whiten the data (fitted on the training rows)")
+    ap.add_argument("--whiten-eps", type=float, default=1e-5, help="eigenvalue floor of the whitening")
     ap.add_argument("--input-norm", choices=["layernorm", "none"], default="layernorm")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(pathlib.Path(__file__).with_name("results.json")))
@@ -85,7 +86,7 @@ def main() -> None:
     held = multi_concept_shifts(8192, **(gen | {"seed": 456}), directions=A)  # held-out rows, same concepts
     x_held, held_codes = held.read(np.arange(held.n_rows)), held.metadata["codes"]
     x_train = src.read(np.arange(src.n_rows))
-    whitening = fit_zca(x_train) if args.whiten else None
+    whitening = fit_zca(x_train, eps=args.whiten_eps) if args.whiten else None
     x_train_m, A_m, train_codes_m = model_space(x_train, src.metadata["codes"], A, whitening, args.input_norm)
     x_held_m, _, held_codes_m = model_space(x_held, held_codes, A, whitening, args.input_norm)
     target = float(np.abs(train_codes_m).sum() / (len(x_train) * d_sae))  # the true code's Σ|h|/(B·F)
