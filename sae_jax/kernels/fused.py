@@ -1,8 +1,7 @@
 """The whole sparse TopK autoencoder (+ optional AuxK selection) as one custom_vjp.
 
-One backward loop over batch blocks gathers the decoder rows once (for the values'
-gradient) and scatter-adds the encoder and decoder row gradients together into one
-[F, 2d] buffer: the two parameter gradients share their indices. The AuxK part runs under
+The backward computes the selected values' gradient, then scatter-adds the encoder and
+decoder row gradients (the two share their indices). The AuxK part runs under
 ``lax.cond`` only when a latent is dead, and passes the buffers through unchanged
 otherwise (no dense zero gradients as a differentiated ``lax.cond`` would produce).
 """
@@ -14,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sae_jax.kernels.sparse_topk import (_block_rows, _gather_combine, _transpose_materialised,
-                                         topk)
+from sae_jax.kernels.sparse_topk import (_gather_combine, _gather_dot, _scatter_outer,
+                                         _transpose_materialised, topk)
 
 
 def _select(pre, bias, k, method):
@@ -23,29 +22,20 @@ def _select(pre, bias, k, method):
     return jax.nn.relu(v), idx
 
 
-def _accumulate(comb, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec):
-    """Add one selection's gradients into comb [F, 2d] = [dW_enc^T | dW_dec] and g_b [F].
+def _accumulate(g_enc_t, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec):
+    """Add one selection's gradients into dW_enc^T [F, d], dW_dec [F, d] and db_enc [F].
 
-    Returns (comb, g_b, gp) with gp [B, k] the gradient wrt the selected pre-activations."""
-    b, k = idx.shape
-    d = xc.shape[1]
-    nb = _block_rows(b)
-
-    def block(carry, args):
-        comb, g_b = carry
-        vb, ib, xb, gb, gdb = args
-        rows = W_dec.at[ib].get(mode="promise_in_bounds")  # [b/nb, k, d]
-        gv = jnp.einsum("bd,bkd->bk", gb, rows) + gdb
-        gp = jnp.where(vb > 0, gv, 0.0)
-        upd = jnp.concatenate([gp[:, :, None] * xb[:, None, :], vb[:, :, None] * gb[:, None, :]], axis=-1)
-        comb = comb.at[ib.reshape(-1)].add(upd.reshape(-1, 2 * d), mode="promise_in_bounds")
-        g_b = g_b.at[ib.reshape(-1)].add(gp.reshape(-1), mode="promise_in_bounds")
-        return (comb, g_b), gp
-
-    split = lambda a: a.reshape(nb, b // nb, *a.shape[1:])
-    (comb, g_b), gp = lax.scan(block, (comb, g_b),
-                               (split(vals), split(idx), split(xc), split(g_out), split(g_vals_direct)))
-    return comb, g_b, gp.reshape(b, k)
+    Returns them and gp [B, k], the gradient wrt the selected pre-activations. Separate
+    loops (gather-dot, then one scatter per matrix) measured faster on CPU than one loop
+    scattering concatenated [gp x | v g] rows into an [F, 2d] buffer (docs/performance.md).
+    """
+    n = W_dec.shape[0]
+    gv = _gather_dot(g_out, idx, W_dec) + g_vals_direct
+    gp = jnp.where(vals > 0, gv, 0.0)
+    g_enc_t = g_enc_t + _scatter_outer(gp, idx, xc, n)
+    g_dec = g_dec + _scatter_outer(vals, idx, g_out, n)
+    g_b = g_b.at[idx.reshape(-1)].add(gp.reshape(-1), mode="promise_in_bounds")
+    return g_enc_t, g_dec, g_b, gp
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
@@ -84,21 +74,18 @@ def _autoencode_bwd(k, k_aux, method, dtype, res, cts):
     g_xhat, g_vals, _, g_ehat, _ = cts
     xc = (x - b_dec).astype(jnp.float32)
     n, d = W_dec.shape
-    comb = jnp.zeros((n, 2 * d), jnp.float32)
-    g_b = jnp.zeros((n,), jnp.float32)
-    comb, g_b, gp = _accumulate(comb, g_b, vals, idx, xc, g_xhat.astype(jnp.float32),
-                                g_vals.astype(jnp.float32), W_dec)
+    zeros = jnp.zeros((n, d), jnp.float32)
+    g_enc_t, g_w_dec, g_b, gp = _accumulate(zeros, zeros, jnp.zeros((n,), jnp.float32), vals, idx, xc,
+                                            g_xhat.astype(jnp.float32), g_vals.astype(jnp.float32), W_dec)
     if k_aux:
         def aux(args):
-            comb, g_b = args
-            return _accumulate(comb, g_b, av, ai, xc, g_ehat.astype(jnp.float32), jnp.zeros_like(av), W_dec)
+            return _accumulate(*args, av, ai, xc, g_ehat.astype(jnp.float32), jnp.zeros_like(av), W_dec)
 
         def none(args):
             return (*args, jnp.zeros_like(av))
 
-        comb, g_b, gpa = lax.cond(active, aux, none, (comb, g_b))
-    g_w_enc = _transpose_materialised(comb[:, :d])
-    g_w_dec = comb[:, d:]
+        g_enc_t, g_w_dec, g_b, gpa = lax.cond(active, aux, none, (g_enc_t, g_w_dec, g_b))
+    g_w_enc = _transpose_materialised(g_enc_t)
     # Input gradient: dead code in training (x needs none); b_dec's is the matvec below.
     g_x = _gather_combine(gp, idx, W_enc.T)
     if k_aux:
