@@ -10,7 +10,7 @@ is busy for a given time per step (the trainer's step time).
 from __future__ import annotations
 
 import argparse
-import itertools
+import shutil
 import tempfile
 import time
 
@@ -80,6 +80,8 @@ def main() -> None:
             time.sleep(args.consumer_ms / 1e3)
     dt = time.perf_counter() - t
     it.close()
+    if not args.store:
+        shutil.rmtree(path, ignore_errors=True)
     print(
         f"loader.iter_from (prefetch 2, consumer {args.consumer_ms:.0f} ms/step): {args.steps * args.batch / dt:,.0f} rows/s, "
         f"median wait for a batch {np.median(waits) * 1e3:.1f} ms"

@@ -68,7 +68,7 @@ class ExtractConfig:
     pooling: Literal["none", "mean", "last"] = "none"
     """Pool each text's kept tokens into one row: mean, or the last token (pairs/sequential default to mean)."""
     chat_model: str | None = None
-    """A fine-tuned model with the same tokenizer: stores base/, chat/ and delta/ (= chat - base, per token)."""
+    """A fine-tuned model with the same tokenizer: stores base/, chat/ and delta/ (= chat - base per token, computed in float32 before any bfloat16 rounding)."""
     keep_special_tokens: bool = False
     """Keep BOS/EOS/other special tokens (padding is always dropped)."""
     shard_rows: int | None = None
