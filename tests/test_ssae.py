@@ -182,3 +182,17 @@ def test_ssae_augmented_lagrangian_meets_target():
     mean_cos, _, _ = match_directions(A - A.mean(1, keepdims=True), np.asarray(run.state.params["W_dec"]))
     assert mean_cos >= 0.9
     assert abs(_achieved(cfg, run, x_eval) - target) <= 0.1 * target
+
+
+def test_l0_constraint_dual_sees_true_share_primal_the_surrogate():
+    ssae = SSAE(target=0.25, warmup=0, schedule=0, relu=True, constraint="l0", input_norm="none")
+    d, f = 6, 5
+    params = ssae.init_params(jax.random.key(0), d, f)
+    params["b_enc"] = jnp.array([-5.0, 0.0, 0.0, -5.0, 0.0])  # two latents can never fire
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(64, d)), jnp.float32)
+    out = jax.jit(ssae.problem)(params, ssae.init_state(f), x, jnp.int32(10))
+    h = np.maximum((np.asarray(x) - 0) @ np.asarray(params["W_enc"]) + np.asarray(params["b_enc"]), 0)
+    np.testing.assert_allclose(out.strict_ineq[0], (h > 0).mean() - 0.25, rtol=1e-5)  # true L0 share − target
+    np.testing.assert_allclose(out.ineq[0], np.abs(h).mean(), rtol=1e-5)  # differentiable surrogate
+    with pytest.raises(ValueError, match="relu"):
+        SSAE(constraint="l0")

@@ -52,6 +52,9 @@ class SSAE:
     """Normalisation of the code before the decoder (affine code_gamma/code_beta when on)."""
     relu: bool = False
     """ReLU on the code (non-negative codes); off for signed shifts."""
+    constraint: Literal["l1", "l0"] = "l1"
+    """l1: Σ|h|/(B·F) <= level. l0 (needs relu): the share of nonzero h <= level, enforced by
+    the dual on the true (non-differentiable) L0 share while the primal follows Σ|h|/(B·F)."""
     loss_type: Literal["relative", "absolute"] = "relative"
     """relative: mean_b ||x - x̂||² / ||x||²; absolute: mean of squared errors."""
     eps: float = 1e-5
@@ -70,6 +73,12 @@ class SSAE:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"SSAE.{name}={value!r} is not one of {allowed}")
+        if self.constraint not in ("l1", "l0"):
+            raise ValueError(f"SSAE.constraint={self.constraint!r} is not one of ('l1', 'l0')")
+        if self.constraint == "l0" and not self.relu:
+            raise ValueError("SSAE(constraint='l0') needs relu=True: a linear code is never exactly zero")
+        if self.constraint == "l0" and self.target > 1:
+            raise ValueError(f"with constraint='l0' the target is a share of active latents in (0, 1], got {self.target}")
         if self.target <= 0:
             raise ValueError(f"SSAE.target must be > 0 (a level of Σ|h|/(B·F)), got {self.target}")
         if self.warmup < 0 or self.schedule < 0:
@@ -174,16 +183,23 @@ class SSAE:
         x_hat = self.decode(params, h)
         recon = self.recon(x_n, x_hat)
         mean_abs = jnp.mean(jnp.abs(h))  # Σ|h| / (B·F)
+        active = jnp.mean((h != 0).astype(jnp.float32))  # share of nonzero latents
+        measured = mean_abs if self.constraint == "l1" else active
         measuring = step < max(self.warmup, 1)
-        seen = jnp.where(step == 0, jax.lax.stop_gradient(mean_abs), self._ema(state["dense_level"], mean_abs))
+        seen = jnp.where(step == 0, jax.lax.stop_gradient(measured), self._ema(state["dense_level"], measured))
         new_state["dense_level"] = jnp.where(measuring, seen, state["dense_level"])
         level = self.level(new_state["dense_level"], step)
-        violation = jnp.where(step >= self.warmup, mean_abs - level, 0.0 * mean_abs)
+        on = step >= self.warmup
+        violation = jnp.where(on, measured - level, 0.0 * mean_abs)
         metrics = base.recon_metrics(x_n, x_hat) | {
-            "recon": recon, "mean_abs_h": mean_abs, "level": level, "l0": losses.l0(h),
-            "violation": violation,
+            "recon": recon, "mean_abs_h": mean_abs, "active_share": active, "level": level,
+            "l0": losses.l0(h), "violation": violation,
         }
         aux = base.LossOutput(fired=base.fired(h), metrics=metrics, state=new_state)
+        if self.constraint == "l0":
+            # The primal differentiates the L1 surrogate; the dual sees the true L0 violation.
+            surrogate = jnp.where(on, mean_abs, 0.0 * mean_abs)
+            return CMPOutput(loss=recon, ineq=surrogate[None], strict_ineq=violation[None], aux=aux)
         return CMPOutput(loss=recon, ineq=violation[None], aux=aux)
 
     def loss(self, params, state, x, ctx: base.LossContext):
