@@ -189,3 +189,14 @@ def test_synthetic_data_is_evaluated_on_a_fresh_draw_with_the_same_dictionary(tm
     fresh = fresh_synthetic_source(d, 200).read(np.arange(200))
     train = synthetic_source(2000, 16, 32, 3, seed=3).read(np.arange(2000))
     assert not (np.abs(fresh[:, None, :] - train[None, :, :]).max(-1) < 1e-6).any()  # no training row reappears
+
+
+def test_single_class_held_out_labels_skip_probing_with_a_reason(workspace, tmp_path):
+    root, acts = workspace
+    labels = np.zeros(len(acts), np.int64)
+    labels[: len(acts) // 4] = 1  # class 1 only outside the held-out half
+    np.save(tmp_path / "labels.npy", labels)
+    run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(npy=str(root / "acts.npy")), heldout_start=0.5,
+                        labels=str(tmp_path / "labels.npy"), out_dir=str(tmp_path / "ev"), evals=("core", "probing", "stats")))
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert "single class" in res["skipped"]["probing"] and "single class" in res["skipped"]["stats"]

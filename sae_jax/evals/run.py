@@ -261,6 +261,18 @@ class _Context:
         return got[0]
 
 
+class Skipped(str):
+    """An evaluation's reason for not running (returned instead of results)."""
+
+
+def _two_classes(labels: np.ndarray) -> Skipped | None:
+    classes = np.unique(labels)
+    if classes.size < 2:
+        return Skipped(f"the held-out rows hold a single class ({classes.tolist()}); choose a held-out range with "
+                       "both classes (--heldout-start/--heldout-stop) or pass --labels")
+    return None
+
+
 def _core(ctx: _Context, report: Report) -> dict[str, Any]:
     m = evaluate_core(ctx.sae, ctx.source, ctx.rows, ctx.cfg.batch_size)
     ctx.core = m
@@ -330,6 +342,8 @@ def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
     labels = ctx.labels(rows)
     if labels is None:
         return None
+    if skip := _two_classes(labels):
+        return skip
     acts, codes = [], []
     for x in iter_batches(ctx.source, rows, ctx.cfg.batch_size):
         acts.append(x)
@@ -351,6 +365,8 @@ def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
     labels = ctx.labels(ctx.rows)
     if labels is None:
         return None
+    if skip := _two_classes(labels):
+        return skip
     neurons, latents = ClassMoments(ctx.sae.d_in), ClassMoments(ctx.sae.d_sae)
     for i, x in zip(range(0, len(ctx.rows), ctx.cfg.batch_size), iter_batches(ctx.source, ctx.rows, ctx.cfg.batch_size)):
         y = labels[i:i + len(x)]
@@ -376,8 +392,11 @@ def _shift(ctx: _Context, report: Report) -> dict[str, Any] | None:
     cfg = ctx.cfg
     chat_sae = load_sae(cfg.chat_sae) if cfg.chat_sae else None
     delta_sae = load_sae(cfg.delta_sae) if cfg.delta_sae else None
+    group = ctx.labels(ctx.rows)
+    if group is not None and _two_classes(group):
+        group = None  # one class only: no enrichment
     r = evaluate_shift(ctx.sae, ctx.source, open_store(cfg.chat_store), ctx.rows, cfg.batch_size, cfg.shift_threshold,
-                       chat_sae=chat_sae, delta_sae=delta_sae, row_group=ctx.labels(ctx.rows))
+                       chat_sae=chat_sae, delta_sae=delta_sae, row_group=group)
     ctx.shifted = np.isin(r.classes, ["suppressed_in_chat", "amplified_in_chat"])
     frags = [table(r.counts),
              table([{"latent": j, "cohens_d": d} for j, d in r.top_suppressed[:10] + r.top_amplified[:10]],
@@ -477,6 +496,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
         results["seconds"][name] = time.perf_counter() - t0
         if value is None:
             results["skipped"][name] = f"needs {_NEEDS[name]}"
+        elif isinstance(value, Skipped):
+            results["skipped"][name] = str(value)
         else:
             results[name] = value
     if results["skipped"]:
