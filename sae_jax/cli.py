@@ -22,6 +22,8 @@ _PLUGINS = {
     "extract": ("sae_jax.lm.extract", "ExtractConfig", "run_extract",
                 "extract LM activations into an activation store"),
     "eval": ("sae_jax.evals.run", "EvalConfig", "run_eval", "evaluate an exported SAE, write eval.json + report.html"),
+    "ssae": ("sae_jax.ssae_run", "SSAERunConfig", "run_ssae",
+             "train a sparse shift autoencoder (constrained sparsity) on activation differences"),
     "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
     "demo": ("sae_jax.demo", "DemoConfig", "run_demo", "the README main job: extract -> train -> eval"),
 }

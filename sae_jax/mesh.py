@@ -21,6 +21,11 @@ PARAM_SPECS: dict[str, P] = {
     "log_threshold": P("dict"),
     "threshold": P("dict"),
     "tokens_since_fired": P("dict"),
+    # SSAE code normalisation (per latent)
+    "code_gamma": P("dict"),
+    "code_beta": P("dict"),
+    "code_mean": P("dict"),
+    "code_var": P("dict"),
 }
 BATCH_SPEC = P("data", None)
 CODES_SPEC = P("data", "dict")
