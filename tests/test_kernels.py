@@ -179,3 +179,27 @@ def test_blocked_transpose_and_large_dictionary_grads():
     gs = jax.jit(jax.grad(_loss(sparse_forward, k)))(p, x)
     for name in gd:
         np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,k", [(8192, 32), (1000, 7), (70, 32), (33, 33)])
+def test_native_cpu_topk_equals_lax_top_k(n, k):
+    from sae_jax.kernels import cpu_topk
+
+    if jax.default_backend() != "cpu" or not cpu_topk.available():
+        pytest.skip("native CPU kernel not built here")
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((3, 50, n)).astype(np.float32)
+    x[0, 0, : n // 2] = 1.5  # ties: lax.top_k keeps the lower index first
+    x[1, 1] = np.round(x[1, 1])  # many ties
+    b = rng.standard_normal(n).astype(np.float32)
+    b[5::9] = -np.inf  # masked latents (AuxK)
+    v, i = jax.jit(lambda x, b: topk(x, k, method="native", bias=b))(jnp.asarray(x), jnp.asarray(b))
+    rv, ri = lax.top_k(jnp.asarray(x) + jnp.asarray(b), k)
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(rv))
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(ri))
+    # values stay differentiable: d(sum of top-k)/dx is 1 exactly at the chosen entries
+    g = jax.grad(lambda x: jnp.sum(topk(x, k, method="native")[0]))(jnp.asarray(x))
+    _, ri0 = lax.top_k(jnp.asarray(x), k)
+    want = np.zeros_like(x)
+    np.put_along_axis(want, np.asarray(ri0), 1.0, axis=-1)
+    np.testing.assert_array_equal(np.asarray(g), want)

@@ -48,7 +48,7 @@ def _topk_chunked(x: jax.Array, k: int, chunk: int, bias: jax.Array | None = Non
     rows = math.prod(lead)
     x2 = x.reshape(rows, n)
     m = -(-n // chunk)
-    b = jnp.zeros((n,), x.dtype) if bias is None else bias.astype(x.dtype)
+    b = jnp.full((n,), -0.0, x.dtype) if bias is None else bias.astype(x.dtype)  # x + -0.0 == x exactly
     if m * chunk != n:  # pad with -inf so the reshape is exact; pads never win unless n < k
         x2 = jnp.pad(x2, ((0, 0), (0, m * chunk - n)), constant_values=-jnp.inf)
         b = jnp.pad(b, (0, m * chunk - n))
@@ -66,19 +66,32 @@ def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None =
          ) -> tuple[jax.Array, jax.Array]:
     """Exact top-k along the last axis of ``x + bias``: (values [..., k] descending, indices [..., k] int32).
 
-    method: 'lax' (``lax.top_k``), 'chunked' (chunk-maxima pruning, fastest on CPU), or
-    'auto' (chunked on CPU when the row is long enough to pay, ``lax.top_k`` elsewhere:
-    GPU/TPU have their own top-k lowerings). ``bias`` [n] (optional) is broadcast over rows.
+    method: 'lax' (``lax.top_k``); 'chunked' (chunk-maxima pruning in pure JAX); 'native'
+    (the C++ XLA:CPU kernel in cpu_topk.cc, float32 and NaN-free input); 'auto' (native on
+    CPU when it builds, else chunked when the row is long enough to pay; ``lax.top_k`` on
+    GPU/TPU, which have their own lowerings). ``bias`` [n] (optional) is broadcast over rows.
+    Values are differentiable (gathered from x + bias at the chosen indices).
     """
     n = x.shape[-1]
     if not 0 < k <= n:
         raise ValueError(f"top-k needs 0 < k <= {n} (the last axis), got k={k}")
-    if method not in ("auto", "lax", "chunked"):
-        raise ValueError(f"topk method must be 'auto', 'lax' or 'chunked', got {method!r}")
+    if method not in ("auto", "lax", "chunked", "native"):
+        raise ValueError(f"topk method must be 'auto', 'lax', 'chunked' or 'native', got {method!r}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"topk bias must have shape ({n},), got {bias.shape}")
     chunk = _chunk_size(n, k)
     pays = -(-n // chunk) >= 4 * k  # chunk maxima must prune, else the second stage is the whole row
+    if method in ("auto", "native") and jax.default_backend() == "cpu" and x.dtype == jnp.float32:
+        from sae_jax.kernels import cpu_topk
+
+        if cpu_topk.available():
+            _, idx = cpu_topk.topk_native(lax.stop_gradient(x), k,
+                                          None if bias is None else lax.stop_gradient(bias))
+            full = x if bias is None else x + bias
+            return jnp.take_along_axis(full, idx, axis=-1), idx
+    if method == "native":
+        raise ValueError("topk method='native' needs float32 input on XLA:CPU and a C++ compiler "
+                         "(see sae_jax/kernels/cpu_topk.py); use method='auto' to fall back")
     if method == "auto":
         method = "chunked" if (jax.default_backend() == "cpu" and pays) else "lax"
     if method == "chunked" and -(-n // chunk) >= k:

@@ -1,0 +1,164 @@
+// Exact row-wise top-k of (x + bias) for XLA:CPU, as an XLA FFI custom call.
+//
+// XLA:CPU's own TopK is a single-threaded std::partial_sort over an index array with an
+// indirect comparator. Here: rows split over threads; per row, block maxima bound the k-th
+// value so only ~k blocks are examined (see Rows). Ties keep the lower index, as lax.top_k
+// does. NaNs are never selected (lax.top_k ranks them highest); the train step treats
+// non-finite inputs as an error anyway.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kBlock = 32;
+
+struct Entry {
+  float v;
+  int32_t i;
+};
+
+// Total order of floats as XLA's TopK uses it (-0.0 ranks below +0.0).
+inline int32_t Key(float v) {
+  int32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits < 0 ? bits ^ 0x7fffffff : bits;
+}
+
+// a ranks before b: larger value, or equal value and lower index.
+inline bool Before(const Entry& a, const Entry& b) {
+  const int32_t ka = Key(a.v), kb = Key(b.v);
+  return ka > kb || (ka == kb && a.i < b.i);
+}
+
+// Plain heap scan of one row (rows with fewer than k blocks).
+void HeapRow(const float* row, const float* bias, int64_t n, int64_t k, std::vector<Entry>& heap,
+             float* out_v, int32_t* out_i) {
+  heap.resize(k);
+  for (int64_t j = 0; j < k; ++j) heap[j] = {row[j] + bias[j], static_cast<int32_t>(j)};
+  // With Before as the comparator, the heap's front is the entry ranked last.
+  std::make_heap(heap.begin(), heap.end(), Before);
+  for (int64_t j = k; j < n; ++j) {
+    const float v = row[j] + bias[j];
+    if (Key(v) > Key(heap.front().v)) {  // equal value, higher index than all kept: stays out
+      std::pop_heap(heap.begin(), heap.end(), Before);
+      heap.back() = {v, static_cast<int32_t>(j)};
+      std::push_heap(heap.begin(), heap.end(), Before);
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end(), Before);  // best first
+  for (int64_t j = 0; j < k; ++j) {
+    out_v[j] = heap[j].v;
+    out_i[j] = heap[j].i;
+  }
+}
+
+// Per row: maxima of kBlock-wide blocks (vectorised); t0 = k-th largest block maximum is a
+// lower bound of the row's k-th largest value (k blocks each hold an element >= t0), so the
+// top k lie among the elements >= t0 of the blocks whose maximum is >= t0 (~k blocks).
+void Rows(const float* x, const float* bias, int64_t n, int64_t k, int64_t r0, int64_t r1,
+          float* out_v, int32_t* out_i) {
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  std::vector<float> bmax(nblocks), tmp(nblocks);
+  std::vector<Entry> cand;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = x + r * n;
+    if (nblocks < 2 * k) {
+      HeapRow(row, bias, n, k, cand, out_v + r * k, out_i + r * k);
+      continue;
+    }
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t j0 = b * kBlock, j1 = std::min(n, j0 + kBlock);
+      // 8 independent lanes: no loop-carried dependency, and the compiler emits SIMD max.
+      float lane[8];
+      for (int t = 0; t < 8; ++t) lane[t] = -std::numeric_limits<float>::infinity();
+      int64_t j = j0;
+      for (; j + 8 <= j1; j += 8) {
+        for (int t = 0; t < 8; ++t) {
+          const float v = row[j + t] + bias[j + t];
+          lane[t] = v > lane[t] ? v : lane[t];
+        }
+      }
+      for (; j < j1; ++j) {
+        const float v = row[j] + bias[j];
+        lane[0] = v > lane[0] ? v : lane[0];
+      }
+      float m = lane[0];
+      for (int t = 1; t < 8; ++t) m = lane[t] > m ? lane[t] : m;
+      bmax[b] = m;
+    }
+    std::copy(bmax.begin(), bmax.end(), tmp.begin());
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float t0 = tmp[k - 1];
+    cand.clear();
+    for (int64_t b = 0; b < nblocks; ++b) {
+      if (!(bmax[b] >= t0)) continue;
+      const int64_t j0 = b * kBlock, j1 = std::min(n, j0 + kBlock);
+      for (int64_t j = j0; j < j1; ++j) {
+        const float v = row[j] + bias[j];
+        if (v >= t0) cand.push_back({v, static_cast<int32_t>(j)});  // -0.0 == 0.0 here: a superset
+      }
+    }
+    if (static_cast<int64_t>(cand.size()) < k) {  // only with NaNs/-inf in the way: be exact anyway
+      HeapRow(row, bias, n, k, cand, out_v + r * k, out_i + r * k);
+      continue;
+    }
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), Before);
+    for (int64_t j = 0; j < k; ++j) {
+      out_v[r * k + j] = cand[j].v;
+      out_i[r * k + j] = cand[j].i;
+    }
+  }
+}
+
+ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
+                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx) {
+  auto xd = x.dimensions();
+  auto vd = vals->dimensions();
+  if (xd.size() == 0 || vd.size() != xd.size()) {
+    return ffi::Error::InvalidArgument("sae_jax_topk: x and values must have the same rank >= 1");
+  }
+  const int64_t n = xd.back();
+  const int64_t k = vd.back();
+  if (k < 1 || k > n || bias.element_count() != n) {
+    return ffi::Error::InvalidArgument("sae_jax_topk: need 1 <= k <= n and bias of length n");
+  }
+  const int64_t rows = n ? static_cast<int64_t>(x.element_count()) / n : 0;
+  const float* xp = x.typed_data();
+  const float* bp = bias.typed_data();
+  float* vp = vals->typed_data();
+  int32_t* ip = idx->typed_data();
+  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  threads = std::min<int64_t>(threads, std::max<int64_t>(1, rows / 64));
+  if (threads == 1) {
+    Rows(xp, bp, n, k, 0, rows, vp, ip);
+    return ffi::Error::Success();
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (rows + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
+    if (r0 < r1) pool.emplace_back(Rows, xp, bp, n, k, r0, r1, vp, ip);
+  }
+  Rows(xp, bp, n, k, 0, std::min(rows, per), vp, ip);
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());

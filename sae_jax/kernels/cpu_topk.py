@@ -1,0 +1,66 @@
+"""Optional native top-k for XLA:CPU (cpu_topk.cc), built with the system C++ compiler on
+first use and cached; everything falls back to the pure-JAX kernels when it cannot be built.
+
+Set SAE_JAX_CPU_KERNELS=0 to disable it.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+_SRC = Path(__file__).with_name("cpu_topk.cc")
+_TARGET = "sae_jax_topk_f32"
+_state: dict[str, object] = {}
+
+
+def _library_path() -> Path:
+    key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sae_jax" / "kernels"
+    return root / f"cpu_topk-{key}.so"
+
+
+def _build(lib: Path) -> None:
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread",
+           f"-I{jax.ffi.include_dir()}", str(_SRC), "-o", str(tmp)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    os.replace(tmp, lib)  # atomic: concurrent builders never load a half-written file
+
+
+def available() -> bool:
+    """True when the native kernel is built (or was just built) and registered with XLA."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    ok = False
+    if os.environ.get("SAE_JAX_CPU_KERNELS", "1") != "0":
+        try:
+            lib = _library_path()
+            if not lib.exists():
+                _build(lib)
+            handle = ctypes.cdll.LoadLibrary(str(lib))
+            jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.SaeJaxTopKF32), platform="cpu")
+            _state["handle"] = handle
+            ok = True
+        except (OSError, subprocess.CalledProcessError, AttributeError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            warnings.warn(f"sae_jax: native CPU top-k unavailable, using the pure-JAX kernel ({detail[-300:]})")
+    _state["ok"] = ok
+    return ok
+
+
+def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k of x + bias along the last axis (float32, NaN-free input) on XLA:CPU."""
+    n = x.shape[-1]
+    # -0.0, not 0.0: x + (-0.0) == x bit for bit, while -0.0 + 0.0 would turn into +0.0
+    bias = jnp.full((n,), -0.0, jnp.float32) if bias is None else bias.astype(jnp.float32)
+    out = (jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.float32),
+           jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.int32))
+    return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x.astype(jnp.float32), bias)
