@@ -32,6 +32,8 @@ class DataConfig:
     """Global batch size in tokens (split over the mesh's 'data' axis)."""
     seed: int = 0
     """Seed of the batch order; the batch at step t is a pure function of (seed, t)."""
+    holdout_fraction: float = 0.1
+    """Share of rows at the end of the source never trained on (what `sae-jax eval` holds out by default)."""
     normalize: Literal["none", "expected_norm"] = "expected_norm"
     """Input scaling: 'expected_norm' scales inputs so E||x|| = sqrt(d_in) (folded into exported weights)."""
     n_stat_rows: int = 16384
@@ -197,6 +199,8 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
         raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.data.store and cfg.data.npy:
         raise ConfigError("give either --data.store or --data.npy, not both")
+    if not 0.0 <= cfg.data.holdout_fraction < 1.0:
+        raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
     if cfg.data.batch_size <= 0:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     if cfg.mesh.dict <= 0:

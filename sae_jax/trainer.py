@@ -23,7 +23,7 @@ from sae_jax.assemble import assemble
 from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import ConfigError, TrainConfig, validate
 from sae_jax.data.loader import BatchLoader
-from sae_jax.data.open import open_source
+from sae_jax.data.open import open_source, training_rows
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
 from sae_jax.mesh import batch_sharding
@@ -177,7 +177,7 @@ def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns the final state and metrics."""
     distributed.maybe_initialize()
-    source = open_source(cfg.data)
+    source = training_rows(open_source(cfg.data), cfg.data)
     validate(cfg, d_in=source.d_in, n_devices=jax.device_count())
     d_in, d_sae = source.d_in, cfg.sae.d_sae
     pieces = assemble(cfg, d_in)

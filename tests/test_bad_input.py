@@ -77,3 +77,14 @@ def test_resume_on_data_of_another_width_is_refused(tmp_path):
     np.save(path, np.random.default_rng(0).standard_normal((2048, 8)).astype(np.float32))
     with pytest.raises(ConfigError, match="trained on d_in=16 activations but the data source now has d_in=8"):
         train(dataclasses.replace(cfg, steps=20))
+
+
+def test_training_never_reads_the_held_out_tail(tmp_path):
+    """Rows in the held-out tail are NaN: training succeeds only if it never touches them."""
+    x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    x[1800:] = np.nan  # exactly the last 10%
+    np.save(tmp_path / "acts.npy", x)
+    cfg = tiny_config(tmp_path / "run")
+    cfg = dataclasses.replace(cfg, steps=20, data=dataclasses.replace(
+        cfg.data, npy=str(tmp_path / "acts.npy"), n_stat_rows=4096, holdout_fraction=0.1))
+    assert train(cfg).metrics["loss"] > 0  # 20 steps x 256 rows cover the 1800 rows several times

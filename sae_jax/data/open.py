@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from sae_jax.config import DataConfig
-from sae_jax.data.source import ActivationSource, npy_source
+from sae_jax.data.source import ActivationSource, RowRange, npy_source
 from sae_jax.data.synthetic import synthetic_source
+
+
+def training_rows(source: ActivationSource, cfg: DataConfig) -> ActivationSource:
+    """The source without its held-out tail (the last ``holdout_fraction`` of rows)."""
+    stop = source.n_rows - int(source.n_rows * cfg.holdout_fraction)
+    return source if stop == source.n_rows else RowRange(source, 0, stop)
 
 
 def open_source(cfg: DataConfig) -> ActivationSource:

@@ -52,6 +52,23 @@ class ArraySource:
         return np.asarray(self._array[rows], dtype=np.float32)
 
 
+class RowRange:
+    """Rows ``[start, stop)`` of another source, renumbered from 0 (e.g. a training split)."""
+
+    def __init__(self, source: ActivationSource, start: int, stop: int):
+        if not 0 <= start < stop <= source.n_rows:
+            raise ValueError(f"row range [{start}, {stop}) is empty or outside the source's {source.n_rows} rows")
+        self.source, self.start = source, start
+        self.n_rows, self.d_in = stop - start, source.d_in
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.source.metadata
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.source.read(np.asarray(rows, np.int64) + self.start)
+
+
 def npy_source(path: str) -> ArraySource:
     """A memory-mapped ``.npy`` file of shape ``(n_rows, d_in)``."""
     try:
