@@ -183,9 +183,9 @@ def test_blocked_transpose_and_large_dictionary_grads():
 
 @pytest.mark.parametrize("n,k", [(8192, 32), (1000, 7), (70, 32), (33, 33)])
 def test_native_cpu_topk_equals_lax_top_k(n, k):
-    from sae_jax.kernels import cpu_topk
+    from sae_jax.kernels import cpu_kernels
 
-    if jax.default_backend() != "cpu" or not cpu_topk.available():
+    if jax.default_backend() != "cpu" or not cpu_kernels.available():
         pytest.skip("native CPU kernel not built here")
     rng = np.random.default_rng(n)
     x = rng.standard_normal((3, 50, n)).astype(np.float32)

@@ -29,8 +29,15 @@ def _loss(x_hat, e_hat, x):
     return jnp.sum(jnp.sin(x_hat) * (x + 1.0)) + jnp.sum(jnp.cos(e_hat) * x)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("n_dead", [0, 5, 100])
-def test_values_and_grads_match_dense(n_dead):
+def test_values_and_grads_match_dense(n_dead, native, monkeypatch):
+    import sae_jax.kernels.fused as fused
+
+    if native and not fused._native():
+        pytest.skip("native CPU kernels not built here")
+    if not native:  # the pure-JAX backward (what runs without a C++ compiler, and on GPU)
+        monkeypatch.setattr(fused, "_native", lambda: False)
     B, d, F, k, k_aux = 32, 12, 512, 6, 10
     p = _params(jax.random.PRNGKey(n_dead), d, F)
     x = jax.random.normal(jax.random.PRNGKey(1), (B, d))

@@ -1,4 +1,6 @@
-// Exact row-wise top-k of (x + bias) for XLA:CPU, as an XLA FFI custom call.
+// Native XLA:CPU kernels for the sparse TopK SAE, as XLA FFI custom calls.
+//
+// 1. SaeJaxTopKF32: exact row-wise top-k of (x + bias).
 //
 // XLA:CPU's own TopK is a single-threaded std::partial_sort over an index array with an
 // indirect comparator. Here: rows split over threads; per row, block maxima bound the k-th
@@ -162,3 +164,102 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
+
+// 2. SaeJaxSparseBwdF32: the backward of the sparse autoencoder in two passes.
+//    gp[b,j]   = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])
+//    dWencT[f] = sum_{idx[b,j]=f} gp[b,j] * xc[b];  dWdec[f] = sum vals[b,j] * g[b];  db[f] = sum gp
+// Pass 1 splits rows over threads; pass 2 splits the latent range, so every thread owns its
+// output rows (no atomics) and each row accumulates in (b, j) order (deterministic).
+namespace {
+
+inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    for (int u = 0; u < 8; ++u) lane[u] += a[t + u] * b[t + u];
+  }
+  float s = 0;
+  for (; t < d; ++t) s += a[t] * b[t];
+  for (int u = 0; u < 8; ++u) s += lane[u];
+  return s;
+}
+
+inline void Axpy(float a, const float* __restrict x, float* __restrict y, int64_t d) {
+  for (int64_t t = 0; t < d; ++t) y[t] += a * x[t];
+}
+
+template <typename F>
+void Parallel(int64_t n, F fn) {
+  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  threads = std::min<int64_t>(threads, std::max<int64_t>(1, n / 64));
+  const int64_t per = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t a = t * per, b = std::min(n, a + per);
+    if (a < b) pool.emplace_back(fn, a, b);
+  }
+  fn(0, std::min(n, per));
+  for (auto& th : pool) th.join();
+}
+
+ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
+                         ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx,
+                         ffi::Buffer<ffi::F32> xc, ffi::Buffer<ffi::F32> w_dec,
+                         ffi::ResultBuffer<ffi::F32> d_enc_t, ffi::ResultBuffer<ffi::F32> d_dec,
+                         ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> gp_out) {
+  auto gd = g.dimensions(), vd = vals.dimensions(), wd = w_dec.dimensions();
+  if (gd.size() != 2 || vd.size() != 2 || wd.size() != 2 || gd[0] != vd[0] || gd[1] != wd[1]) {
+    return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: need g [B,d], vals [B,k], W_dec [F,d]");
+  }
+  const int64_t B = gd[0], d = gd[1], k = vd[1], F = wd[0];
+  const float* gp_ = g.typed_data();
+  const float* gv_ = g_vals.typed_data();
+  const float* v_ = vals.typed_data();
+  const int32_t* i_ = idx.typed_data();
+  const float* x_ = xc.typed_data();
+  const float* w_ = w_dec.typed_data();
+  float* de = d_enc_t->typed_data();
+  float* dd = d_dec->typed_data();
+  float* db = d_b->typed_data();
+  float* gp = gp_out->typed_data();
+  for (int64_t e = 0; e < B * k; ++e) {
+    if (i_[e] < 0 || i_[e] >= F) return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: index out of range");
+  }
+  Parallel(B, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t e = b * k + j;
+        gp[e] = v_[e] > 0 ? Dot(gp_ + b * d, w_ + static_cast<int64_t>(i_[e]) * d, d) + gv_[e] : 0.0f;
+      }
+    }
+  });
+  Parallel(F, [&](int64_t f0, int64_t f1) {
+    std::fill(de + f0 * d, de + f1 * d, 0.0f);
+    std::fill(dd + f0 * d, dd + f1 * d, 0.0f);
+    std::fill(db + f0, db + f1, 0.0f);
+    for (int64_t e = 0; e < B * k; ++e) {
+      const int64_t f = i_[e];
+      if (f < f0 || f >= f1) continue;
+      const int64_t b = e / k;
+      Axpy(gp[e], x_ + b * d, de + f * d, d);
+      Axpy(v_[e], gp_ + b * d, dd + f * d, d);
+      db[f] += gp[e];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxSparseBwdF32, SparseBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,5 +1,6 @@
-"""Optional native top-k for XLA:CPU (cpu_topk.cc), built with the system C++ compiler on
-first use and cached; everything falls back to the pure-JAX kernels when it cannot be built.
+"""Optional native XLA:CPU kernels (cpu_kernels.cc: top-k and the sparse backward), built with
+the system C++ compiler on first use and cached; everything falls back to the pure-JAX kernels
+when they cannot be built.
 
 Set SAE_JAX_CPU_KERNELS=0 to disable it.
 """
@@ -15,15 +16,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-_SRC = Path(__file__).with_name("cpu_topk.cc")
+_SRC = Path(__file__).with_name("cpu_kernels.cc")
 _TARGET = "sae_jax_topk_f32"
+_BWD = "sae_jax_sparse_bwd_f32"
 _state: dict[str, object] = {}
 
 
 def _library_path() -> Path:
     key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sae_jax" / "kernels"
-    return root / f"cpu_topk-{key}.so"
+    return root / f"cpu_kernels-{key}.so"
 
 
 def _build(lib: Path) -> None:
@@ -47,6 +49,7 @@ def available() -> bool:
                 _build(lib)
             handle = ctypes.cdll.LoadLibrary(str(lib))
             jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.SaeJaxTopKF32), platform="cpu")
+            jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(handle.SaeJaxSparseBwdF32), platform="cpu")
             _state["handle"] = handle
             ok = True
         except (OSError, subprocess.CalledProcessError, AttributeError) as e:
@@ -64,3 +67,14 @@ def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None) -> tuple[ja
     out = (jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.float32),
            jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.int32))
     return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x.astype(jnp.float32), bias)
+
+
+def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
+    """(dW_enc^T [F, d], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc."""
+    n, d = W_dec.shape
+    b, k = idx.shape
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((n, d), f32), jax.ShapeDtypeStruct((n, d), f32),
+           jax.ShapeDtypeStruct((n,), f32), jax.ShapeDtypeStruct((b, k), f32))
+    return jax.ffi.ffi_call(_BWD, out)(g.astype(f32), g_vals.astype(f32), vals.astype(f32),
+                                       idx.astype(jnp.int32), xc.astype(f32), W_dec.astype(f32))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sae_jax.kernels import cpu_kernels
 from sae_jax.kernels.sparse_topk import (_gather_combine, _gather_dot, _scatter_outer,
                                          _transpose_materialised, topk)
 
@@ -20,6 +21,10 @@ from sae_jax.kernels.sparse_topk import (_gather_combine, _gather_dot, _scatter_
 def _select(pre, bias, k, method):
     v, idx = topk(pre, k, method=method, bias=bias)
     return jax.nn.relu(v), idx
+
+
+def _native() -> bool:
+    return jax.default_backend() == "cpu" and cpu_kernels.available()
 
 
 def _accumulate(g_enc_t, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec):
@@ -30,6 +35,9 @@ def _accumulate(g_enc_t, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec)
     scattering concatenated [gp x | v g] rows into an [F, 2d] buffer (docs/performance.md).
     """
     n = W_dec.shape[0]
+    if _native():
+        de, dd, db, gp = cpu_kernels.sparse_bwd_native(g_out, g_vals_direct, vals, idx, xc, W_dec)
+        return g_enc_t + de, g_dec + dd, g_b + db, gp
     gv = _gather_dot(g_out, idx, W_dec) + g_vals_direct
     gp = jnp.where(vals > 0, gv, 0.0)
     g_enc_t = g_enc_t + _scatter_outer(gp, idx, xc, n)

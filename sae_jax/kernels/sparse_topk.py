@@ -67,7 +67,7 @@ def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None =
     """Exact top-k along the last axis of ``x + bias``: (values [..., k] descending, indices [..., k] int32).
 
     method: 'lax' (``lax.top_k``); 'chunked' (chunk-maxima pruning in pure JAX); 'native'
-    (the C++ XLA:CPU kernel in cpu_topk.cc, float32 and NaN-free input); 'auto' (native on
+    (the C++ XLA:CPU kernel in cpu_kernels.cc, float32 and NaN-free input); 'auto' (native on
     CPU when it builds, else chunked when the row is long enough to pay; ``lax.top_k`` on
     GPU/TPU, which have their own lowerings). ``bias`` [n] (optional) is broadcast over rows.
     Values are differentiable (gathered from x + bias at the chosen indices).
@@ -82,16 +82,16 @@ def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None =
     chunk = _chunk_size(n, k)
     pays = -(-n // chunk) >= 4 * k  # chunk maxima must prune, else the second stage is the whole row
     if method in ("auto", "native") and jax.default_backend() == "cpu" and x.dtype == jnp.float32:
-        from sae_jax.kernels import cpu_topk
+        from sae_jax.kernels import cpu_kernels
 
-        if cpu_topk.available():
-            _, idx = cpu_topk.topk_native(lax.stop_gradient(x), k,
+        if cpu_kernels.available():
+            _, idx = cpu_kernels.topk_native(lax.stop_gradient(x), k,
                                           None if bias is None else lax.stop_gradient(bias))
             full = x if bias is None else x + bias
             return jnp.take_along_axis(full, idx, axis=-1), idx
     if method == "native":
         raise ValueError("topk method='native' needs float32 input on XLA:CPU and a C++ compiler "
-                         "(see sae_jax/kernels/cpu_topk.py); use method='auto' to fall back")
+                         "(see sae_jax/kernels/cpu_kernels.py); use method='auto' to fall back")
     if method == "auto":
         method = "chunked" if (jax.default_backend() == "cpu" and pays) else "lax"
     if method == "chunked" and -(-n // chunk) >= k:
