@@ -88,3 +88,4 @@ def test_evaluate_shift_finds_planted_shifts_and_their_enrichment():
     # latent 3 now fires mostly on group texts: the only group latent, and half of the shifted ones
     assert res.enrichment["n_group"] == 1 and res.enrichment["n_group_shifted"] == 1
     assert res.enrichment["enrichment"] == pytest.approx((1 / 2) / (1 / 16))
+    assert np.isnan(res.enrichment["ci_low"])  # one group latent: resamples often hold none, no CI

@@ -35,12 +35,17 @@ def tiny_lm():
     model = transformers.LlamaForCausalLM(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
-    for _ in range(120):
-        ids = torch.as_tensor(_sequences(rng, 32))
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small only lose to thread hand-offs, badly so on a busy machine
+    try:
+        for _ in range(120):
+            ids = torch.as_tensor(_sequences(rng, 32))
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return model
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,14 +92,19 @@ def _enrichment_stat(group, shifted, axis=-1):
 
 def enrichment(in_group: np.ndarray, shifted: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95,
                seed: int = 0) -> Enrichment:
-    """Enrichment of ``in_group`` latents among ``shifted`` ones, percentile bootstrap CI over latents."""
+    """Enrichment of ``in_group`` latents among ``shifted`` ones, percentile bootstrap CI over latents.
+
+    The CI is NaN when resamples leave the statistic undefined (no group or no shifted latent drawn),
+    which happens with very few group or shifted latents: too few to say anything with confidence.
+    """
     g, s = np.asarray(in_group, bool), np.asarray(shifted, bool)
     if g.shape != s.shape or g.ndim != 1:
         raise ValueError(f"in_group and shifted must be 1-D masks over the same latents, got {g.shape} and {s.shape}")
     if not g.any() or not s.any():
         raise ValueError("enrichment needs at least one group latent and one shifted latent")
     point = float(_enrichment_stat(g, s))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # NaN CI, documented above
         res = stats.bootstrap((g, s), _enrichment_stat, paired=True, vectorized=True, n_resamples=n_resamples,
                               confidence_level=confidence, method="percentile", random_state=seed)
     ci = res.confidence_interval
