@@ -18,6 +18,7 @@ def test_smoke_grid_runs_and_records_are_consistent(tmp_path):
     out = tmp_path / "r.jsonl"
     recs = run_bench(BenchConfig(smoke=True, mesh=("1x1", "2x1"), out=str(out), plot=True))
     assert len(recs) == 4  # sparse/dense x two meshes
+    assert all(r["timed_steps"] == 2 for r in recs)
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert sorted({l["impl_used"] for l in lines}) == ["dense", "sparse"]
     for r in recs:
@@ -87,3 +88,9 @@ def test_planner_memory_matches_the_sharded_state(tmp_path):
         # the largest dictionary on a bigger chip is larger
         fits = r["largest_n_latents_fitting"]
         assert fits["h200"] > fits["h100"] > fits["tpu_v5e"] > F
+
+
+def test_interleaved_rounds(tmp_path):
+    recs = run_bench(BenchConfig(smoke=True, impl=("sparse",), rounds=3, out=str(tmp_path / "r.jsonl")))
+    assert len(recs) == 1 and recs[0]["timed_steps"] == 3 * 2  # rounds x repeats
+    assert recs[0]["loss_last"] < recs[0]["loss_first"]  # it trains: 1 warm-up + 6 Adam steps

@@ -27,7 +27,10 @@ class BenchConfig:
     warmup: int = 2
     """Untimed steps after compilation."""
     repeats: int = 5
-    """Timed steps per configuration (median and min-max are reported)."""
+    """Timed steps per configuration and round (median and min-max are reported)."""
+    rounds: int = 1
+    """Rounds over the whole grid; >1 keeps every configuration compiled and in memory and
+    alternates between them, so load changes on a shared machine hit all configurations alike."""
     seed: int = 0
     """Seed of the synthetic activations and the parameters."""
     out: str = "bench/results.jsonl"

@@ -52,8 +52,21 @@ def train_config(arch: str, d_in: int, n_latents: int, k: int, batch: int, dtype
     )
 
 
-def bench_one(point: dict, cfg: BenchConfig, peak: float) -> dict:
-    """Time one configuration; returns the JSON record."""
+@dataclasses.dataclass
+class _Prepared:
+    point: dict
+    built: object
+    compiled: object
+    state: object
+    batches: list
+    devices: list
+    compile_s: float
+    times: list
+    losses: list
+
+
+def prepare(point: dict, cfg: BenchConfig) -> _Prepared:
+    """Build and compile one configuration's real train step and run its warm-up steps."""
     data, dict_ = parse_mesh(point["mesh"])
     n_dev = data * dict_
     tcfg = train_config(point["architecture"], point["d_in"], point["n_latents"], point["k"],
@@ -62,31 +75,40 @@ def bench_one(point: dict, cfg: BenchConfig, peak: float) -> dict:
     devices = jax.devices()[:n_dev]
     built = build_step(tcfg, point["d_in"], devices)
     state = init_state(built, tcfg, point["d_in"])
-    n_batches = 3  # distinct batches, cycled
-    x = synthetic_activations(n_batches * point["batch"], point["d_in"], cfg.seed)
+    x = synthetic_activations(3 * point["batch"], point["d_in"], cfg.seed)  # 3 distinct batches, cycled
     batches = device_batches(built, x, point["batch"])
     t0 = time.perf_counter()
     compiled = built.step.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t0
-    losses, times = [], []
-    for i in range(cfg.warmup + cfg.repeats):
+    prep = _Prepared(point, built, compiled, state, batches, devices, time.perf_counter() - t0, [], [])
+    run_steps(prep, cfg.warmup, record=False)
+    return prep
+
+
+def run_steps(prep: _Prepared, n: int, record: bool = True) -> None:
+    for _ in range(n):
+        b = prep.batches[len(prep.losses) % len(prep.batches)]
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batches[i % n_batches])
-        jax.block_until_ready((state, metrics))
+        prep.state, metrics = prep.compiled(prep.state, b)
+        jax.block_until_ready((prep.state, metrics))
         dt = time.perf_counter() - t0
-        losses.append(float(metrics["loss"]))
-        if i >= cfg.warmup:
-            times.append(dt)
+        prep.losses.append(float(metrics["loss"]))
+        if record:
+            prep.times.append(dt)
+
+
+def record(prep: _Prepared, peak: float) -> dict:
+    """The JSON record of a timed configuration."""
+    point, times = prep.point, prep.times
+    n_dev = len(prep.devices)
     med = float(np.median(times))
     b, d, n, k = point["batch"], point["d_in"], point["n_latents"], point["k"]
     model = F.model_flops(point["architecture"], b, d, n)
-    executed = F.executed_flops(point["architecture"], built.impl, b, d, n, k)
-    dev = devices[0]
+    executed = F.executed_flops(point["architecture"], prep.built.impl, b, d, n, k)
+    dev = prep.devices[0]
     sheet = datasheet_tflops(dev.device_kind, point["dtype"])
-    mem = compiled_bytes(compiled)
-    rec = {
+    return {
         **point,
-        "impl_used": built.impl,
+        "impl_used": prep.built.impl,
         "n_devices": n_dev,
         "backend": jax.default_backend(),
         "device_kind": dev.device_kind,
@@ -94,23 +116,31 @@ def bench_one(point: dict, cfg: BenchConfig, peak: float) -> dict:
         "tokens_per_s_min": b / max(times),
         "tokens_per_s_max": b / min(times),
         "step_ms": 1e3 * med,
-        "compile_s": compile_s,
+        "timed_steps": len(times),
+        "compile_s": prep.compile_s,
         "model_flops": model,
         "executed_flops": executed,
-        "xla_flops_per_device": xla_flops(compiled),
+        "xla_flops_per_device": xla_flops(prep.compiled),
         "achieved_model_tflops": model / med / 1e12,
         "achieved_executed_tflops": executed / med / 1e12,
         "matmul_peak_tflops": peak / 1e12,
+        # per-device peak x devices: on forced CPU host devices they share the same cores
         "util_vs_measured_peak": executed / med / (peak * n_dev),
         "util_vs_datasheet": (executed / med / (sheet * 1e12 * n_dev)) if sheet else None,
-        "compiled_bytes_per_device": mem,
+        "compiled_bytes_per_device": compiled_bytes(prep.compiled),
         "device_peak_bytes": device_peak_bytes(dev),
         "process_peak_rss_mib": process_peak_rss_mib(),
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
+        "loss_first": prep.losses[0],
+        "loss_last": prep.losses[-1],
         "machine_load_1min": os.getloadavg()[0],
     }
-    return rec
+
+
+def bench_one(point: dict, cfg: BenchConfig, peak: float) -> dict:
+    """Time one configuration; returns the JSON record."""
+    prep = prepare(point, cfg)
+    run_steps(prep, cfg.repeats)
+    return record(prep, peak)
 
 
 def grid(cfg: BenchConfig) -> list[dict]:
@@ -156,13 +186,22 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
     peaks = {dt: matmul_peak(dt, cfg.matmul_n) for dt in cfg.dtype}
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = []
-    for point in grid(cfg):
-        rec = bench_one(point, cfg, peaks[point["dtype"]])
-        records.append(rec)
-        with out.open("a") as f:
+    points = grid(cfg)
+    if cfg.rounds > 1:
+        # Every configuration stays compiled and in memory; rounds alternate between them so
+        # a change of machine load hits all of them alike.
+        preps = [prepare(p, cfg) for p in points]
+        for _ in range(cfg.rounds):
+            for prep in preps:
+                run_steps(prep, cfg.repeats)
+        records = [record(prep, peaks[prep.point["dtype"]]) for prep in preps]
+    else:
+        records = [bench_one(p, cfg, peaks[p["dtype"]]) for p in points]
+    with out.open("a") as f:
+        for rec in records:
             f.write(json.dumps(rec) + "\n")
-        print(f"{point} -> {rec['tokens_per_s']:,.0f} tokens/s ({rec['step_ms']:.1f} ms/step)", flush=True)
+            p = {key: rec[key] for key in points[0]}
+            print(f"{p} -> {rec['tokens_per_s']:,.0f} tokens/s ({rec['step_ms']:.1f} ms/step)", flush=True)
     table = markdown_table(records)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
