@@ -153,7 +153,8 @@ def test_run_eval_base_vs_chat_shift_and_clustering(workspace, tmp_path):
     base_path, chat_path = str(tmp_path / "st" / "base" / "layer0_resid"), str(tmp_path / "st" / "chat" / "layer0_resid")
     run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(store=base_path), chat_store=chat_path,
                         chat_sae=str(root / "other"), delta_sae=str(root / "run" / "export"), out_dir=str(tmp_path / "ev"),
-                        heldout_start=0.0, n_clusters=5, evals=("core", "shift", "clustering")))
+                        heldout_start=0.0, n_clusters=5, n_browser_latents=4,
+                        evals=("core", "shift", "clustering", "browser")))
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
     sae = load_sae(root / "run" / "export")
     b, c = open_store(base_path), open_store(chat_path)
@@ -168,6 +169,9 @@ def test_run_eval_base_vs_chat_shift_and_clustering(workspace, tmp_path):
     labels = np.array(res["clustering"]["labels"])
     for r in clusters:
         assert r["n_shifted"] == int((shifted & (labels == r["cluster"])).sum())
+    # the browser shows the most shifted latents
+    expect = [int(j) for j in np.argsort(-np.abs(d), kind="stable") if shifted[j]][:4]
+    assert res["browser"]["chosen_by"] == "largest |Cohen's d|" and res["browser"]["latents"] == expect
 
 
 def test_synthetic_data_is_evaluated_on_a_fresh_draw_with_the_same_dictionary(tmp_path):

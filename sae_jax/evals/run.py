@@ -215,6 +215,7 @@ class _Context:
         self.label_note = "label: --labels"
         self.core: CoreMetrics | None = None
         self.shifted: np.ndarray | None = None  # base-vs-chat shifted latents, once the shift eval ran
+        self.shift_d: np.ndarray | None = None  # and their Cohen's d
 
     def _texts(self) -> tuple[list[str], int] | None:
         if self.cfg.text_file:
@@ -398,6 +399,7 @@ def _shift(ctx: _Context, report: Report) -> dict[str, Any] | None:
     r = evaluate_shift(ctx.sae, ctx.source, open_store(cfg.chat_store), ctx.rows, cfg.batch_size, cfg.shift_threshold,
                        chat_sae=chat_sae, delta_sae=delta_sae, row_group=group)
     ctx.shifted = np.isin(r.classes, ["suppressed_in_chat", "amplified_in_chat"])
+    ctx.shift_d = r.d
     frags = [table(r.counts),
              table([{"latent": j, "cohens_d": d} for j, d in r.top_suppressed[:10] + r.top_amplified[:10]],
                    ["latent", "cohens_d"])]
@@ -435,15 +437,19 @@ def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
 
     model, tok, batches, layer, hook = ctx.lm
     latents = list(ctx.cfg.browser_latents)
+    how = "listed"
+    if not latents and ctx.shifted is not None and ctx.shifted.any():
+        by_shift = np.argsort(-np.abs(ctx.shift_d), kind="stable")
+        latents, how = [int(j) for j in by_shift if ctx.shifted[j]][: ctx.cfg.n_browser_latents], "largest |Cohen's d|"
     if not latents and ctx.core is not None:
-        latents = browser.pick_latents(ctx.core.frequency, ctx.cfg.n_browser_latents)
+        latents, how = browser.pick_latents(ctx.core.frequency, ctx.cfg.n_browser_latents), "most frequent"
     if not latents:
-        latents = list(range(min(ctx.cfg.n_browser_latents, ctx.sae.d_sae)))
+        latents, how = list(range(min(ctx.cfg.n_browser_latents, ctx.sae.d_sae))), "first ids"
     page = browser.build_browser(model, tok, ctx.sae, batches, layer, hook, latents)
     path = Path(_out_dir(ctx.cfg)) / "browser.html"
     path.write_text(page.html, encoding="utf-8")
-    report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents</p>")
-    return {"path": str(path), "latents": [int(l) for l in latents]}
+    report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents ({how})</p>")
+    return {"path": str(path), "latents": [int(l) for l in latents], "chosen_by": how}
 
 
 def _out_dir(cfg: EvalConfig) -> Path:
