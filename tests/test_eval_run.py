@@ -74,6 +74,18 @@ def test_run_eval_writes_json_and_self_contained_report(workspace):
     assert 0 <= res["identifiability"]["compare"]["code_mcc"] <= 1
     assert res["probing"]["activations"]["accuracy"] > 0.8  # the label is a threshold on unit 0
     assert res["stats"]["neurons"]["n_bonferroni"] >= 1
+    # patching: same numbers as a direct call on the same rows
+    from sae_jax.evals.patching import patch_probe_effects
+    from sae_jax.evals.probing import fit_probe, top_k_units
+
+    X, y = acts[rows], np.load(root / "labels.npy")[rows]
+    H = sae.encode(X)
+    lat = top_k_units(H, y, 5)
+    direct = patch_probe_effects(sae, X[y == 1], fit_probe(X, y).decision_function, lat, ("zero", "mean"),
+                                 mean_codes=H.mean(0))
+    assert res["patching"]["latents"] == [int(j) for j in lat]
+    for m in ("zero", "mean"):
+        assert res["patching"]["methods"][m]["mean_effect"] == pytest.approx(direct.methods[m].mean_effect, rel=1e-4, abs=1e-6)
     html = (out / "report.html").read_text()
     for heading in ("Reconstruction and sparsity", "Splicing", "Identifiability", "Probing", "t-tests", "Feature browser"):
         assert heading in html
@@ -114,6 +126,7 @@ def test_run_eval_on_an_extracted_store_finds_model_texts_and_labels(workspace, 
                                out_dir=str(tmp_path / "eval"), heldout_start=0.5, n_browser_latents=3))
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(res["skipped"]) == {"identifiability", "shift"}  # no second SAE, true dictionary or chat store
+    assert "patching" in res
     # independent count: rows per text = its non-special tokens; held-out texts have all rows in the 2nd half
     from sae_jax.lm.models import load_model
 
@@ -201,6 +214,7 @@ def test_single_class_held_out_labels_skip_probing_with_a_reason(workspace, tmp_
     labels[: len(acts) // 4] = 1  # class 1 only outside the held-out half
     np.save(tmp_path / "labels.npy", labels)
     run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(npy=str(root / "acts.npy")), heldout_start=0.5,
-                        labels=str(tmp_path / "labels.npy"), out_dir=str(tmp_path / "ev"), evals=("core", "probing", "stats")))
+                        labels=str(tmp_path / "labels.npy"), out_dir=str(tmp_path / "ev"),
+                        evals=("core", "probing", "patching", "stats")))
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert "single class" in res["skipped"]["probing"] and "single class" in res["skipped"]["stats"]
+    assert all("single class" in res["skipped"][e] for e in ("probing", "patching", "stats"))

@@ -33,14 +33,16 @@ def _check(X, y, name):
     return y
 
 
+def fit_probe(X, y, C: float = 1.0, max_iter: int = 2000):
+    """A standardised L2 logistic-regression probe fitted on ``(X, y)`` (a scikit-learn pipeline)."""
+    y = _check(X, y, "train")
+    scaler = StandardScaler(with_mean=not sp.issparse(X))
+    return make_pipeline(scaler, LogisticRegression(C=C, max_iter=max_iter)).fit(X, y)
+
+
 def probe_accuracy(X_train, y_train, X_test, y_test, C: float = 1.0, max_iter: int = 2000) -> float:
     """Held-out accuracy of a standardised L2 logistic-regression probe."""
-    y_train = _check(X_train, y_train, "train")
-    y_test = np.asarray(y_test)
-    scaler = StandardScaler(with_mean=not sp.issparse(X_train))
-    probe = make_pipeline(scaler, LogisticRegression(C=C, max_iter=max_iter))
-    probe.fit(X_train, y_train)
-    return float(probe.score(X_test, y_test))
+    return float(fit_probe(X_train, y_train, C, max_iter).score(X_test, np.asarray(y_test)))
 
 
 def control_labels(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -22,7 +22,8 @@ from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_r
 from sae_jax.evals.provenance import heldout_docs, row_labels, store_provenance
 from sae_jax.evals.report import Report, figure_png, note, table
 
-EVALS = ("core", "splice", "identifiability", "probing", "stats", "shift", "clustering", "browser")
+_UNSET = object()
+EVALS = ("core", "splice", "identifiability", "probing", "patching", "stats", "shift", "clustering", "browser")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class EvalConfig:
     """With store text labels: the positive class (empty = the most common one in the held-out split)."""
     max_probe_rows: int = 20_000
     """Held-out rows used for probing (probes hold their inputs in memory)."""
+    n_patch_latents: int = 5
+    """Latents ablated together in the patching check (those most different between the classes)."""
     compare_sae: str = ""
     """A second SAE (e.g. another seed): decoder-direction matching and code MCC."""
     ground_truth: str = ""
@@ -89,7 +92,7 @@ class EvalConfig:
     n_browser_latents: int = 12
     """How many latents the browser shows when none are listed."""
     evals: tuple[str, ...] = EVALS
-    """Evaluations to run, from: core, splice, identifiability, probing, stats, shift, clustering, browser."""
+    """Evaluations to run, from: core, splice, identifiability, probing, patching, stats, shift, clustering, browser."""
 
     def __post_init__(self):
         unknown = [e for e in self.evals if e not in EVALS]
@@ -216,6 +219,7 @@ class _Context:
         self.core: CoreMetrics | None = None
         self.shifted: np.ndarray | None = None  # base-vs-chat shifted latents, once the shift eval ran
         self.shift_d: np.ndarray | None = None  # and their Cohen's d
+        self.probe_data: Any = _UNSET  # shared by probing and patching
 
     def _texts(self) -> tuple[list[str], int] | None:
         if self.cfg.text_file:
@@ -334,22 +338,31 @@ def _identifiability(ctx: _Context, report: Report) -> dict[str, Any] | None:
     return out
 
 
-def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
-    import scipy.sparse as sp
+def _probe_data(ctx: _Context):
+    """(activations, sparse codes, 0/1 labels) of the first max_probe_rows held-out rows, or None / Skipped."""
+    if ctx.probe_data is _UNSET:
+        import scipy.sparse as sp
 
+        rows = ctx.rows[: ctx.cfg.max_probe_rows]
+        labels = ctx.labels(rows)
+        if labels is None or (skip := _two_classes(labels)):
+            ctx.probe_data = None if labels is None else skip
+        else:
+            acts, codes = [], []
+            for x in iter_batches(ctx.source, rows, ctx.cfg.batch_size):
+                acts.append(x)
+                codes.append(sp.csr_matrix(ctx.sae.encode(x)))
+            ctx.probe_data = (np.concatenate(acts), sp.vstack(codes).tocsr(), labels)
+    return ctx.probe_data
+
+
+def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
     from sae_jax.evals.probing import evaluate_probing
 
-    rows = ctx.rows[: ctx.cfg.max_probe_rows]
-    labels = ctx.labels(rows)
-    if labels is None:
-        return None
-    if skip := _two_classes(labels):
-        return skip
-    acts, codes = [], []
-    for x in iter_batches(ctx.source, rows, ctx.cfg.batch_size):
-        acts.append(x)
-        codes.append(sp.csr_matrix(ctx.sae.encode(x)))
-    r = evaluate_probing(np.concatenate(acts), sp.vstack(codes).tocsr(), labels)
+    data = _probe_data(ctx)
+    if not isinstance(data, tuple):
+        return data
+    r = evaluate_probing(*data)
     report.add("Probing", table([{"features": "activations", **r.activations}, {"features": "SAE codes", **r.codes}],
                                 ["features", "accuracy", "control_accuracy", "selectivity"]),
                figure_png(plots.sparse_probing_curve(r.sparse_ks, {"SAE latents": r.sparse_codes,
@@ -358,6 +371,32 @@ def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
                note(f"{ctx.label_note}; {r.n_train:,} train / {r.n_test:,} test held-out tokens; selectivity = "
                     "accuracy - accuracy on shuffled-label controls; k-sparse: top-k units by class-mean difference."))
     return {**r.to_dict(), "label": ctx.label_note}
+
+
+def _patching(ctx: _Context, report: Report) -> dict[str, Any] | None:
+    from sae_jax.evals.patching import patch_probe_effects
+    from sae_jax.evals.probing import fit_probe, top_k_units
+
+    data = _probe_data(ctx)
+    if not isinstance(data, tuple):
+        return data
+    X, codes, y = data
+    probe = fit_probe(X, y)
+    latents = top_k_units(codes, y, ctx.cfg.n_patch_latents)
+    r = patch_probe_effects(ctx.sae, X[y == 1], probe.decision_function, latents, methods=("zero", "mean"),
+                            mean_codes=np.asarray(codes.mean(0)).ravel())
+    rows = [{"method": m, "mean_effect": e.mean_effect, "d_z": e.d_z, "cohens_d": e.cohens_d} for m, e in r.methods.items()]
+    report.add("Causal check: patching latents under a probe",
+               table(rows, ["method", "mean_effect", "d_z", "cohens_d"]),
+               table({"latents": ", ".join(map(str, r.latents)), "same direction for all methods": r.same_sign,
+                      **{f"corr {k}": v for k, v in r.effect_correlation.items()}}),
+               note(f"{ctx.label_note}. A logistic probe on the activations; the {len(latents)} latents with the largest "
+                    f"class-mean difference are set to 0 (zero) or their mean (mean) in the positive-class rows "
+                    "(error term kept), and the change of the probe's logit is measured."))
+    out = r.to_dict()
+    for m in out["methods"].values():
+        m.pop("effects")
+    return out
 
 
 def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
@@ -457,12 +496,13 @@ def _out_dir(cfg: EvalConfig) -> Path:
 
 
 _RUNNERS = {"core": _core, "splice": _splice, "identifiability": _identifiability, "probing": _probing,
-            "stats": _stats, "shift": _shift, "clustering": _clustering, "browser": _browser}
+            "patching": _patching, "stats": _stats, "shift": _shift, "clustering": _clustering, "browser": _browser}
 _NEEDS = {"splice": "a model, layer, hook and held-out texts (--model/--layer/--hook/--text-file, or a store from "
                     "`sae-jax extract` whose corpus is installed)",
           "browser": "the same inputs as splice",
           "probing": "--labels, or a store extracted from a labelled corpus",
           "stats": "--labels, or a store extracted from a labelled corpus",
+          "patching": "--labels, or a store extracted from a labelled corpus",
           "shift": "--chat-store (chat-model activations of the same texts)",
           "identifiability": "--compare-sae, --ground-truth or synthetic data (and at most --max-match latents)"}
 
