@@ -78,3 +78,13 @@ def test_mcc_constant_column_is_zero_not_nan():
     z[:, 1] = 0.0  # a dead latent
     value, _ = mcc(z, z)
     assert value == pytest.approx(2 / 3)
+
+
+def test_mcc_sparse_codes_take_the_sparse_path_and_match_corrcoef():
+    rng = np.random.default_rng(5)
+    z = rng.exponential(size=(3000, 200)) * (rng.random((3000, 200)) < 0.01)  # 1% dense: sparse product
+    z2 = z[:, ::-1] * 3.0
+    value, assignment = mcc(z, z2)
+    ref = np.nan_to_num(np.abs(np.corrcoef(z.T, z2.T)[:200, 200:]))
+    np.testing.assert_array_equal(assignment, np.arange(200)[::-1])
+    assert value == pytest.approx(np.mean(ref[np.arange(200), assignment]), rel=1e-9)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
 
@@ -90,7 +91,12 @@ class CrossCorrelation:
         self.s2 += z2.sum(0)
         self.ss1 += (z1 * z1).sum(0)
         self.ss2 += (z2 * z2).sum(0)
-        self.cross += z1.T @ z2
+        if (z1 != 0).mean() < 0.05 and (z2 != 0).mean() < 0.05:
+            # sparse codes: the product costs ~ rows x L0_1 x L0_2 instead of rows x k1 x k2
+            prod = (sp.csr_matrix(z1).T @ sp.csr_matrix(z2)).tocoo()
+            np.add.at(self.cross, (prod.row, prod.col), prod.data)
+        else:
+            self.cross += z1.T @ z2
 
     def corr(self) -> np.ndarray:
         """[k1, k2] Pearson correlations; a constant column correlates 0 with everything."""
