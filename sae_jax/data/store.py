@@ -393,3 +393,19 @@ def library_version() -> str:
         return version("sae-jax")
     except Exception:  # not installed as a distribution (e.g. running from a checkout)
         return "unknown"
+
+
+def read_positions(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(doc_ids, token_pos)`` of an extraction root: the source text and token of every row."""
+    import tensorstore as ts
+
+    out = []
+    for name in ("doc_ids", "token_pos"):
+        spec = {"driver": "zarr3", "kvstore": kvstore_spec(join(root, name))}
+        out.append(ts.open(spec, open=True, read=True, context=context()).result().read().result())
+    return out[0], out[1]
+
+
+def read_labels(root: str) -> list[str] | None:
+    """Per-text labels of an extraction root (None when the text source had none)."""
+    return read_json(root, "labels.json")

@@ -60,7 +60,7 @@ def store_provenance(source: Any) -> StoreProvenance | None:
             pass  # the corpus is not installed here: no texts, the caller says so
         root = _root_of(getattr(source, "path", "")) if texts is not None else None
         if root is not None:
-            from sae_jax.lm.extract import read_positions
+            from sae_jax.data.store import read_positions
 
             doc_ids = np.asarray(read_positions(root)[0])
             if doc_ids.shape != (source.n_rows,):

@@ -533,8 +533,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, float]:
                                "d_sae": ctx.sae.d_sae, "k": ctx.sae.cfg.get("k"), "data from": ctx.data_from,
                                "source rows": ctx.source.n_rows,
                                "held-out rows": f"{ctx.rows[0]}..{ctx.rows[-1]} ({len(ctx.rows):,})"}),
-               note("Rows of a store or .npy are held out only if training did not read them; synthetic data is "
-                    "evaluated on a fresh draw."))
+               note("Training holds out the last data.holdout_fraction (default 10%) of a store or .npy, the default "
+                    "split here; synthetic data is evaluated on a fresh draw."))
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "skipped": {}, "seconds": {}}
     for name in cfg.evals:
         t0 = time.perf_counter()

@@ -35,6 +35,9 @@ from sae_jax.lm import models as lm_models
 MANIFEST = "extract.json"
 
 
+from sae_jax.data.store import read_labels, read_positions  # noqa: E402,F401  (torch-free home)
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """What to extract, from which model and text, and how to store it."""
@@ -323,22 +326,6 @@ def _write_positions(root: str, plan: _Plan) -> None:
 
         arr = ts.open(spec, create=True, delete_existing=True, context=st.context()).result()
         arr.write(values).result()
-
-
-def read_positions(root: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(doc_ids, token_pos)`` of an extraction root: the source text and token of every row."""
-    import tensorstore as ts
-
-    out = []
-    for name in ("doc_ids", "token_pos"):
-        spec = {"driver": "zarr3", "kvstore": st.kvstore_spec(st.join(root, name))}
-        out.append(ts.open(spec, open=True, read=True, context=st.context()).result().read().result())
-    return out[0], out[1]
-
-
-def read_labels(root: str) -> list[str] | None:
-    """Per-text labels of an extraction root (None when the text source had none)."""
-    return st.read_json(root, "labels.json")
 
 
 def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dict[str, Any]:
