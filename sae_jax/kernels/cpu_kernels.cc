@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -166,11 +167,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 // 2. SaeJaxSparseBwdF32: the backward of the sparse autoencoder in two passes.
-//    gp[b,j]   = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])
-//    dWencT[f] = sum_{idx[b,j]=f} gp[b,j] * xc[b];  dWdec[f] = sum vals[b,j] * g[b];  db[f] = sum gp
+//    gp[b,j]    = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])
+//    dWenc[:,f] = sum_{idx[b,j]=f} gp[b,j] * xc[b];  dWdec[f] = sum vals[b,j] * g[b];  db[f] = sum gp
 // Pass 1 splits rows over threads; pass 2 splits the latent range, so every thread owns its
-// output rows (no atomics) and each row accumulates in (b, j) order (deterministic).
+// output rows (no atomics) and each row accumulates in (b, j) order (deterministic). dWenc
+// rows are accumulated contiguously in a scratch buffer kept between calls (no page faults
+// after the first step) and written out transposed, in cache-sized blocks, as W_enc's [d, F].
 namespace {
+
+std::mutex g_scratch_mu;
+std::vector<float> g_scratch;
 
 inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -205,7 +211,7 @@ void Parallel(int64_t n, F fn) {
 ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
                          ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx,
                          ffi::Buffer<ffi::F32> xc, ffi::Buffer<ffi::F32> w_dec,
-                         ffi::ResultBuffer<ffi::F32> d_enc_t, ffi::ResultBuffer<ffi::F32> d_dec,
+                         ffi::ResultBuffer<ffi::F32> d_enc, ffi::ResultBuffer<ffi::F32> d_dec,
                          ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> gp_out) {
   auto gd = g.dimensions(), vd = vals.dimensions(), wd = w_dec.dimensions();
   if (gd.size() != 2 || vd.size() != 2 || wd.size() != 2 || gd[0] != vd[0] || gd[1] != wd[1]) {
@@ -218,7 +224,10 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
   const int32_t* i_ = idx.typed_data();
   const float* x_ = xc.typed_data();
   const float* w_ = w_dec.typed_data();
-  float* de = d_enc_t->typed_data();
+  float* de = d_enc->typed_data();  // [d, F]
+  std::lock_guard<std::mutex> lock(g_scratch_mu);
+  if (g_scratch.size() < static_cast<size_t>(F * d)) g_scratch.resize(F * d);
+  float* sc = g_scratch.data();  // [F, d] rows of dWenc^T
   float* dd = d_dec->typed_data();
   float* db = d_b->typed_data();
   float* gp = gp_out->typed_data();
@@ -234,16 +243,24 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
     }
   });
   Parallel(F, [&](int64_t f0, int64_t f1) {
-    std::fill(de + f0 * d, de + f1 * d, 0.0f);
+    std::fill(sc + f0 * d, sc + f1 * d, 0.0f);
     std::fill(dd + f0 * d, dd + f1 * d, 0.0f);
     std::fill(db + f0, db + f1, 0.0f);
     for (int64_t e = 0; e < B * k; ++e) {
       const int64_t f = i_[e];
       if (f < f0 || f >= f1) continue;
       const int64_t b = e / k;
-      Axpy(gp[e], x_ + b * d, de + f * d, d);
+      Axpy(gp[e], x_ + b * d, sc + f * d, d);
       Axpy(v_[e], gp_ + b * d, dd + f * d, d);
       db[f] += gp[e];
+    }
+    constexpr int64_t kT = 64;  // 64 scratch rows (kT x d floats) stay in L2 while written out
+    for (int64_t fb = f0; fb < f1; fb += kT) {
+      const int64_t fe = std::min(f1, fb + kT);
+      for (int64_t t = 0; t < d; ++t) {
+        float* out = de + t * F;
+        for (int64_t f = fb; f < fe; ++f) out[f] = sc[f * d + t];
+      }
     }
   });
   return ffi::Error::Success();

@@ -70,11 +70,11 @@ def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None) -> tuple[ja
 
 
 def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
-    """(dW_enc^T [F, d], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc."""
+    """(dW_enc [d, F], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc."""
     n, d = W_dec.shape
     b, k = idx.shape
     f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((n, d), f32), jax.ShapeDtypeStruct((n, d), f32),
+    out = (jax.ShapeDtypeStruct((d, n), f32), jax.ShapeDtypeStruct((n, d), f32),
            jax.ShapeDtypeStruct((n,), f32), jax.ShapeDtypeStruct((b, k), f32))
     return jax.ffi.ffi_call(_BWD, out)(g.astype(f32), g_vals.astype(f32), vals.astype(f32),
                                        idx.astype(jnp.int32), xc.astype(f32), W_dec.astype(f32))

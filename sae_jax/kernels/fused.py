@@ -27,23 +27,24 @@ def _native() -> bool:
     return jax.default_backend() == "cpu" and cpu_kernels.available()
 
 
-def _accumulate(g_enc_t, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec):
-    """Add one selection's gradients into dW_enc^T [F, d], dW_dec [F, d] and db_enc [F].
+def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native):
+    """Add one selection's gradients into dW_enc, dW_dec [F, d] and db_enc [F].
 
-    Returns them and gp [B, k], the gradient wrt the selected pre-activations. Separate
-    loops (gather-dot, then one scatter per matrix) measured faster on CPU than one loop
-    scattering concatenated [gp x | v g] rows into an [F, 2d] buffer (docs/performance.md).
+    dW_enc is carried as [d, F] (W_enc's layout) by the native kernel and as its transpose
+    [F, d] (contiguous rows to scatter into) by the pure-JAX path. Returns them and gp
+    [B, k], the gradient wrt the selected pre-activations. Separate scatters measured faster
+    on CPU than one scatter of concatenated [gp x | v g] rows into [F, 2d] (performance.md).
     """
     n = W_dec.shape[0]
-    if _native():
+    if native:
         de, dd, db, gp = cpu_kernels.sparse_bwd_native(g_out, g_vals_direct, vals, idx, xc, W_dec)
-        return g_enc_t + de, g_dec + dd, g_b + db, gp
+        return g_enc + de, g_dec + dd, g_b + db, gp
     gv = _gather_dot(g_out, idx, W_dec) + g_vals_direct
     gp = jnp.where(vals > 0, gv, 0.0)
-    g_enc_t = g_enc_t + _scatter_outer(gp, idx, xc, n)
+    g_enc = g_enc + _scatter_outer(gp, idx, xc, n)
     g_dec = g_dec + _scatter_outer(vals, idx, g_out, n)
     g_b = g_b.at[idx.reshape(-1)].add(gp.reshape(-1), mode="promise_in_bounds")
-    return g_enc_t, g_dec, g_b, gp
+    return g_enc, g_dec, g_b, gp
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
@@ -82,18 +83,20 @@ def _autoencode_bwd(k, k_aux, method, dtype, res, cts):
     g_xhat, g_vals, _, g_ehat, _ = cts
     xc = (x - b_dec).astype(jnp.float32)
     n, d = W_dec.shape
-    zeros = jnp.zeros((n, d), jnp.float32)
-    g_enc_t, g_w_dec, g_b, gp = _accumulate(zeros, zeros, jnp.zeros((n,), jnp.float32), vals, idx, xc,
-                                            g_xhat.astype(jnp.float32), g_vals.astype(jnp.float32), W_dec)
+    native = _native()
+    g_enc0 = jnp.zeros((d, n) if native else (n, d), jnp.float32)
+    g_enc, g_w_dec, g_b, gp = _accumulate(g_enc0, jnp.zeros((n, d), jnp.float32), jnp.zeros((n,), jnp.float32),
+                                          vals, idx, xc, g_xhat.astype(jnp.float32),
+                                          g_vals.astype(jnp.float32), W_dec, native)
     if k_aux:
         def aux(args):
-            return _accumulate(*args, av, ai, xc, g_ehat.astype(jnp.float32), jnp.zeros_like(av), W_dec)
+            return _accumulate(*args, av, ai, xc, g_ehat.astype(jnp.float32), jnp.zeros_like(av), W_dec, native)
 
         def none(args):
             return (*args, jnp.zeros_like(av))
 
-        g_enc_t, g_w_dec, g_b, gpa = lax.cond(active, aux, none, (g_enc_t, g_w_dec, g_b))
-    g_w_enc = _transpose_materialised(g_enc_t)
+        g_enc, g_w_dec, g_b, gpa = lax.cond(active, aux, none, (g_enc, g_w_dec, g_b))
+    g_w_enc = g_enc if native else _transpose_materialised(g_enc)
     # Input gradient: dead code in training (x needs none); b_dec's is the matvec below.
     g_x = _gather_combine(gp, idx, W_enc.T)
     if k_aux:
