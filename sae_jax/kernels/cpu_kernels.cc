@@ -169,8 +169,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
 // 2. SaeJaxSparseBwdF32: the backward of the sparse autoencoder in two passes.
 //    gp[b,j]    = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])
 //    dWenc[:,f] = sum_{idx[b,j]=f} gp[b,j] * xc[b];  dWdec[f] = sum vals[b,j] * g[b];  db[f] = sum gp
-// Pass 1 splits rows over threads; pass 2 splits the latent range, so every thread owns its
-// output rows (no atomics) and each row accumulates in (b, j) order (deterministic). dWenc
+// Threads split the latent range, so every thread owns its output rows (no atomics) and each
+// row accumulates in (b, j) order (deterministic). dWenc
 // rows are accumulated contiguously in a scratch buffer kept between calls (no page faults
 // after the first step) and written out transposed, in cache-sized blocks, as W_enc's [d, F].
 namespace {
@@ -234,25 +234,41 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
   for (int64_t e = 0; e < B * k; ++e) {
     if (i_[e] < 0 || i_[e] >= F) return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: index out of range");
   }
-  Parallel(B, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t e = b * k + j;
-        gp[e] = v_[e] > 0 ? Dot(gp_ + b * d, w_ + static_cast<int64_t>(i_[e]) * d, d) + gv_[e] : 0.0f;
-      }
-    }
-  });
+  // One pass over the latent range owned by each thread, updates grouped by latent (counting
+  // sort): W_dec[f], dWenc^T[f] and dWdec[f] are loaded once per latent instead of once per
+  // update, and the values' gradient is formed right where it is used.
   Parallel(F, [&](int64_t f0, int64_t f1) {
-    std::fill(sc + f0 * d, sc + f1 * d, 0.0f);
-    std::fill(dd + f0 * d, dd + f1 * d, 0.0f);
-    std::fill(db + f0, db + f1, 0.0f);
+    const int64_t nf = f1 - f0;
+    std::vector<int32_t> start(nf + 1, 0);
     for (int64_t e = 0; e < B * k; ++e) {
       const int64_t f = i_[e];
-      if (f < f0 || f >= f1) continue;
-      const int64_t b = e / k;
-      Axpy(gp[e], x_ + b * d, sc + f * d, d);
-      Axpy(v_[e], gp_ + b * d, dd + f * d, d);
-      db[f] += gp[e];
+      if (f >= f0 && f < f1) ++start[f - f0 + 1];
+    }
+    for (int64_t f = 0; f < nf; ++f) start[f + 1] += start[f];
+    std::vector<int32_t> order(start[nf]);
+    std::vector<int32_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < B * k; ++e) {  // ascending e: each latent's updates stay in (b, j) order
+      const int64_t f = i_[e];
+      if (f >= f0 && f < f1) order[fill[f - f0]++] = static_cast<int32_t>(e);
+    }
+    for (int64_t f = f0; f < f1; ++f) {
+      float* se = sc + f * d;
+      float* sd = dd + f * d;
+      std::fill(se, se + d, 0.0f);
+      std::fill(sd, sd + d, 0.0f);
+      float bsum = 0.0f;
+      const float* wrow = w_ + f * d;
+      for (int32_t u = start[f - f0]; u < start[f - f0 + 1]; ++u) {
+        const int64_t e = order[u];
+        const int64_t b = e / k;
+        const float* grow = gp_ + b * d;
+        const float g_e = v_[e] > 0 ? Dot(grow, wrow, d) + gv_[e] : 0.0f;
+        gp[e] = g_e;
+        Axpy(g_e, x_ + b * d, se, d);
+        Axpy(v_[e], grow, sd, d);
+        bsum += g_e;
+      }
+      db[f] = bsum;
     }
     constexpr int64_t kT = 64;  // 64 scratch rows (kT x d floats) stay in L2 while written out
     for (int64_t fb = f0; fb < f1; fb += kT) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
 import warnings
 from pathlib import Path
@@ -22,8 +23,19 @@ _BWD = "sae_jax_sparse_bwd_f32"
 _state: dict[str, object] = {}
 
 
+def _cpu_signature() -> bytes:
+    """The CPU's model and feature flags: the library is built with -march=native, so a cache
+    shared between different machines must not hand one's build to the other."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor().encode()
+    keep = [l for l in lines if l.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep).encode()
+
+
 def _library_path() -> Path:
-    key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+    key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode() + _cpu_signature()).hexdigest()[:16]
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sae_jax" / "kernels"
     return root / f"cpu_kernels-{key}.so"
 
@@ -31,7 +43,7 @@ def _library_path() -> Path:
 def _build(lib: Path) -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread",
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
            f"-I{jax.ffi.include_dir()}", str(_SRC), "-o", str(tmp)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     os.replace(tmp, lib)  # atomic: concurrent builders never load a half-written file
