@@ -17,27 +17,18 @@ commands:
 `sae-jax COMMAND --help` lists every option with its documentation.
 """
 
-# Commands implemented by other subsystems: name -> (module, config class, run function, help).
-_PLUGINS = {
+# Commands of other subsystems, imported only when used: name -> (module, config, run function, help).
+_COMMANDS = {
     "extract": ("sae_jax.lm.extract", "ExtractConfig", "run_extract",
                 "extract LM activations into an activation store"),
     "eval": ("sae_jax.evals.run", "EvalConfig", "run_eval", "evaluate an exported SAE, write eval.json + report.html"),
     "ssae": ("sae_jax.ssae_run", "SSAERunConfig", "run_ssae",
              "train a sparse shift autoencoder (constrained sparsity) on activation differences"),
     "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
+    "plan": ("sae_jax.bench.plan", "PlanConfig", "run_plan",
+             "dry-run memory planner: compile the train step for a mesh too large for this machine"),
     "demo": ("sae_jax.demo", "DemoConfig", "run_demo", "the README main job: extract -> train -> eval"),
 }
-
-
-def _available_plugins() -> dict[str, tuple[str, str, str, str]]:
-    out = {}
-    for name, spec in _PLUGINS.items():
-        try:
-            if importlib.util.find_spec(spec[0]) is not None:
-                out[name] = spec
-        except ModuleNotFoundError:
-            pass
-    return out
 
 
 def print_summary(metrics: dict[str, float], export_dir) -> None:
@@ -77,12 +68,12 @@ def _export(args: Sequence[str]) -> None:
     print(export_run(a.run_dir, a.out or None))
 
 
-def _plugin(spec) -> Callable[[Sequence[str]], None]:
+def _lazy(name: str, spec) -> Callable[[Sequence[str]], None]:
     module_name, cfg_name, fn_name, _ = spec
 
     def run(args: Sequence[str]) -> None:
         module = importlib.import_module(module_name)
-        cfg = tyro.cli(getattr(module, cfg_name), args=list(args), prog=f"sae-jax {module_name}")
+        cfg = tyro.cli(getattr(module, cfg_name), args=list(args), prog=f"sae-jax {name}")
         getattr(module, fn_name)(cfg)
 
     return run
@@ -92,11 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from sae_jax.config import presets
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    plugins = _available_plugins()
     commands: dict[str, Callable] = {"train": _train, "export": _export}
-    commands |= {name: _plugin(spec) for name, spec in plugins.items()}
+    commands |= {name: _lazy(name, spec) for name, spec in _COMMANDS.items()}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        extra = "".join(f"  {name:<33}{spec[3]}\n" for name, spec in plugins.items())
+        extra = "".join(f"  {name:<33}{spec[3]}\n" for name, spec in _COMMANDS.items())
         print(USAGE.format(presets=", ".join(presets()), extra=extra))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown command {argv[0]!r}")
