@@ -81,9 +81,9 @@ def test_sparse_matches_dense_values_and_grads(B, d, F, k):
     np.testing.assert_allclose(
         np.asarray(sparse_forward(p, x, k)), np.asarray(dense_forward(p, x, k)), rtol=1e-5, atol=1e-5
     )
-    gd = jax.grad(_loss(dense_forward, k), argnums=(0, 1))(p, x)
+    gd = jax.jit(jax.grad(_loss(dense_forward, k), argnums=(0, 1)))(p, x)
     for fwd in (sparse_forward, sparse_forward_centred):
-        gs = jax.grad(_loss(fwd, k), argnums=(0, 1))(p, x)
+        gs = jax.jit(jax.grad(_loss(fwd, k), argnums=(0, 1)))(p, x)
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             np.testing.assert_allclose(np.asarray(gs[0][name]), np.asarray(gd[0][name]), rtol=1e-4, atol=1e-4)
             assert float(jnp.abs(gd[0][name]).max()) > 0  # the path carries signal
