@@ -66,3 +66,29 @@ def test_sparse_step_compiles_without_a_full_sort():
         state, jax.ShapeDtypeStruct((B, d), jnp.float32)).compile().as_text()
     assert " sort(" not in text
     assert "TopK" in text or "sae_jax_topk_f32" in text
+
+
+def test_sparse_step_on_data_parallel_meshes_matches_one_device():
+    # the native CPU kernels are opaque custom calls: under a 'data'-sharded batch XLA must
+    # still produce the one-device result
+    from sae_jax.bench.run import train_config
+    from sae_jax.bench.step import build_step, device_batches, init_state, synthetic_activations
+
+    if len(jax.devices()) < 4:
+        pytest.skip("needs 4 (host) devices")
+    d, F, k, B = 16, 512, 8, 64
+    x = synthetic_activations(3 * B, d, 0)
+    runs = {}
+    for mesh in ((1, 1), (2, 1), (4, 1)):
+        cfg = train_config("topk", d, F, k, B, "float32", "sparse", mesh, 0)
+        built = build_step(cfg, d, jax.devices()[: mesh[0] * mesh[1]])
+        assert built.impl == "sparse"
+        state = init_state(built, cfg, d)
+        losses = []
+        for b in device_batches(built, x, B):
+            state, m = built.step(state, b)
+            losses.append(float(m["loss"]))
+        runs[mesh] = (losses, np.asarray(state.params["W_enc"]))
+    for mesh in ((2, 1), (4, 1)):
+        np.testing.assert_allclose(runs[mesh][0], runs[(1, 1)][0], rtol=1e-5)
+        np.testing.assert_allclose(runs[mesh][1], runs[(1, 1)][1], rtol=1e-4, atol=1e-6)
