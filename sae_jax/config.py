@@ -76,6 +76,10 @@ class SAEConfig:
     """Initial JumpReLU threshold."""
     batchtopk_threshold_lr: float = 0.01
     """EMA rate of the BatchTopK inference threshold (min positive selected activation)."""
+    resample_every: int = 0
+    """Anthropic-style resampling of dead latents every this many steps (0 disables; for relu/jumprelu)."""
+    resample_mode: Literal["loss", "random"] = "loss"
+    """Resampled directions: inputs drawn with probability ∝ reconstruction loss², or random."""
     decoder_unit_norm: bool = True
     """Keep decoder rows at unit L2 norm (gradient projection + renormalisation)."""
     recon_loss: Literal["fvu", "mse"] = "fvu"

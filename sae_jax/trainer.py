@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sae_jax import distributed
 from sae_jax.assemble import assemble
 from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import ConfigError, TrainConfig, validate
-from sae_jax.data.loader import BatchLoader
+from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
+from sae_jax.resample import ResampleConfig, resample_train_state
 from sae_jax.mesh import batch_sharding
 from sae_jax.train_state import TrainState, create_state
 from sae_jax.train_step import make_train_step
@@ -174,6 +176,15 @@ def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
     return m
 
 
+def _resample(state, arch, source, cfg: TrainConfig, rcfg: ResampleConfig, step: int):
+    """Resample dead latents toward a deterministic sample of inputs (same on resume)."""
+    rows = global_batch_rows(cfg.data.seed + 1, step, rcfg.sample_rows, source.n_rows)
+    x = jnp.asarray(source.read(np.sort(rows)))
+    reconstruct = lambda params, xs: arch.decode(params, arch.encode(params, state.arch_state, xs))
+    key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+    return resample_train_state(state, x, key, rcfg, reconstruct=reconstruct)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns the final state and metrics."""
     distributed.maybe_initialize()
@@ -217,6 +228,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             last = _host_metrics(step, metrics)
             log.record(step, last)
 
+    resample = ResampleConfig(every=cfg.sae.resample_every, dead_window=cfg.sae.dead_tokens,
+                              mode=cfg.sae.resample_mode)
     batches = loader.iter_from(start)  # background thread reads ahead while the device computes
     try:
         with _StopFlag() as stop:
@@ -226,6 +239,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 consume()  # the previous step's metrics, while this one runs
                 pending = (step, metrics)
                 done = step + 1
+                if resample.due(done):
+                    state, count = _resample(state, arch, source, cfg, resample, done)
+                    state = jax.device_put(state, pieces.shardings)  # back to the step's layout
+                    metrics["resampled"] = count
                 if done % cfg.checkpoint.every == 0 or done == cfg.steps or stop.set:
                     consume()
                     ckpt.save(done, state)
