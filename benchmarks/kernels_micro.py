@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sae_jax.kernels import cpu_topk
+from sae_jax.kernels import cpu_kernels
 from sae_jax.kernels.sparse_topk import _gather_combine, _gather_dot, _scatter_outer, topk
 
 CONFIGS = {"A": (512, 8192), "B": (768, 24576)}
@@ -58,7 +58,7 @@ def main() -> None:
             "lax.top_k": lambda p, b: lax.top_k(p + b, k),
             "chunked (pure JAX)": lambda p, b: topk(p, k, method="chunked", bias=b),
             **({"native (C++ FFI)": lambda p, b: topk(p, k, method="native", bias=b)}
-               if cpu_topk.available() else {}),
+               if cpu_kernels.available() else {}),
         }, (pre, bias)),
         "decoder sum_j v[:,j] W[idx[:,j]]": ({
             "gather (B,k,d) + einsum": lambda v, i, w: jnp.einsum("bk,bkd->bd", v, w[i]),
@@ -80,6 +80,16 @@ def main() -> None:
             "batch blocks (used)": lambda v, i, g: _scatter_outer(v, i, g, F),
         }, (vals, idx, g)),
     }
+    gvd = jnp.zeros((B, k))
+
+    def xla_bwd(g, gvd, v, i, xc, w):
+        gp = jnp.where(v > 0, _gather_dot(g, i, w) + gvd, 0.0)
+        return _scatter_outer(gp, i, xc, F).T, _scatter_outer(v, i, g, F), gp
+
+    bwd = {"pure JAX: gather-dot + 2 block scatters + transpose": xla_bwd}
+    if cpu_kernels.available():
+        bwd["native (C++ FFI, used on CPU)"] = cpu_kernels.sparse_bwd_native
+    groups["whole sparse backward (values' gradient, dW_enc, dW_dec)"] = (bwd, (g, gvd, vals, idx, x, W))
     print(f"config {a.config} (d {d}, F {F}), batch {B}, k {k}; backend {jax.default_backend()}, "
           f"1-min load {os.getloadavg()[0]:.1f}")
     for title, (cands, args) in groups.items():
