@@ -77,7 +77,7 @@ class SAEConfig:
     batchtopk_threshold_lr: float = 0.01
     """EMA rate of the BatchTopK inference threshold (min positive selected activation)."""
     resample_every: int = 0
-    """Anthropic-style resampling of dead latents every this many steps (0 disables; for relu/jumprelu)."""
+    """Anthropic-style resampling of dead latents every this many steps (0 disables; usual for relu/jumprelu)."""
     resample_mode: Literal["loss", "random"] = "loss"
     """Resampled directions: inputs drawn with probability ∝ reconstruction loss², or random."""
     decoder_unit_norm: bool = True
@@ -199,6 +199,10 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
             raise ConfigError(
                 f"sae.k={sae.k} must be in [1, d_sae={sae.d_sae}]; lower --sae.k or raise --sae.d_sae"
             )
+    if not 0 < sae.dead_tokens <= 2**30:
+        raise ConfigError(f"sae.dead_tokens={sae.dead_tokens} must be in [1, 2**30] (the counters saturate at 2**30)")
+    if cfg.checkpoint.every <= 0 or cfg.log.every <= 0:
+        raise ConfigError("checkpoint.every and log.every must be positive")
     if cfg.steps < 0:
         raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.data.store and cfg.data.npy:
@@ -226,9 +230,15 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
                 f"data.batch_size={cfg.data.batch_size} is not divisible by the data axis ({data})"
             )
     if d_in is not None and sae.architecture in ("topk", "batchtopk"):
+        # the two-stage top-k takes k (and k_aux) candidates within each dictionary shard
+        per_shard = sae.d_sae // cfg.mesh.dict
         k_aux = sae.k_aux or d_in // 2
-        if k_aux > sae.d_sae:
-            raise ConfigError(f"sae.k_aux={k_aux} exceeds d_sae={sae.d_sae}; set --sae.k-aux smaller")
+        if sae.auxk_coef > 0 and k_aux > per_shard:
+            raise ConfigError(f"sae.k_aux={k_aux} exceeds the {per_shard} latents per dictionary shard; "
+                              "set --sae.k-aux smaller or lower --mesh.dict")
+        if sae.k > per_shard:
+            raise ConfigError(f"sae.k={sae.k} exceeds the {per_shard} latents per dictionary shard; "
+                              "lower --sae.k or --mesh.dict")
 
 
 def presets() -> dict[str, tuple[str, TrainConfig]]:

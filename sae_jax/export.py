@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
@@ -32,7 +33,7 @@ def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, n
 
 
 def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any]) -> Path:
-    """Write an SAE folder atomically (a temp folder renamed at the end)."""
+    """Write an SAE folder: files go to a temp folder that replaces ``path`` once complete."""
     path = Path(path)
     arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in params.items()}
     d_sae, d_in = arrays["W_dec"].shape
@@ -55,9 +56,18 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
 
 
 def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None) -> Path:
-    """Export a TrainState's SAE (input scale folded in) to an SAELens folder."""
-    params = {k: np.asarray(v) for k, v in arch.export_params(state.params, state.arch_state).items()}
-    params = fold_input_scale(params, float(state.input_scale))
+    """Export a TrainState's SAE (input scale folded in) to an SAELens folder.
+
+    Call it on every process: arrays sharded across hosts are gathered first; process 0 writes.
+    """
+    from jax.experimental import multihost_utils
+
+    params, arch_state, scale = multihost_utils.process_allgather(
+        (state.params, state.arch_state, state.input_scale), tiled=True)
+    if jax.process_index() != 0:
+        return Path(path)
+    params = {k: np.asarray(v) for k, v in arch.export_params(params, arch_state).items()}
+    params = fold_input_scale(params, float(scale))
     cfg = arch.export_cfg() | {"metadata": {"trained_with": "sae_jax", **(metadata or {})}}
     return write_sae(path, params, cfg)
 

@@ -11,7 +11,7 @@ from sae_jax.decoder_norm import remove_parallel_component
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warm-up to the peak, then constant, linear or cosine decay to the last step."""
     peak, warmup = cfg.lr, max(cfg.optim.warmup_steps, 0)
-    decay_steps = max(cfg.steps - warmup, 1)
+    decay_steps = max(cfg.steps - warmup - 1, 1)  # the last update (step steps-1) uses the end value
     end = peak * cfg.optim.final_lr_fraction
     if cfg.optim.decay == "none":
         after = optax.constant_schedule(peak)

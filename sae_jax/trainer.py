@@ -154,13 +154,18 @@ def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     if path.exists():  # resuming: the run's data order and model must not change
         old = json.loads(path.read_text())
         new = cfg.to_dict()
-        diff = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+        keys = _RESUME_KEYS + (("steps",) if cfg.optim.decay != "none" else ())  # decay length
+        diff = [k for k in keys if old.get(k) != new.get(k)]
         if diff:
             raise ConfigError(
                 f"{run_dir} holds a run with a different config ({', '.join(diff)} differ); "
-                "use a new --run-dir, or --checkpoint.resume False to start over there")
+                f"use a new --run-dir, or delete {run_dir}/checkpoints to start over there")
     if jax.process_index() == 0:
         path.write_text(cfg.to_json())
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
 def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
@@ -224,8 +229,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         nonlocal pending, last
         if pending is not None:
             step, metrics = pending
-            pending = None
-            last = _host_metrics(step, metrics)
+            last = _host_metrics(step, metrics)  # raises on bad data or divergence
+            pending = None  # only once checked: an interrupt during the fetch re-checks it
             log.record(step, last)
 
     resample = ResampleConfig(every=cfg.sae.resample_every, dead_window=cfg.sae.dead_tokens,
@@ -254,9 +259,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     except KeyboardInterrupt:
         try:
             consume()
-            if int(state.step) != saved_step:
+            if int(state.step) != saved_step and _all_finite(state.params):
                 ckpt.save(int(state.step), state)
-            print(f"\ninterrupted: saved step {int(state.step)} in {run_dir}; rerun the same command to resume")
+                saved_step = int(state.step)
+            print(f"\ninterrupted: last checkpoint is step {saved_step} in {run_dir}; "
+                  "rerun the same command to resume")
         finally:
             ckpt.wait()
         raise
@@ -267,7 +274,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     ckpt.close()
 
     export_dir = None
-    if int(state.step) == cfg.steps and jax.process_index() == 0:
+    if int(state.step) == cfg.steps:  # every process joins the gather; process 0 writes
         export_dir = export_state(run_dir / "export", arch, state,
                                   {"config": cfg.to_dict(), "steps": cfg.steps})
     return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)

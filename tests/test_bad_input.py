@@ -88,3 +88,21 @@ def test_training_never_reads_the_held_out_tail(tmp_path):
     cfg = dataclasses.replace(cfg, steps=20, data=dataclasses.replace(
         cfg.data, npy=str(tmp_path / "acts.npy"), n_stat_rows=4096, holdout_fraction=0.1))
     assert train(cfg).metrics["loss"] > 0  # 20 steps x 256 rows cover the 1800 rows several times
+
+
+def test_topk_sizes_are_checked_per_dictionary_shard():
+    from sae_jax.config import MeshConfig
+
+    cfg = dataclasses.replace(tiny_config(d_sae=16, k=8), mesh=MeshConfig(dict=4))
+    with pytest.raises(ConfigError, match="sae.k=8 exceeds the 4 latents per dictionary shard"):
+        validate(dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, auxk_coef=0.0)), d_in=4, n_devices=8)
+    with pytest.raises(ConfigError, match="k_aux=8 exceeds the 4 latents per dictionary shard"):
+        validate(dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, k=2)), d_in=16, n_devices=8)
+
+
+def test_counter_and_cadence_limits():
+    with pytest.raises(ConfigError, match="dead_tokens"):
+        validate(tiny_config(dead_tokens=3_000_000_000))
+    cfg = tiny_config()
+    with pytest.raises(ConfigError, match="must be positive"):
+        validate(dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every=0)))

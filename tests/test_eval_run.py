@@ -218,3 +218,22 @@ def test_single_class_held_out_labels_skip_probing_with_a_reason(workspace, tmp_
                         evals=("core", "probing", "patching", "stats")))
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert all("single class" in res["skipped"][e] for e in ("probing", "patching", "stats"))
+
+
+def test_default_split_is_exactly_the_training_holdout(tmp_path):
+    """Eval's default rows start where training stopped reading (one shared boundary)."""
+    import numpy as np
+    from sae_jax.config import DataConfig
+    from sae_jax.data.open import held_out_start_row, open_source, training_rows
+    from sae_jax.evals.run import EvalConfig, _Context
+    from sae_jax.export import write_sae
+
+    n = 17  # a size where round(0.9 n) and n - int(0.1 n) disagree
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32))
+    d = DataConfig(npy=str(tmp_path / "a.npy"), holdout_fraction=0.1)
+    p = {"W_enc": np.eye(4, 6), "b_enc": np.zeros(6), "W_dec": np.eye(6, 4), "b_dec": np.zeros(4)}
+    write_sae(tmp_path / "sae", p, {"architecture": "standard"})
+    ctx = _Context(EvalConfig(sae=str(tmp_path / "sae"), data=d, evals=("core",)))
+    trained = training_rows(open_source(d), d).n_rows
+    assert trained == held_out_start_row(n, 0.1) == 16
+    np.testing.assert_array_equal(ctx.rows, np.arange(trained, n))

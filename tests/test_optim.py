@@ -22,7 +22,7 @@ def test_schedules_match_closed_form(decay):
     sched = lr_schedule(cfg)
     got = np.array([float(sched(t)) for t in range(110)])
     ramp = 1e-3 * np.minimum((np.arange(10) + 1) / 10, 1)
-    u = np.arange(100) / 100  # progress through the decay
+    u = np.arange(100) / 99  # progress through the decay: the last update uses the end value
     after = {"none": np.full(100, 1e-3),
              "linear": 1e-3 + (1e-4 - 1e-3) * u,
              "cosine": 1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * u)))}[decay]

@@ -6,9 +6,14 @@ from sae_jax.data.source import ActivationSource, RowRange, npy_source
 from sae_jax.data.synthetic import synthetic_source
 
 
+def held_out_start_row(n_rows: int, holdout_fraction: float) -> int:
+    """First row of the held-out tail; training reads rows before it, evaluation from it on."""
+    return n_rows - int(n_rows * holdout_fraction)
+
+
 def training_rows(source: ActivationSource, cfg: DataConfig) -> ActivationSource:
     """The source without its held-out tail (the last ``holdout_fraction`` of rows)."""
-    stop = source.n_rows - int(source.n_rows * cfg.holdout_fraction)
+    stop = held_out_start_row(source.n_rows, cfg.holdout_fraction)
     return source if stop == source.n_rows else RowRange(source, 0, stop)
 
 

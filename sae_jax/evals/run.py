@@ -39,9 +39,10 @@ class EvalConfig:
     config.json next to the SAE folder (if any) supplies it."""
     run_config: str = ""
     """A training run's config.json whose data section to use (overrides --data)."""
-    heldout_start: float = 0.9
-    """Start of the held-out split, as a fraction of the source's rows (synthetic data: a fresh draw of
-    (stop - start) x synthetic_n_rows rows instead)."""
+    heldout_start: float | None = None
+    """Start of the held-out split, as a fraction of the source's rows; None = exactly the rows the
+    training run held out (its data.holdout_fraction tail). Synthetic data: a fresh draw of
+    (stop - start) x synthetic_n_rows rows instead."""
     heldout_stop: float = 1.0
     """End of the held-out split, as a fraction of the source's rows."""
     max_rows: int = 1_000_000
@@ -197,21 +198,31 @@ class _Context:
     """What the evaluations share: the SAE, source, split, LM and texts (loaded once, lazily)."""
 
     def __init__(self, cfg: EvalConfig):
-        from sae_jax.data.open import open_source
+        from sae_jax.data.open import held_out_start_row, open_source
         from sae_jax.export import load_sae
 
         self.cfg = cfg
         self.sae = load_sae(cfg.sae)
         self.data_cfg, self.data_from = _resolve_data(cfg, self.sae.cfg)
+        start = cfg.heldout_start if cfg.heldout_start is not None else 1.0 - self.data_cfg.holdout_fraction
         if _is_synthetic(self.data_cfg):
-            n = int(round((cfg.heldout_stop - cfg.heldout_start) * self.data_cfg.synthetic_n_rows))
-            split_rows(self.data_cfg.synthetic_n_rows, cfg.heldout_start, cfg.heldout_stop)  # validates the split
+            n = int(round((cfg.heldout_stop - start) * self.data_cfg.synthetic_n_rows))
+            split_rows(self.data_cfg.synthetic_n_rows, start, cfg.heldout_stop)  # validates the split
             self.source = fresh_synthetic_source(self.data_cfg, min(n, cfg.max_rows) if cfg.max_rows else n)
             self.rows = np.arange(self.source.n_rows, dtype=np.int64)
             self.data_from += "; synthetic data: a fresh draw (new codes, same dictionary), never trained on"
         else:
             self.source = open_source(self.data_cfg)
-            self.rows = split_rows(self.source.n_rows, cfg.heldout_start, cfg.heldout_stop, cfg.max_rows)
+            if cfg.heldout_start is None:  # exactly the training run's held-out tail, row for row
+                n = self.source.n_rows
+                lo, hi = held_out_start_row(n, self.data_cfg.holdout_fraction), int(round(cfg.heldout_stop * n))
+                hi = min(hi, lo + cfg.max_rows) if cfg.max_rows else hi
+                if hi <= lo:
+                    raise ValueError("no held-out rows: the training run used data.holdout_fraction=0 (or "
+                                     "--heldout-stop cuts them off); pass --heldout-start explicitly")
+                self.rows = np.arange(lo, hi, dtype=np.int64)
+            else:
+                self.rows = split_rows(self.source.n_rows, start, cfg.heldout_stop, cfg.max_rows)
         self.prov = store_provenance(self.source)
         self._lm = None
         self.lm_note = ""

@@ -44,6 +44,11 @@ class BatchTopKSAE:
         kth = lax.stop_gradient(jnp.min(vals))
         return jnp.where((acts >= kth) & (acts > 0), acts, 0.0), kth
 
+    @staticmethod
+    def min_positive_selected(h: jax.Array) -> jax.Array:
+        """The smallest nonzero kept activation (inf if none): what the inference threshold tracks."""
+        return jnp.min(jnp.where(h > 0, h, jnp.inf))
+
     def encode(self, params, state, x):
         """Inference: JumpReLU with the learned threshold (batch-independent)."""
         pre = base.pre_activations(params, x, self.dtype)
@@ -60,8 +65,9 @@ class BatchTopKSAE:
         recon = losses.recon_loss(self.recon_loss, x, x_hat)
         aux = (auxk_loss(params, pre, x, x_hat, ctx.dead_mask, self.k_aux, self.topk, self.dtype)
                if self.auxk_coef > 0 else jnp.zeros((), jnp.float32))
-        old = state["threshold"]
-        new = jnp.where(old == _UNSET, kth, (1 - self.threshold_lr) * old + self.threshold_lr * kth)
+        old, m = state["threshold"], self.min_positive_selected(h)
+        new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
+        new = jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
         metrics = base.recon_metrics(x, x_hat) | {"l0": losses.l0(h), "auxk": aux, "threshold": new}
         return recon + self.auxk_coef * aux, base.LossOutput(
             fired=base.fired(h), metrics=metrics, state={"threshold": new})

@@ -22,7 +22,6 @@ class TopKSAE:
     topk: TopK = lax.top_k
     recon_loss: str = "fvu"
     dtype: str = "float32"
-    saelens_architecture = "topk"
 
     def init_params(self, key, d_in: int, d_sae: int, b_dec) -> base.Params:
         return base.init_tied_params(key, d_in, d_sae, b_dec)
