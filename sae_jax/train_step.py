@@ -45,7 +45,6 @@ def make_step_fn(cfg: TrainConfig, arch, optimizer: optax.GradientTransformation
             "grad_norm": optax.tree.norm(grads),
             "dead_frac": losses.dead_fraction(since, dead_tokens),
             "lr": jnp.asarray(lr_at(state.step), jnp.float32),
-            "batch_finite": jnp.all(jnp.isfinite(batch)),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   tokens_since_fired=since, arch_state=out.state)

@@ -168,17 +168,20 @@ def _all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
-def _host_metrics(step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+def _host_metrics(step: int, metrics: dict[str, jax.Array], loader: BatchLoader) -> dict[str, float]:
     """Fetch a step's metrics and stop on bad data or divergence."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not m.pop("batch_finite"):
-        raise TrainingError(f"the batch at step {step} contains NaN/Inf activations; find them with "
-                            "`sae-jax check-store` (or np.isfinite on the .npy) and re-extract")
-    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-        raise TrainingError(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; "
-                            "stopped without saving this state: lower --optim.lr or raise "
-                            "--optim.warmup-steps, then rerun to resume from the last good checkpoint")
-    return m
+    if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
+        return m
+    # A NaN/Inf input row makes the loss non-finite too; look at the batch (rare path) to tell which.
+    bad = ~np.isfinite(loader.host_batch(step)).all(axis=1)
+    if bad.any():
+        raise TrainingError(f"the batch at step {step} contains NaN/Inf activations ({bad.sum()} rows); "
+                            "find them with sae_jax.data.store.check_finite (or np.isfinite on the .npy) "
+                            "and re-extract")
+    raise TrainingError(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; "
+                        "stopped without saving this state: lower --optim.lr or raise "
+                        "--optim.warmup-steps, then rerun to resume from the last good checkpoint")
 
 
 def _resample(state, arch, source, cfg: TrainConfig, rcfg: ResampleConfig, step: int):
@@ -229,7 +232,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         nonlocal pending, last
         if pending is not None:
             step, metrics = pending
-            last = _host_metrics(step, metrics)  # raises on bad data or divergence
+            last = _host_metrics(step, metrics, loader)  # raises on bad data or divergence
             pending = None  # only once checked: an interrupt during the fetch re-checks it
             log.record(step, last)
 
