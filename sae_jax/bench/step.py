@@ -10,10 +10,8 @@ import numpy as np
 
 from sae_jax.assemble import assemble
 from sae_jax.config import TrainConfig
-from sae_jax.kernels import choose_impl
 from sae_jax.kernels.topk_sae import SparseTopKSAE
 from sae_jax.mesh import batch_sharding
-from sae_jax.sae.topk import TopKSAE
 from sae_jax.train_state import create_state
 from sae_jax.train_step import make_train_step
 
@@ -28,21 +26,11 @@ class BuiltStep:
     """'dense' or 'sparse': the kernels the architecture actually uses."""
 
 
-def resolve_arch(arch, impl: str, mesh) -> tuple[Any, str]:
-    """The architecture for sae.impl: TopK gets the sparse kernels unless dense was asked,
-    the backend prefers dense, or the dictionary is sharded (the sparse kernels are local)."""
-    if isinstance(arch, SparseTopKSAE):
-        return arch, "sparse"
-    if type(arch) is TopKSAE and mesh.shape["dict"] == 1 and choose_impl(impl) == "sparse":
-        return SparseTopKSAE.from_dense(arch), "sparse"
-    return arch, "dense"
-
-
 def build_step(cfg: TrainConfig, d_in: int, devices: list | None = None) -> BuiltStep:
+    """The same step `sae-jax train` builds (make_architecture applies sae.impl)."""
     pieces = assemble(cfg, d_in, devices)
-    arch, impl = resolve_arch(pieces.arch, cfg.sae.impl, pieces.mesh)
-    pieces = dataclasses.replace(pieces, arch=arch)
-    step = make_train_step(cfg, arch, pieces.optimizer, pieces.mesh, pieces.shardings)
+    impl = "sparse" if isinstance(pieces.arch, SparseTopKSAE) else "dense"
+    step = make_train_step(cfg, pieces.arch, pieces.optimizer, pieces.mesh, pieces.shardings)
     return BuiltStep(step, pieces, impl)
 
 
