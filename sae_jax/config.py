@@ -34,8 +34,9 @@ class DataConfig:
     """Seed of the batch order; the batch at step t is a pure function of (seed, t)."""
     holdout_fraction: float = 0.1
     """Share of rows at the end of the source never trained on (what `sae-jax eval` holds out by default)."""
-    normalize: Literal["none", "expected_norm"] = "expected_norm"
-    """Input scaling: 'expected_norm' scales inputs so E||x|| = sqrt(d_in) (folded into exported weights)."""
+    normalize: Literal["none", "expected_norm", "layernorm"] = "expected_norm"
+    """Input normalisation: 'expected_norm' scales inputs so E||x|| = sqrt(d_in) (folded into the exported
+    weights); 'layernorm' normalises each token (SAELens normalize_activations='layer_norm', exported as such)."""
     n_stat_rows: int = 16384
     """Rows sampled for the input scale and the geometric-median init of b_dec."""
     synthetic_d_in: int = 64

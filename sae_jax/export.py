@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from sae_jax.normalization import layer_norm_in, layer_norm_out
+
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 ARCHITECTURES = ("standard", "topk", "jumprelu")
@@ -55,7 +57,8 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
     return path
 
 
-def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None) -> Path:
+def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None,
+                 layer_norm: bool = False) -> Path:
     """Export a TrainState's SAE (input scale folded in) to an SAELens folder.
 
     Call it on every process: arrays sharded across hosts are gathered first; process 0 writes.
@@ -69,6 +72,8 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
     params = {k: np.asarray(v) for k, v in arch.export_params(params, arch_state).items()}
     params = fold_input_scale(params, float(scale))
     cfg = arch.export_cfg() | {"metadata": {"trained_with": "sae_jax", **(metadata or {})}}
+    if layer_norm:  # per-token normalisation is not linear: it stays a named input transform
+        cfg["normalize_activations"] = "layer_norm"
     return write_sae(path, params, cfg)
 
 
@@ -82,11 +87,16 @@ class LoadedSAE:
         self.d_in = int(cfg["d_in"])
         self.d_sae = int(cfg["d_sae"])
         self.k = cfg.get("k")
+        self.layer_norm = cfg.get("normalize_activations", "none") == "layer_norm"
+        self._ln_mu = self._ln_std = None
 
     def pre_activations(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if x.shape[-1] != self.d_in:
             raise ValueError(f"input width {x.shape[-1]} does not match the SAE's d_in={self.d_in}")
+        if self.layer_norm:
+            # as SAELens does: normalise per token and keep the statistics for the next decode
+            x, self._ln_mu, self._ln_std = layer_norm_in(x)
         if self.cfg.get("apply_b_dec_to_input", True):
             x = x - self.params["b_dec"]
         return x @ self.params["W_enc"] + self.params["b_enc"]
@@ -105,8 +115,14 @@ class LoadedSAE:
         return h
 
     def decode(self, h: np.ndarray) -> np.ndarray:
-        """[N, d_in] reconstruction."""
-        return np.asarray(h, np.float32) @ self.params["W_dec"] + self.params["b_dec"]
+        """[N, d_in] reconstruction (layer_norm SAEs: un-normalised with the last encode's statistics)."""
+        x_hat = np.asarray(h, np.float32) @ self.params["W_dec"] + self.params["b_dec"]
+        if self.layer_norm:
+            if self._ln_mu is None or len(self._ln_mu) != len(x_hat):
+                raise ValueError("a layer_norm SAE decodes with the statistics of the previous encode "
+                                 "of the same rows: call encode(x) first (or use sae(x))")
+            x_hat = layer_norm_out(x_hat, self._ln_mu, self._ln_std)
+        return x_hat
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.decode(self.encode(x))
@@ -125,7 +141,7 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
     if arch not in ARCHITECTURES:
         raise ValueError(f"{path}: architecture {arch!r} is not supported; known: {ARCHITECTURES}")
     cfg["architecture"] = arch
-    if cfg.get("normalize_activations", "none") != "none":
+    if cfg.get("normalize_activations", "none") not in ("none", "layer_norm"):
         raise ValueError(
             f"{path}: normalize_activations={cfg['normalize_activations']!r} needs dataset statistics "
             "that the folder does not hold; fold the normalisation into the weights first")

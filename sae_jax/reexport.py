@@ -24,4 +24,5 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     state = ckpt.restore(step, pieces.abstract)
     ckpt.close()
     return export_state(Path(out) if out else run / "export", pieces.arch, state,
-                        {"config": cfg.to_dict(), "steps": step})
+                        {"config": cfg.to_dict(), "steps": step},
+                        layer_norm=cfg.data.normalize == "layernorm")

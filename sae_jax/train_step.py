@@ -16,6 +16,7 @@ from sae_jax import losses
 from sae_jax.config import TrainConfig
 from sae_jax.decoder_norm import project_rows
 from sae_jax.mesh import batch_sharding, replicated
+from sae_jax.normalization import layer_norm_in
 from sae_jax.optim import lr_schedule, sparsity_schedule
 from sae_jax.sae.base import LossContext
 from sae_jax.train_state import TrainState
@@ -26,10 +27,13 @@ _COUNTER_CAP = 2**30  # tokens_since_fired saturates here instead of overflowing
 def make_step_fn(cfg: TrainConfig, arch, optimizer: optax.GradientTransformation) -> Callable:
     """The un-jitted step (for tests, benchmarks and custom loops)."""
     dead_tokens = cfg.sae.dead_tokens
+    layernorm = cfg.data.normalize == "layernorm"
     lr_at, coef_at = lr_schedule(cfg), sparsity_schedule(cfg)
 
     def step_fn(state: TrainState, batch: jax.Array):
         x = batch.astype(jnp.float32) * state.input_scale
+        if layernorm:
+            x = layer_norm_in(x)[0]
         ctx = LossContext(dead_mask=state.tokens_since_fired >= dead_tokens,
                           sparsity_coef=jnp.asarray(coef_at(state.step), jnp.float32))
         (loss, out), grads = jax.value_and_grad(arch.loss, has_aux=True)(

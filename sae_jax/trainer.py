@@ -27,6 +27,7 @@ from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
+from sae_jax.normalization import layer_norm_in
 from sae_jax.resample import ResampleConfig, resample_train_state
 from sae_jax.mesh import batch_sharding
 from sae_jax.train_state import TrainState, create_state
@@ -65,6 +66,8 @@ def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
         raise TrainingError(f"{bad.sum()} of {n} sampled activation rows contain NaN/Inf "
                             f"(first at source row {rows[np.argmax(bad)]}); clean or re-extract the data")
     scale = 1.0
+    if cfg.data.normalize == "layernorm":  # the SAE sees per-token normalised rows
+        sample = layer_norm_in(sample)[0]
     if cfg.data.normalize == "expected_norm":
         mean_norm = float(np.linalg.norm(sample, axis=1).mean())
         if mean_norm == 0:
@@ -279,5 +282,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     export_dir = None
     if int(state.step) == cfg.steps:  # every process joins the gather; process 0 writes
         export_dir = export_state(run_dir / "export", arch, state,
-                                  {"config": cfg.to_dict(), "steps": cfg.steps})
+                                  {"config": cfg.to_dict(), "steps": cfg.steps},
+                                  layer_norm=cfg.data.normalize == "layernorm")
     return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)

@@ -14,15 +14,18 @@ from sae_jax.export import fold_input_scale, load_sae, write_sae
 from sae_jax.trainer import train
 from tests.helpers_train import tiny_config
 
-ARCHS = ["topk", "batchtopk", "relu", "jumprelu"]
+ARCHS = ["topk", "batchtopk", "relu", "jumprelu", "topk-layernorm"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = {}
-    for arch in ARCHS:
-        cfg = tiny_config(tmp_path_factory.mktemp(arch), architecture=arch, sparsity_coef=0.01)
-        out[arch] = (train(dataclasses.replace(cfg, steps=15)), cfg)
+    for name in ARCHS:
+        arch, _, norm = name.partition("-")
+        cfg = tiny_config(tmp_path_factory.mktemp(name), architecture=arch, sparsity_coef=0.01)
+        if norm:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize=norm))
+        out[name] = (train(dataclasses.replace(cfg, steps=15)), cfg)
     return out
 
 
@@ -32,10 +35,16 @@ def test_export_matches_training_model_on_raw_inputs(trained, arch):
     sae = load_sae(result.export_dir)
     x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32) * 2
     scale = float(result.state.input_scale)
-    assert scale != 1.0  # the fold is really exercised
     params = jax.device_get(result.state.params)
-    h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, x * scale))
-    x_hat_ref = np.asarray(result.arch.decode(params, h_ref)) / scale
+    if cfg.data.normalize == "layernorm":  # independent per-token LayerNorm (unbiased std, as SAELens)
+        assert sae.cfg["normalize_activations"] == "layer_norm"
+        mu, std = x.mean(1, keepdims=True), x.std(1, ddof=1, keepdims=True)
+        h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, (x - mu) / (std + 1e-5)))
+        x_hat_ref = np.asarray(result.arch.decode(params, h_ref)) * std + mu  # out: no eps, as SAELens
+    else:
+        assert scale != 1.0  # the fold is really exercised
+        h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, x * scale))
+        x_hat_ref = np.asarray(result.arch.decode(params, h_ref)) / scale
     if arch == "batchtopk":  # inference is a JumpReLU at the learned threshold
         assert sae.architecture == "jumprelu"
     np.testing.assert_allclose(sae.encode(x), h_ref, rtol=1e-4, atol=1e-4)
