@@ -122,6 +122,15 @@ class MeshConfig:
     dict: int = 1
     """Devices on the dictionary axis (shards W_enc, W_dec, b_enc, thresholds, dead counters)."""
 
+    def shape(self, n_devices: int) -> tuple[int, int]:
+        """(data, dict) axis sizes over ``n_devices``; ConfigError if they do not use them all."""
+        data = self.data if self.data > 0 else n_devices // self.dict
+        if data * self.dict != n_devices:
+            raise ConfigError(
+                f"mesh data={data} x dict={self.dict} does not use the {n_devices} devices; "
+                "set --mesh.data/--mesh.dict so their product is the device count")
+        return data, self.dict
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:
@@ -220,12 +229,7 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
             "choose a d_sae that is a multiple of the dictionary axis"
         )
     if n_devices is not None:
-        data = cfg.mesh.data if cfg.mesh.data > 0 else n_devices // cfg.mesh.dict
-        if data * cfg.mesh.dict != n_devices:
-            raise ConfigError(
-                f"mesh data={data} x dict={cfg.mesh.dict} does not use the {n_devices} devices; "
-                "set --mesh.data/--mesh.dict so their product is the device count"
-            )
+        data, _ = cfg.mesh.shape(n_devices)
         if cfg.data.batch_size % data:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is not divisible by the data axis ({data})"

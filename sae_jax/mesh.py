@@ -10,7 +10,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sae_jax.config import ConfigError, MeshConfig
+from sae_jax.config import MeshConfig
 
 # Per-name specs of everything in the train state that is laid out along the dictionary.
 PARAM_SPECS: dict[str, P] = {
@@ -34,15 +34,7 @@ CODES_SPEC = P("data", "dict")
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     """A ('data', 'dict') mesh over all (or the given) devices."""
     devices = devices if devices is not None else jax.devices()
-    n = len(devices)
-    if n % cfg.dict:
-        raise ConfigError(f"mesh.dict={cfg.dict} does not divide the {n} devices")
-    data = cfg.data if cfg.data > 0 else n // cfg.dict
-    if data * cfg.dict != n:
-        raise ConfigError(
-            f"mesh data={data} x dict={cfg.dict} != {n} devices; set --mesh.data/--mesh.dict "
-            "so their product is the device count"
-        )
+    data, _ = cfg.shape(len(devices))
     # jax.make_mesh orders devices so each process's devices are adjacent (multi-host safe).
     # Auto axes: XLA propagates shardings from the in/out specs (no explicit-sharding types).
     auto = (jax.sharding.AxisType.Auto,) * 2
