@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,15 +74,9 @@ def _format(results: list[dict], cfg: PlanConfig) -> str:
 
 def run_plan(cfg: PlanConfig) -> list[dict]:
     """Compile the step for each mesh on forced host devices (subprocess) and report memory."""
-    need = 0
-    from sae_jax.bench.run import parse_mesh
+    from sae_jax.bench.run import host_devices_env, needed_devices
 
-    for m in cfg.mesh:
-        a, b = parse_mesh(m)
-        need = max(need, a * b)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={need}").strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    env = host_devices_env(needed_devices(cfg))
     code = ("import json,sys; from sae_jax.bench.config import PlanConfig; "
             "from sae_jax.bench.plan import _plan_in_process; "
             "c={k:(tuple(v) if isinstance(v,list) else v) for k,v in json.loads(sys.argv[1]).items()}; "

@@ -156,15 +156,22 @@ def grid(cfg: BenchConfig) -> list[dict]:
     return points
 
 
-def _needed_devices(cfg: BenchConfig) -> int:
+def needed_devices(cfg) -> int:
+    """Devices the largest mesh of a BenchConfig or PlanConfig needs."""
     return max(a * b for a, b in (parse_mesh(m) for m in cfg.mesh))
 
 
-def _respawn_with_host_devices(cfg: BenchConfig, n: int) -> list[dict]:
-    """Re-run in a subprocess with n forced CPU host devices (XLA reads the flag at start-up)."""
+def host_devices_env(n: int) -> dict[str, str]:
+    """Environment for a fresh Python with n forced CPU host devices (XLA reads the flag at start-up)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
     env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _respawn_with_host_devices(cfg: BenchConfig, n: int) -> list[dict]:
+    """Re-run in a subprocess with n forced CPU host devices."""
+    env = host_devices_env(n)
     code = ("import json,sys; from sae_jax.bench.config import BenchConfig; "
             "from sae_jax.bench.run import run_bench; "
             "c={k:(tuple(v) if isinstance(v,list) else v) for k,v in json.loads(sys.argv[1]).items()}; "
@@ -180,7 +187,7 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
         cfg = dataclasses.replace(cfg, **SMOKE)
     for m in cfg.mesh:
         parse_mesh(m)
-    need = _needed_devices(cfg)
+    need = needed_devices(cfg)
     if need > len(jax.devices()):
         if jax.default_backend() != "cpu":
             raise ConfigError(f"mesh needs {need} devices, this host has {len(jax.devices())}")
