@@ -9,11 +9,12 @@ from sae_jax.export import LoadedSAE, export_state as export, load_sae as load
 __version__ = "0.1.0"
 
 
-def train(config: TrainConfig):
-    """Train or resume the run ``config`` describes (see ``sae_jax.trainer.train``)."""
+def train(config: TrainConfig, source=None):
+    """Train or resume the run ``config`` describes, on ``source`` (e.g. an in-memory
+    ``sae_jax.data.source.ArraySource``) if given (see ``sae_jax.trainer.train``)."""
     from sae_jax.trainer import train as _train
 
-    return _train(config)
+    return _train(config, source)
 
 
 __all__ = ["LoadedSAE", "TrainConfig", "export", "load", "train", "__version__"]

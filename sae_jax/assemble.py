@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import optax
 from jax.sharding import Mesh
 
 from sae_jax.config import TrainConfig
@@ -18,7 +17,8 @@ from sae_jax.train_state import abstract_state
 class Pieces:
     mesh: Mesh
     arch: Any
-    optimizer: optax.GradientTransformation
+    optimizer: Any
+    """An optax transformation, or a BoundConstrainedOptimizer for constrained training."""
     abstract: Any
     """Abstract TrainState (ShapeDtypeStructs carrying their shardings)."""
     shardings: Any
@@ -28,5 +28,5 @@ def assemble(cfg: TrainConfig, d_in: int, devices: list | None = None) -> Pieces
     mesh = make_mesh(cfg.mesh, devices)
     arch = make_architecture(cfg.sae, d_in, mesh)
     optimizer = make_optimizer(cfg)
-    abstract, shardings = abstract_state(arch, optimizer, d_in, cfg.sae.d_sae, mesh)
+    abstract, shardings = abstract_state(arch, optimizer, d_in, cfg.sae.d_sae, mesh, whiten=cfg.data.whiten)
     return Pieces(mesh, arch, optimizer, abstract, shardings)

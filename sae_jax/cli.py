@@ -12,6 +12,7 @@ USAGE = """usage: sae-jax COMMAND [options]
 
 commands:
   train PRESET [--a.b value ...]   train (or resume) an SAE; presets: {presets}
+  ssae [--a.b value ...]           the same as `train ssae`: a sparse shift autoencoder (constrained sparsity)
   export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
 {extra}
 `sae-jax COMMAND --help` lists every option with its documentation.
@@ -22,8 +23,6 @@ _COMMANDS = {
     "extract": ("sae_jax.lm.extract", "ExtractConfig", "run_extract",
                 "extract LM activations into an activation store"),
     "eval": ("sae_jax.evals.run", "EvalConfig", "run_eval", "evaluate an exported SAE, write eval.json + report.html"),
-    "ssae": ("sae_jax.ssae_run", "SSAERunConfig", "run_ssae",
-             "train a sparse shift autoencoder (constrained sparsity) on activation differences"),
     "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
     "plan": ("sae_jax.bench.plan", "PlanConfig", "run_plan",
              "dry-run memory planner: compile the train step for a mesh too large for this machine"),
@@ -37,6 +36,9 @@ def print_summary(metrics: dict[str, float], export_dir) -> None:
         return
     print(f"\nfinal batch: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
           f"dead {100 * metrics['dead_frac']:.2f}%  loss {metrics['loss']:.4f}")
+    if "multiplier" in metrics:  # constrained training
+        print(f"constraint: Σ|h|/(B·F) {metrics['mean_abs_h']:.4f} at level {metrics['level']:.4f}  "
+              f"multiplier {metrics['multiplier']:.4f}")
     if export_dir is not None:
         print(f"exported SAE (SAELens format): {export_dir}")
 
@@ -83,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from sae_jax.config import presets
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands: dict[str, Callable] = {"train": _train, "export": _export}
+    commands: dict[str, Callable] = {"train": _train, "export": _export,
+                                     "ssae": lambda args: _train(["ssae", *args])}
     commands |= {name: _lazy(name, spec) for name, spec in _COMMANDS.items()}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         extra = "".join(f"  {name:<33}{spec[3]}\n" for name, spec in _COMMANDS.items())

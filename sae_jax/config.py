@@ -17,7 +17,7 @@ class ConfigError(ValueError):
     """A configuration that cannot work."""
 
 
-Architecture = Literal["topk", "batchtopk", "relu", "jumprelu"]
+Architecture = Literal["topk", "batchtopk", "relu", "jumprelu", "ssae"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,27 @@ class DataConfig:
     """Input normalisation: 'expected_norm' scales inputs so E||x|| = sqrt(d_in) (folded into the exported
     weights); 'layernorm' normalises each token (SAELens normalize_activations='layer_norm', exported as such)."""
     n_stat_rows: int = 16384
-    """Rows sampled for the input scale and the geometric-median init of b_dec."""
+    """Rows sampled for the input scale, the whitening and the geometric-median init of b_dec."""
+    difference: Literal["none", "paired", "sequential"] = "none"
+    """Train on differences: 'paired' rows are second − first (z(s2) − z(s1), or chat − base: two aligned
+    sources), 'sequential' rows are z[i+1] − z[i] of one source; 'none' trains on the rows themselves."""
+    second: str = ""
+    """With difference='paired': the 'after' source (.npy path, else a store path or URL), aligned row by row."""
+    whiten: bool = False
+    """ZCA-whiten inputs, fitted on the statistics sample; kept in the checkpoint and folded into the export
+    where the input path is affine (otherwise written beside it as whitening.safetensors)."""
+    whiten_eps: float = 1e-5
+    """Eigenvalue floor of the whitening; keep it above the noise eigenvalues, or whitening blows pure-noise
+    directions up to unit variance."""
+    synthetic: Literal["features", "shifts"] = "features"
+    """Synthetic data (used when neither store nor npy is given): 'features' = sparse sums of dictionary atoms;
+    'shifts' = multi-concept shifts Δz = Σ_j c_j a_j with signed c (for the shift autoencoder)."""
     synthetic_d_in: int = 64
     """Synthetic data (used when neither store nor npy is given): input width."""
     synthetic_n_features: int = 256
-    """Synthetic data: number of true unit-norm dictionary atoms."""
+    """Synthetic data: number of true unit-norm dictionary atoms (concepts, for 'shifts')."""
     synthetic_k: int = 4
-    """Synthetic data: expected active atoms per row."""
+    """Synthetic data: expected active atoms (concepts) per row."""
     synthetic_n_rows: int = 131072
     """Synthetic data: rows generated."""
     synthetic_noise: float = 0.01
@@ -52,11 +66,86 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SSAEConfig:
+    """The sparse shift autoencoder (architecture 'ssae'): sparsity is the hard constraint
+    Σ|h| / (batch·F) <= level, enforced by the dual player (``TrainConfig.dual``)."""
+
+    target: float = 0.1
+    """Final level of the constraint Σ|h| / (batch·F) <= target (a share of active latents for constraint='l0')."""
+    warmup: int = 2000
+    """Steps without constraint (the dense level is measured meanwhile)."""
+    schedule: int = 5000
+    """Steps of linear decrease of the level from the dense level to target."""
+    input_norm: Literal["layernorm", "batch", "none"] = "layernorm"
+    """Input normalisation: per-row LayerNorm (no affine), per-feature batch statistics, or none."""
+    code_norm: Literal["none", "layernorm", "batchnorm"] = "none"
+    """Normalisation of the code before the decoder (affine code_gamma/code_beta when on)."""
+    relu: bool = False
+    """ReLU on the code (non-negative codes); off for signed shifts."""
+    constraint: Literal["l1", "l0"] = "l1"
+    """l1: Σ|h|/(B·F) <= level. l0 (needs relu): the share of nonzero h <= level, enforced by
+    the dual on the true (non-differentiable) L0 share while the primal follows Σ|h|/(B·F)."""
+    loss_type: Literal["relative", "absolute"] = "relative"
+    """relative: mean_b ||x - x̂||² / ||x||²; absolute: mean of squared errors."""
+    eps: float = 1e-5
+    """Variance epsilon of the normalisations."""
+    momentum: float = 0.01
+    """EMA rate of running statistics and of the measured dense level."""
+    export_as: Literal["linear", "split"] = "linear"
+    """A signed (no-ReLU) code exports as architecture 'linear' (F latents; sae_jax.load reads it), or
+    'split': SAELens 'standard' with 2F latents, h = relu(pre) − relu(−pre) (what SAELens can load)."""
+
+    def __post_init__(self):
+        checks = {
+            "input_norm": (self.input_norm, ("layernorm", "batch", "none")),
+            "code_norm": (self.code_norm, ("none", "layernorm", "batchnorm")),
+            "constraint": (self.constraint, ("l1", "l0")),
+            "loss_type": (self.loss_type, ("relative", "absolute")),
+            "export_as": (self.export_as, ("linear", "split")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ConfigError(f"ssae.{name}={value!r} is not one of {allowed}")
+        if self.constraint == "l0" and not self.relu:
+            raise ConfigError("ssae.constraint='l0' needs ssae.relu=True: a linear code is never exactly zero")
+        if self.constraint == "l0" and self.target > 1:
+            raise ConfigError(f"with ssae.constraint='l0' the target is a share of active latents in (0, 1], "
+                              f"got {self.target}")
+        if self.target <= 0:
+            raise ConfigError(f"ssae.target must be > 0 (a level of Σ|h|/(B·F)), got {self.target}")
+        if self.warmup < 0 or self.schedule < 0:
+            raise ConfigError("ssae.warmup and ssae.schedule must be >= 0")
+
+
+@dataclass(frozen=True)
+class DualConfig:
+    """The dual player of constrained training (architecture 'ssae'): ascent on the Lagrange multiplier."""
+
+    lr: float = 1e-2
+    """Dual learning rate."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """Optimizer of the multiplier."""
+    scheme: Literal["simultaneous", "alternating", "extragradient"] = "simultaneous"
+    """Primal–dual update scheme. With an Adam primal, extragradient enforces the constraint at
+    the look-ahead point, which sat ~8% off the target at the actual parameters in
+    experiments/ssae_identifiability (correlated concepts); simultaneous hit it within 0.5%."""
+    formulation: Literal["lagrangian", "augmented_lagrangian"] = "lagrangian"
+    """Lagrangian, or augmented Lagrangian (PHR; use an SGD dual whose rate equals penalty_init)."""
+    penalty_init: float = 1.0
+    """Augmented Lagrangian: initial penalty coefficient ρ."""
+    penalty_growth: float = 1.0
+    """Augmented Lagrangian: ρ is multiplied by this every step the constraint is violated (1 = fixed)."""
+    fixed_multiplier: float | None = None
+    """If set, the multiplier is frozen at this value: an L1-penalised SAE (for comparisons)."""
+
+
+@dataclass(frozen=True)
 class SAEConfig:
     """The autoencoder itself."""
 
     architecture: Architecture = "topk"
-    """topk (k per token), batchtopk (k*batch over the batch), relu (ReLU + L1), jumprelu (L0)."""
+    """topk (k per token), batchtopk (k*batch over the batch), relu (ReLU + L1), jumprelu (L0),
+    ssae (shift autoencoder: sparsity as a hard constraint, see --sae.ssae.* and --dual.*)."""
     d_sae: int = 1024
     """Number of latents F."""
     k: int = 32
@@ -89,6 +178,8 @@ class SAEConfig:
     """Matmul input dtype; master weights and accumulation stay float32."""
     impl: Literal["dense", "sparse", "auto"] = "auto"
     """TopK kernels: dense matmuls, gathered sparse kernels, or pick by backend."""
+    ssae: SSAEConfig = field(default_factory=SSAEConfig)
+    """The shift autoencoder's settings (architecture 'ssae' only)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +263,7 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
 
     @property
     def lr(self) -> float:
@@ -190,11 +282,13 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         subs = {f.name: f.type for f in dataclasses.fields(cls)}
         kinds = {"data": DataConfig, "sae": SAEConfig, "optim": OptimConfig, "mesh": MeshConfig,
-                 "checkpoint": CheckpointConfig, "log": LogConfig}
+                 "checkpoint": CheckpointConfig, "log": LogConfig, "dual": DualConfig}
         kwargs = {}
         for key, value in d.items():
             if key not in subs:
                 raise ConfigError(f"unknown config field {key!r}")
+            if key == "sae" and isinstance(value.get("ssae"), dict):
+                value = value | {"ssae": SSAEConfig(**value["ssae"])}
             kwargs[key] = kinds[key](**value) if key in kinds else value
         return cls(**kwargs)
 
@@ -217,6 +311,25 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
         raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.data.store and cfg.data.npy:
         raise ConfigError("give either --data.store or --data.npy, not both")
+    if cfg.data.difference != "none" and not (cfg.data.store or cfg.data.npy):
+        raise ConfigError(f"data.difference={cfg.data.difference!r} needs --data.store or --data.npy "
+                          "(the 'before' side); synthetic shifts are --data.synthetic shifts")
+    if (cfg.data.difference == "paired") != bool(cfg.data.second):
+        raise ConfigError("--data.second (the 'after' source) goes with --data.difference paired, and "
+                          "--data.difference paired needs it")
+    if cfg.data.whiten_eps <= 0:
+        raise ConfigError(f"data.whiten_eps must be > 0, got {cfg.data.whiten_eps}")
+    if sae.architecture == "ssae":
+        if cfg.data.normalize != "none":
+            raise ConfigError(f"data.normalize={cfg.data.normalize!r} with architecture 'ssae': the SSAE "
+                              "normalises its own input (--sae.ssae.input-norm); pass --data.normalize none")
+        if sae.resample_every:
+            raise ConfigError("sae.resample_every is for penalised SAEs; the SSAE's sparsity is a constraint "
+                              "(set --sae.resample-every 0)")
+        if cfg.dual.lr < 0 or cfg.dual.penalty_init <= 0 or cfg.dual.penalty_growth < 1:
+            raise ConfigError("need dual.lr >= 0, dual.penalty_init > 0 and dual.penalty_growth >= 1")
+        if cfg.dual.fixed_multiplier is not None and cfg.dual.fixed_multiplier < 0:
+            raise ConfigError(f"dual.fixed_multiplier must be >= 0, got {cfg.dual.fixed_multiplier}")
     if not 0.0 <= cfg.data.holdout_fraction < 1.0:
         raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
     if cfg.data.batch_size <= 0:
@@ -255,6 +368,14 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
         optim=OptimConfig(lr=2e-3, warmup_steps=50),
         checkpoint=CheckpointConfig(every=200),
     )
+    ssae = TrainConfig(
+        run_dir="runs/ssae", steps=4000,
+        data=DataConfig(batch_size=512, normalize="none", synthetic="shifts", synthetic_d_in=64,
+                        synthetic_n_features=16, synthetic_k=3, synthetic_n_rows=65536),
+        sae=SAEConfig(architecture="ssae", d_sae=16, ssae=SSAEConfig(target=0.8, warmup=400, schedule=1000)),
+        optim=OptimConfig(lr=1e-3, warmup_steps=0),
+        checkpoint=CheckpointConfig(every=1000),
+    )
     return {
         "tiny": ("TopK on the built-in synthetic ground-truth data (seconds on a CPU)", tiny),
         "topk": ("TopK SAE, k=32, 16k latents", TrainConfig(sae=SAEConfig(d_sae=16384, k=32))),
@@ -266,4 +387,6 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
         "jumprelu": ("JumpReLU SAE (L0 penalty), 16k latents",
                      TrainConfig(sae=SAEConfig(architecture="jumprelu", d_sae=16384, sparsity_coef=0.01,
                                                sparsity_warmup_steps=1000))),
+        "ssae": ("sparse shift autoencoder (constrained sparsity) on activation differences; "
+                 "default data: synthetic multi-concept shifts", ssae),
     }

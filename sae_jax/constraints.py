@@ -63,9 +63,20 @@ class Multipliers(NamedTuple):
 class ConstrainedState(NamedTuple):
     primal: Any  # optax state of the primal optimizer
     dual: Any  # optax state of the dual optimizer
-    multipliers: Multipliers
+    multipliers: Multipliers  # a kind without constraints is None (orbax cannot save empty arrays)
     penalty: Multipliers  # per-constraint ρ (augmented Lagrangian; ones otherwise)
     step: jax.Array  # int32 scalar
+
+
+def _full(m: Multipliers) -> Multipliers:
+    """Multipliers with empty [0] vectors where the stored form has None (for the arithmetic)."""
+    return Multipliers(ineq=_vec(m.ineq), eq=_vec(m.eq))
+
+
+def _compact(m: Multipliers) -> Multipliers:
+    """The stored form: None for a kind without constraints."""
+    return Multipliers(ineq=m.ineq if m.ineq is not None and m.ineq.size else None,
+                       eq=m.eq if m.eq is not None and m.eq.size else None)
 
 
 def _vec(v: jax.Array | None) -> jax.Array:
@@ -153,10 +164,10 @@ class ConstrainedOptimizer:
     def init(self, params: Any, num_ineq: int = 0, num_eq: int = 0) -> ConstrainedState:
         if num_ineq < 0 or num_eq < 0 or num_ineq + num_eq == 0:
             raise ValueError(f"need at least one constraint, got num_ineq={num_ineq}, num_eq={num_eq}")
-        mult = Multipliers(ineq=jnp.full((num_ineq,), self.multiplier_init, jnp.float32),
-                           eq=jnp.full((num_eq,), self.multiplier_init, jnp.float32))
-        pen = Multipliers(ineq=jnp.full((num_ineq,), self.penalty_init, jnp.float32),
-                          eq=jnp.full((num_eq,), self.penalty_init, jnp.float32))
+        mult = _compact(Multipliers(ineq=jnp.full((num_ineq,), self.multiplier_init, jnp.float32),
+                                    eq=jnp.full((num_eq,), self.multiplier_init, jnp.float32)))
+        pen = _compact(Multipliers(ineq=jnp.full((num_ineq,), self.penalty_init, jnp.float32),
+                                   eq=jnp.full((num_eq,), self.penalty_init, jnp.float32)))
         return ConstrainedState(primal=self.primal.init(params), dual=self.dual.init(mult),
                                 multipliers=mult, penalty=pen, step=jnp.zeros((), jnp.int32))
 
@@ -177,9 +188,9 @@ class ConstrainedOptimizer:
         return new_params, new_state
 
     def _dual_step(self, mult, dual_grad, opt_state):
-        ascent = jax.tree.map(jnp.negative, dual_grad)  # optax minimises
+        mult, ascent = _compact(mult), jax.tree.map(jnp.negative, _compact(dual_grad))  # optax minimises
         updates, new_state = self.dual.update(ascent, opt_state, mult)
-        return _project(optax.apply_updates(mult, updates)), new_state
+        return _project(_full(optax.apply_updates(mult, updates))), new_state
 
     def _penalty_update(self, penalty: Multipliers, dual_grad_out: CMPOutput, step) -> Multipliers:
         if self.formulation != "augmented_lagrangian" or self.penalty_growth == 1.0:
@@ -201,9 +212,10 @@ class ConstrainedOptimizer:
         """One primal–dual step. Returns (params, state, info).
 
         ``info`` holds ``loss``, ``lagrangian``, ``ineq``/``eq`` (violations at the point the
-        gradients were taken), ``multipliers`` (before the step) and the problem's ``aux``.
+        gradients were taken), ``multipliers`` (before the step), ``grad_norm`` (of the primal
+        gradient that was applied) and the problem's ``aux``.
         """
-        mult, pen = state.multipliers, state.penalty
+        mult, pen = _full(state.multipliers), _full(state.penalty)
         if self.scheme == "simultaneous":
             value, out, gp, gd = self._grads(problem, params, mult, pen, args)
             new_params, primal_state = self._primal_step(params, gp, state.primal)
@@ -224,10 +236,10 @@ class ConstrainedOptimizer:
             new_mult, dual_state = self._dual_step(mult, gd, state.dual)
             dual_out = out
         new_pen = self._penalty_update(pen, dual_out, state.step)
-        new_state = ConstrainedState(primal=primal_state, dual=dual_state, multipliers=new_mult,
-                                     penalty=new_pen, step=state.step + 1)
+        new_state = ConstrainedState(primal=primal_state, dual=dual_state, multipliers=_compact(new_mult),
+                                     penalty=_compact(new_pen), step=state.step + 1)
         info = {"loss": out.loss, "lagrangian": value, "ineq": _vec(out.ineq), "eq": _vec(out.eq),
-                "multipliers": mult, "aux": out.aux}
+                "multipliers": mult, "grad_norm": optax.tree.norm(gp), "aux": out.aux}
         return new_params, new_state, info
 
 

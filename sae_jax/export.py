@@ -5,6 +5,14 @@ Weights: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], 
 threshold, as SAELens does). Input scaling used in training is folded into the weights,
 so the exported SAE takes raw activations: with inputs scaled by s during training,
 W_enc' = s W_enc, W_dec' = W_dec / s, b_dec' = b_dec / s (b_enc and thresholds unchanged).
+
+ZCA whitening (``--data.whiten``) is folded the same way when nothing non-linear sits
+between it and the encoder (``sae_jax.whitening.fold_into_sae``); behind a per-token
+LayerNorm it cannot be, and ``whitening.safetensors`` is written beside the weights (``load_sae``
+applies it before the LayerNorm and undoes it after decoding; SAELens ignores the file).
+A signed shift-autoencoder code exports as architecture ``linear`` (h = pre-activation; this
+loader reads it, SAELens has no such architecture) or split into a SAELens ``standard`` SAE
+with 2F latents (``split_signed``).
 """
 from __future__ import annotations
 
@@ -18,10 +26,12 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from sae_jax.normalization import layer_norm_in, layer_norm_out
+from sae_jax.whitening import Whitening, fold_into_sae
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu")
+WHITENING_FILE = "whitening.safetensors"
+ARCHITECTURES = ("standard", "topk", "jumprelu", "linear")
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
@@ -34,8 +44,23 @@ def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, n
     return out
 
 
-def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any]) -> Path:
-    """Write an SAE folder: files go to a temp folder that replaces ``path`` once complete."""
+def split_signed(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A linear (signed) code as a ReLU SAE with 2F latents: h = relu(pre) − relu(−pre).
+
+    Latent i keeps the positive part, latent F + i the negative part with negated encoder and
+    decoder, so decode(encode(x)) is unchanged and SAELens' 'standard' architecture loads it.
+    """
+    return {"W_enc": np.concatenate([params["W_enc"], -params["W_enc"]], axis=1),
+            "b_enc": np.concatenate([params["b_enc"], -params["b_enc"]]),
+            "W_dec": np.concatenate([params["W_dec"], -params["W_dec"]], axis=0),
+            "b_dec": params["b_dec"]}
+
+
+def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any],
+              whitening: Whitening | None = None) -> Path:
+    """Write an SAE folder: files go to a temp folder that replaces ``path`` once complete.
+
+    ``whitening``: an unfolded input whitening, written beside as ``whitening.safetensors``."""
     path = Path(path)
     arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in params.items()}
     d_sae, d_in = arrays["W_dec"].shape
@@ -48,6 +73,8 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(arrays, str(tmp / WEIGHTS_FILE))
+    if whitening is not None:
+        save_file({k: np.ascontiguousarray(v) for k, v in whitening.to_arrays().items()}, str(tmp / WHITENING_FILE))
     (tmp / CFG_FILE).write_text(json.dumps(full_cfg, indent=2, sort_keys=True, default=str))
     if path.exists():
         for child in path.iterdir():
@@ -65,22 +92,33 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
     """
     from jax.experimental import multihost_utils
 
-    params, arch_state, scale = multihost_utils.process_allgather(
-        (state.params, state.arch_state, state.input_scale), tiled=True)
+    params, arch_state, scale, white = multihost_utils.process_allgather(
+        (state.params, state.arch_state, state.input_scale, state.whitening), tiled=True)
     if jax.process_index() != 0:
         return Path(path)
     params = {k: np.asarray(v) for k, v in arch.export_params(params, arch_state).items()}
-    params = fold_input_scale(params, float(scale))
+    params = fold_input_scale(params, float(scale))  # weights on whitened (or raw) inputs
     cfg = arch.export_cfg() | {"metadata": {"trained_with": "sae_jax", **(metadata or {})}}
     if layer_norm:  # per-token normalisation is not linear: it stays a named input transform
         cfg["normalize_activations"] = "layer_norm"
-    return write_sae(path, params, cfg)
+    whitening = None
+    if white:
+        whitening = Whitening(mean=np.asarray(white["mean"], np.float64), matrix=np.asarray(white["matrix"], np.float64),
+                              inverse=np.asarray(white["inverse"], np.float64), eps=float(white["eps"]))
+        if cfg.get("normalize_activations", "none") == "none":  # affine input path: fold, nothing to store
+            params, whitening = fold_into_sae(params, whitening), None
+            cfg["metadata"]["whitening"] = "folded"
+        else:
+            cfg["metadata"]["whitening"] = WHITENING_FILE + " (applied before the layer norm)"
+    if cfg["architecture"] == "linear" and getattr(arch, "export_as", "linear") == "split":
+        params, cfg = split_signed(params), cfg | {"architecture": "standard", "signed_split": True}
+    return write_sae(path, params, cfg, whitening)
 
 
 class LoadedSAE:
     """An SAE read from an SAELens-format folder; NumPy float32 encode/decode."""
 
-    def __init__(self, cfg: dict[str, Any], params: dict[str, np.ndarray]):
+    def __init__(self, cfg: dict[str, Any], params: dict[str, np.ndarray], whitening: Whitening | None = None):
         self.cfg = cfg
         self.params = params
         self.architecture = cfg["architecture"]
@@ -88,12 +126,15 @@ class LoadedSAE:
         self.d_sae = int(cfg["d_sae"])
         self.k = cfg.get("k")
         self.layer_norm = cfg.get("normalize_activations", "none") == "layer_norm"
+        self.whitening = whitening
         self._ln_mu = self._ln_std = None
 
     def pre_activations(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if x.shape[-1] != self.d_in:
             raise ValueError(f"input width {x.shape[-1]} does not match the SAE's d_in={self.d_in}")
+        if self.whitening is not None:  # stored beside: it could not be folded (a layer norm follows)
+            x = self.whitening.apply(x)
         if self.layer_norm:
             # as SAELens does: normalise per token and keep the statistics for the next decode
             x, self._ln_mu, self._ln_std = layer_norm_in(x)
@@ -106,6 +147,8 @@ class LoadedSAE:
         pre = self.pre_activations(x)
         if self.architecture == "standard":
             return np.maximum(pre, 0)
+        if self.architecture == "linear":  # a signed shift-autoencoder code
+            return pre
         if self.architecture == "jumprelu":
             return np.where(pre > self.params["threshold"], np.maximum(pre, 0), 0).astype(np.float32)
         # topk: ReLU of the k largest pre-activations per row.
@@ -122,6 +165,8 @@ class LoadedSAE:
                 raise ValueError("a layer_norm SAE decodes with the statistics of the previous encode "
                                  "of the same rows: call encode(x) first (or use sae(x))")
             x_hat = layer_norm_out(x_hat, self._ln_mu, self._ln_std)
+        if self.whitening is not None:
+            x_hat = self.whitening.undo(x_hat)
         return x_hat
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -154,4 +199,7 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
                          f"({cfg['d_in']}, {cfg['d_sae']})")
     if arch == "topk" and not cfg.get("k"):
         raise ValueError(f"{cfg_path}: a topk SAE needs 'k'")
-    return LoadedSAE(cfg, params)
+    whitening = None
+    if (path / WHITENING_FILE).exists():
+        whitening = Whitening.from_arrays(load_file(str(path / WHITENING_FILE)))
+    return LoadedSAE(cfg, params, whitening)

@@ -1,11 +1,13 @@
-"""The optimizer: [tangent-space decoder gradient] -> [clip] -> Adam -> learning-rate schedule."""
+"""The optimizer: [tangent-space decoder gradient] -> [clip] -> Adam -> learning-rate schedule
+(the primal player, with dual ascent on a multiplier, for constrained training)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
 
 from sae_jax.config import TrainConfig
-from sae_jax.decoder_norm import remove_parallel_component
+from sae_jax.constraints import BoundConstrainedOptimizer, ConstrainedOptimizer
+from sae_jax.decoder_norm import project_rows, remove_parallel_component
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -36,7 +38,25 @@ def sparsity_schedule(cfg: TrainConfig) -> optax.Schedule:
     return lambda step: coef * jnp.minimum((step + 1) / warmup, 1.0)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig):
+    """The optax chain; for architecture 'ssae' that chain is the primal player of a
+    ``BoundConstrainedOptimizer`` whose dual player ascends on the one multiplier."""
+    primal = _primal_optimizer(cfg)
+    if cfg.sae.architecture != "ssae":
+        return primal
+    d = cfg.dual
+    if d.fixed_multiplier is not None:  # frozen multiplier = a fixed L1 penalty (comparison runs)
+        dual, init = optax.sgd(0.0), float(d.fixed_multiplier)
+    else:
+        dual, init = (optax.adam(d.lr) if d.optimizer == "adam" else optax.sgd(d.lr)), 0.0
+    copt = ConstrainedOptimizer(primal=primal, dual=dual, scheme=d.scheme, formulation=d.formulation,
+                                penalty_init=d.penalty_init, penalty_growth=d.penalty_growth,
+                                primal_projection=project_rows if cfg.sae.decoder_unit_norm else None,
+                                multiplier_init=init)
+    return BoundConstrainedOptimizer(copt, num_ineq=1)
+
+
+def _primal_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     parts = []
     if cfg.sae.decoder_unit_norm:
         parts.append(remove_parallel_component())

@@ -108,11 +108,12 @@ def resample_train_state(state: Any, x: jax.Array, key: jax.Array, cfg: Resample
                          reconstruct: Callable[[dict, jax.Array], jax.Array] = relu_sae_reconstruct):
     """Resample on the core ``TrainState``: dead = ``tokens_since_fired >= cfg.dead_window``.
 
-    ``x`` is a raw sample batch (the state's ``input_scale`` is applied here). Resampled latents
-    get their counters reset to 0 so they have a full window to fire. Returns (state, count).
+    ``x`` is a sample batch as the SAE sees it (``sae_jax.train_step.model_input`` of raw rows:
+    whitening, input scale, LayerNorm applied). Resampled latents get their counters reset to 0
+    so they have a full window to fire. Returns (state, count).
     """
     dead = state.tokens_since_fired >= cfg.dead_window
-    out = resample_dead(state.params, state.opt_state, dead, x.astype(jnp.float32) * state.input_scale, key,
+    out = resample_dead(state.params, state.opt_state, dead, x.astype(jnp.float32), key,
                         mode=cfg.mode, enc_scale=cfg.enc_scale, reconstruct=reconstruct)
     since = jnp.where(out.resampled, 0, state.tokens_since_fired)
     return state.replace(params=out.params, opt_state=out.opt_state, tokens_since_fired=since), out.count

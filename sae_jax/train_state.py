@@ -11,10 +11,11 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 from jax.sharding import Mesh
 
 from sae_jax.mesh import state_shardings
+from sae_jax.whitening import Whitening
 
 
 @flax.struct.dataclass
@@ -31,27 +32,43 @@ class TrainState:
     """Non-trainable architecture state (e.g. the BatchTopK threshold)."""
     input_scale: jax.Array
     """Scalar: inputs are multiplied by this before the SAE (folded into exported weights)."""
+    whitening: dict[str, jax.Array]
+    """ZCA whitening applied to raw inputs before the scale ({} when off): mean [d], matrix [d, d],
+    its inverse [d, d] and eps, fitted once at the start so a resumed run uses the same transform."""
 
 
-def make_init_fn(arch, optimizer: optax.GradientTransformation, d_in: int, d_sae: int) -> Callable:
-    def init(key, b_dec, input_scale) -> TrainState:
+def make_init_fn(arch, optimizer, d_in: int, d_sae: int) -> Callable:
+    """``init(key, b_dec, input_scale, whitening=None) -> TrainState`` (whitening: dict of arrays)."""
+
+    def init(key, b_dec, input_scale, whitening=None) -> TrainState:
         params = arch.init_params(key, d_in, d_sae, b_dec)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=optimizer.init(params),
             tokens_since_fired=jnp.zeros((d_sae,), jnp.int32),
-            arch_state=arch.init_state(d_sae),
+            arch_state=arch.init_state(d_sae, d_in=d_in),
             input_scale=jnp.asarray(input_scale, jnp.float32),
+            whitening={k: jnp.asarray(v, jnp.float32) for k, v in (whitening or {}).items()},
         )
 
     return init
 
 
-def abstract_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh):
+def whitening_arrays(whitening: Whitening | None) -> dict[str, np.ndarray]:
+    """The TrainState form of a fitted whitening ({} for none)."""
+    if whitening is None:
+        return {}
+    return {"mean": whitening.mean.astype(np.float32), "matrix": whitening.matrix.astype(np.float32),
+            "inverse": whitening.inverse.astype(np.float32), "eps": np.float32(whitening.eps)}
+
+
+def abstract_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh, whiten: bool = False):
     """(abstract TrainState with shardings attached, its shardings pytree)."""
     init = make_init_fn(arch, optimizer, d_in, d_sae)
-    shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((d_in,), jnp.float32), 1.0)
+    whitening = ({"mean": jnp.zeros((d_in,)), "matrix": jnp.zeros((d_in, d_in)), "inverse": jnp.zeros((d_in, d_in)),
+                  "eps": jnp.zeros(())} if whiten else None)
+    shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((d_in,), jnp.float32), 1.0, whitening)
     shardings = state_shardings(mesh, shapes)
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
@@ -59,8 +76,9 @@ def abstract_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh):
 
 
 def create_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh, seed: int,
-                 b_dec, input_scale: float) -> TrainState:
+                 b_dec, input_scale: float, whitening: Whitening | None = None) -> TrainState:
     """A fresh TrainState, each array created directly with its sharding."""
-    _, shardings = abstract_state(arch, optimizer, d_in, d_sae, mesh)
+    _, shardings = abstract_state(arch, optimizer, d_in, d_sae, mesh, whiten=whitening is not None)
     init = jax.jit(make_init_fn(arch, optimizer, d_in, d_sae), out_shardings=shardings)
-    return init(jax.random.key(seed), jnp.asarray(b_dec, jnp.float32), jnp.float32(input_scale))
+    return init(jax.random.key(seed), jnp.asarray(b_dec, jnp.float32), jnp.float32(input_scale),
+                whitening_arrays(whitening) or None)

@@ -1,7 +1,9 @@
 """The pure train step: ``train_step(state, batch) -> (state, metrics)``.
 
 No I/O, no logging, no mesh construction: the trainer owns all of that. The step is jitted
-with the state donated (updated in place) and the batch sharded over 'data'.
+with the state donated (updated in place) and the batch sharded over 'data'. Penalised
+architectures take one optax step on their loss; the constrained one (``ssae``) takes one
+primal–dual step of its ``BoundConstrainedOptimizer`` on its constrained problem.
 """
 from __future__ import annotations
 
@@ -24,16 +26,35 @@ from sae_jax.train_state import TrainState
 _COUNTER_CAP = 2**30  # tokens_since_fired saturates here instead of overflowing int32
 
 
-def make_step_fn(cfg: TrainConfig, arch, optimizer: optax.GradientTransformation) -> Callable:
+def model_input(state: TrainState, batch: jax.Array, layernorm: bool) -> jax.Array:
+    """What the SAE sees: raw rows -> [ZCA whitening] -> x input_scale -> [per-token LayerNorm]."""
+    x = batch.astype(jnp.float32)
+    if state.whitening:
+        x = (x - state.whitening["mean"]) @ state.whitening["matrix"]
+    x = x * state.input_scale
+    return layer_norm_in(x)[0] if layernorm else x
+
+
+def _advance(state: TrainState, n_tokens: int, dead_tokens: int, params, opt_state, out, metrics):
+    """The next state (dead-latent counters included) and the step's metrics."""
+    since = jnp.minimum(state.tokens_since_fired + n_tokens, _COUNTER_CAP)
+    since = jnp.where(out.fired, 0, since)
+    metrics = metrics | {"dead_frac": losses.dead_fraction(since, dead_tokens)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              tokens_since_fired=since, arch_state=out.state)
+    return new_state, metrics
+
+
+def make_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
     """The un-jitted step (for tests, benchmarks and custom loops)."""
+    if cfg.sae.architecture == "ssae":
+        return _constrained_step_fn(cfg, arch, optimizer)
     dead_tokens = cfg.sae.dead_tokens
     layernorm = cfg.data.normalize == "layernorm"
     lr_at, coef_at = lr_schedule(cfg), sparsity_schedule(cfg)
 
     def step_fn(state: TrainState, batch: jax.Array):
-        x = batch.astype(jnp.float32) * state.input_scale
-        if layernorm:
-            x = layer_norm_in(x)[0]
+        x = model_input(state, batch, layernorm)
         ctx = LossContext(dead_mask=state.tokens_since_fired >= dead_tokens,
                           sparsity_coef=jnp.asarray(coef_at(state.step), jnp.float32))
         (loss, out), grads = jax.value_and_grad(arch.loss, has_aux=True)(
@@ -42,17 +63,34 @@ def make_step_fn(cfg: TrainConfig, arch, optimizer: optax.GradientTransformation
         params = optax.apply_updates(state.params, updates)
         if cfg.sae.decoder_unit_norm:
             params = project_rows(params)
-        since = jnp.minimum(state.tokens_since_fired + batch.shape[0], _COUNTER_CAP)
-        since = jnp.where(out.fired, 0, since)
         metrics = out.metrics | {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "dead_frac": losses.dead_fraction(since, dead_tokens),
             "lr": jnp.asarray(lr_at(state.step), jnp.float32),
         }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  tokens_since_fired=since, arch_state=out.state)
-        return new_state, metrics
+        return _advance(state, batch.shape[0], dead_tokens, params, opt_state, out, metrics)
+
+    return step_fn
+
+
+def _constrained_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
+    """One primal–dual step on ``arch.problem`` (loss = reconstruction, one inequality)."""
+    dead_tokens = cfg.sae.dead_tokens
+    lr_at = lr_schedule(cfg)
+
+    def step_fn(state: TrainState, batch: jax.Array):
+        x = model_input(state, batch, layernorm=False)  # the SSAE normalises its own input
+        params, opt_state, info = optimizer.update(arch.problem, state.params, state.opt_state,
+                                                   state.arch_state, x, state.step)
+        out = info["aux"]
+        metrics = out.metrics | {
+            "loss": info["loss"],
+            "lagrangian": info["lagrangian"],
+            "multiplier": info["multipliers"].ineq[0],
+            "grad_norm": info["grad_norm"],
+            "lr": jnp.asarray(lr_at(state.step), jnp.float32),
+        }
+        return _advance(state, batch.shape[0], dead_tokens, params, opt_state, out, metrics)
 
     return step_fn
 

@@ -25,16 +25,18 @@ from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import ConfigError, TrainConfig, validate
 from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
+from sae_jax.data.source import ActivationSource
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
 from sae_jax.normalization import layer_norm_in
 from sae_jax.resample import ResampleConfig, resample_train_state
 from sae_jax.mesh import batch_sharding
 from sae_jax.train_state import TrainState, create_state
-from sae_jax.train_step import make_train_step
+from sae_jax.train_step import make_train_step, model_input
+from sae_jax.whitening import Whitening, fit_zca
 
 # Fields that must match to resume a run (steps, logging and checkpoint cadence may change).
-_RESUME_KEYS = ("seed", "data", "sae", "optim")
+_RESUME_KEYS = ("seed", "data", "sae", "optim", "dual")
 
 
 class TrainingError(RuntimeError):
@@ -56,8 +58,9 @@ def stat_rows(seed: int, n_stat_rows: int, n_rows: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(n_rows, n, replace=False))
 
 
-def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
-    """(b_dec init = geometric median of scaled sample rows, input scale) from a fixed sample."""
+def input_statistics(source, cfg: TrainConfig, arch=None) -> tuple[np.ndarray, float, Whitening | None]:
+    """From a fixed sample: (b_dec init = geometric median of the sample as the SAE sees it,
+    input scale, ZCA whitening or None)."""
     rows = stat_rows(cfg.data.seed, cfg.data.n_stat_rows, source.n_rows)
     n = len(rows)
     sample = source.read(rows).astype(np.float64)
@@ -65,6 +68,9 @@ def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
     if bad.any():
         raise TrainingError(f"{bad.sum()} of {n} sampled activation rows contain NaN/Inf "
                             f"(first at source row {rows[np.argmax(bad)]}); clean or re-extract the data")
+    whitening = fit_zca(sample, eps=cfg.data.whiten_eps) if cfg.data.whiten else None
+    if whitening is not None:
+        sample = whitening.apply(sample).astype(np.float64)
     scale = 1.0
     if cfg.data.normalize == "layernorm":  # the SAE sees per-token normalised rows
         sample = layer_norm_in(sample)[0]
@@ -73,7 +79,11 @@ def input_statistics(source, cfg: TrainConfig) -> tuple[np.ndarray, float]:
         if mean_norm == 0:
             raise TrainingError("sampled activations are all zero; check the data source")
         scale = math.sqrt(source.d_in) / mean_norm
-    return geometric_median(sample * scale).astype(np.float32), scale
+    sample = sample * scale
+    if cfg.sae.architecture == "ssae" and arch is not None:  # b_dec lives after the SSAE's own input norm
+        fresh = arch.init_state(cfg.sae.d_sae, d_in=source.d_in)
+        sample = np.asarray(arch.normalize_input(fresh, jnp.asarray(sample, jnp.float32), train=True)[0], np.float64)
+    return geometric_median(sample).astype(np.float32), scale, whitening
 
 
 class _StopFlag:
@@ -155,7 +165,7 @@ def _check_data_width(run_dir: Path, d_in: int) -> None:
 def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     path = run_dir / "config.json"
     if path.exists():  # resuming: the run's data order and model must not change
-        old = json.loads(path.read_text())
+        old = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()  # fields added since: defaults
         new = cfg.to_dict()
         keys = _RESUME_KEYS + (("steps",) if cfg.optim.decay != "none" else ())  # decay length
         diff = [k for k in keys if old.get(k) != new.get(k)]
@@ -190,16 +200,20 @@ def _host_metrics(step: int, metrics: dict[str, jax.Array], loader: BatchLoader)
 def _resample(state, arch, source, cfg: TrainConfig, rcfg: ResampleConfig, step: int):
     """Resample dead latents toward a deterministic sample of inputs (same on resume)."""
     rows = global_batch_rows(cfg.data.seed + 1, step, rcfg.sample_rows, source.n_rows)
-    x = jnp.asarray(source.read(np.sort(rows)))
+    x = model_input(state, jnp.asarray(source.read(np.sort(rows))), cfg.data.normalize == "layernorm")
     reconstruct = lambda params, xs: arch.decode(params, arch.encode(params, state.arch_state, xs))
     key = jax.random.fold_in(jax.random.key(cfg.seed), step)
     return resample_train_state(state, x, key, rcfg, reconstruct=reconstruct)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; returns the final state and metrics."""
+def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; returns the final state and metrics.
+
+    ``source`` (e.g. an in-memory ``ArraySource``) replaces the one ``cfg.data`` names; resuming
+    such a run needs the same rows again (only their width is checked).
+    """
     distributed.maybe_initialize()
-    source = training_rows(open_source(cfg.data), cfg.data)
+    source = training_rows(source if source is not None else open_source(cfg.data), cfg.data)
     validate(cfg, d_in=source.d_in, n_devices=jax.device_count())
     d_in, d_sae = source.d_in, cfg.sae.d_sae
     pieces = assemble(cfg, d_in)
@@ -213,8 +227,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if jax.process_index() == 0:
             (run_dir / "config.json").write_text(cfg.to_json())
             (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in}))
-        b_dec, scale = input_statistics(source, cfg)
-        state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale)
+        b_dec, scale, whitening = input_statistics(source, cfg, arch)
+        state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale, whitening)
     else:
         if not cfg.checkpoint.resume:
             raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new "

@@ -1,5 +1,6 @@
 """Shift autoencoder: NumPy reference of the forward pass, schedule, export folding, and the
-acceptance run on synthetic multi-concept shifts (recovery at the target sparsity)."""
+acceptance run of `sae-jax train ssae` on synthetic multi-concept shifts (recovery at the
+target sparsity, where a fixed L1 penalty misses it)."""
 import dataclasses
 
 import jax
@@ -7,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae_jax.config import MeshConfig
+from sae_jax.config import DualConfig
 from sae_jax.data.shifts import DifferenceSource, multi_concept_shifts
 from sae_jax.data.source import ArraySource
 from sae_jax.evals.identifiability import match_directions
-from sae_jax.mesh import make_mesh
+from sae_jax.export import load_sae
 from sae_jax.sae.ssae import SSAE
-from sae_jax.ssae_train import SSAETrainConfig, evaluate_codes, train_ssae
+from sae_jax.trainer import train
+from tests.helpers_train import ssae_config
 
 
 def _np_forward(p, x, ssae, state):
@@ -141,47 +143,50 @@ def _layernorm_level(src, n_latents, eps=1e-5):
 SMALL = dict(n_rows=16384, d=16, n_concepts=6, p_active=0.3, noise=0.01)
 
 
-def _achieved(cfg, run, x):
-    return float(np.mean(np.abs(evaluate_codes(cfg.ssae, run.state, x))))
+def _train(tmp_path, name, src, target, dual=DualConfig(), warmup=100):
+    """`sae-jax train ssae` (the core trainer) on ``src``, on the default mesh over all 8 devices."""
+    cfg = ssae_config(tmp_path / name, target=target, warmup=warmup, schedule=400, steps=2000,
+                      d_sae=SMALL["n_concepts"], dual=dual)
+    return train(cfg, source=src)
 
 
-def test_ssae_recovers_concepts_at_target_sparsity_where_l1_misses():
+def _achieved(result, x):
+    """Σ|h|/(B·F) on rows never trained on, through the exported SAE (what a user loads)."""
+    return float(np.mean(np.abs(load_sae(result.export_dir).encode(x))))
+
+
+def test_ssae_recovers_concepts_at_target_sparsity_where_l1_misses(tmp_path):
     src = multi_concept_shifts(**SMALL, seed=1)
     A = src.metadata["directions"]
     target = _layernorm_level(src, SMALL["n_concepts"])
     x_eval = multi_concept_shifts(**(SMALL | {"n_rows": 4096}), seed=1).read(np.arange(4096))
-    cfg = SSAETrainConfig(ssae=SSAE(target=target, warmup=100, schedule=400), d_sae=SMALL["n_concepts"],
-                          steps=2000, batch_size=256, mesh=MeshConfig(data=1, dict=1))
-    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
-    run = train_ssae(cfg, src, mesh)
-    W = np.asarray(run.state.params["W_dec"])
+    result = _train(tmp_path, "ssae", src, target)
+    assert result.state.params["W_enc"].sharding.mesh.shape["data"] == jax.device_count()  # the mesh path
+    W = np.asarray(result.state.params["W_dec"])
     np.testing.assert_allclose(np.linalg.norm(W, axis=1), 1.0, rtol=1e-5)  # unit-norm decoder rows
     mean_cos, share, _ = match_directions(A - A.mean(1, keepdims=True), W)  # directions in LN space
-    achieved = _achieved(cfg, run, x_eval)
+    achieved = _achieved(result, x_eval)
     assert mean_cos >= 0.9 and share == 1.0, (mean_cos, share)
     assert abs(achieved - target) <= 0.1 * target, (achieved, target)
     # The same model with a fixed L1 coefficient far from the one the dual found misses the
     # target: the penalty has to be tuned, the constraint does not.
-    lam = float(run.state.opt.multipliers.ineq[0])
-    assert lam > 0
-    for fixed in (lam / 20, lam * 20):
-        l1_cfg = dataclasses.replace(cfg, fixed_multiplier=fixed, ssae=dataclasses.replace(cfg.ssae, warmup=0))
-        l1 = _achieved(l1_cfg, train_ssae(l1_cfg, src, mesh), x_eval)
+    lam = float(result.state.opt_state.multipliers.ineq[0])
+    assert lam > 0 and result.metrics["multiplier"] > 0
+    for i, fixed in enumerate((lam / 20, lam * 20)):
+        l1 = _achieved(_train(tmp_path, f"l1-{i}", src, target, DualConfig(fixed_multiplier=fixed), warmup=0), x_eval)
         assert abs(l1 - target) > 0.1 * target, (fixed, l1, target)
 
 
-def test_ssae_augmented_lagrangian_meets_target():
+def test_ssae_augmented_lagrangian_meets_target(tmp_path):
     src = multi_concept_shifts(**SMALL, seed=1)
     A = src.metadata["directions"]
     target = _layernorm_level(src, SMALL["n_concepts"])
     x_eval = multi_concept_shifts(**(SMALL | {"n_rows": 4096}), seed=1).read(np.arange(4096))
-    cfg = SSAETrainConfig(ssae=SSAE(target=target, warmup=100, schedule=400), d_sae=SMALL["n_concepts"],
-                          steps=2000, batch_size=256, formulation="augmented_lagrangian", penalty_init=1e-2,
-                          dual_lr=1e-2, mesh=MeshConfig(data=1, dict=1))
-    run = train_ssae(cfg, src, make_mesh(cfg.mesh, jax.devices()[:1]))
-    mean_cos, _, _ = match_directions(A - A.mean(1, keepdims=True), np.asarray(run.state.params["W_dec"]))
+    result = _train(tmp_path, "al", src, target,
+                    DualConfig(formulation="augmented_lagrangian", penalty_init=1e-2, lr=1e-2))
+    mean_cos, _, _ = match_directions(A - A.mean(1, keepdims=True), np.asarray(result.state.params["W_dec"]))
     assert mean_cos >= 0.9
-    assert abs(_achieved(cfg, run, x_eval) - target) <= 0.1 * target
+    assert abs(_achieved(result, x_eval) - target) <= 0.1 * target
 
 
 def test_l0_constraint_dual_sees_true_share_primal_the_surrogate():
@@ -196,3 +201,22 @@ def test_l0_constraint_dual_sees_true_share_primal_the_surrogate():
     np.testing.assert_allclose(out.ineq[0], np.abs(h).mean(), rtol=1e-5)  # differentiable surrogate
     with pytest.raises(ValueError, match="relu"):
         SSAE(constraint="l0")
+
+
+def test_ssae_run_configs_that_cannot_work_are_refused(tmp_path):
+    from sae_jax.config import ConfigError, validate
+
+    cfg = ssae_config(tmp_path / "run", target=0.3)
+    validate(cfg)
+    bad = {
+        "normalises its own input": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="expected_norm")),
+        "resample": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, resample_every=100)),
+        "needs --data.store or --data.npy": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, difference="sequential")),
+        "data.second": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, npy="a.npy", difference="paired")),
+        "fixed_multiplier": dataclasses.replace(cfg, dual=DualConfig(fixed_multiplier=-1.0)),
+    }
+    for message, c in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            validate(c)
+    with pytest.raises(ConfigError, match="relu"):
+        ssae_config(tmp_path, target=0.3, constraint="l0")

@@ -1,105 +1,164 @@
-"""SSAE export: folded normalisations/whitening reproduce the trained model; the CLI entry runs."""
+"""SSAE (and whitening) export from the core trainer: folded normalisations/whitening reproduce
+the trained model, whitening behind a LayerNorm is stored beside and applied by the loader,
+exact resume, and the CLI preset end to end."""
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
-from sae_jax.config import MeshConfig
+from sae_jax.cli import main
+from sae_jax.config import DataConfig
+from sae_jax.data.open import open_source
 from sae_jax.data.shifts import multi_concept_shifts
 from sae_jax.export import load_sae
 from sae_jax.normalization import layer_norm_in
-from sae_jax.sae.ssae import SSAE
-from sae_jax.ssae_run import SSAERunConfig, export_ssae, run_ssae
-from sae_jax.ssae_train import SSAETrainConfig, train_ssae
-from sae_jax.whitening import Whitening
+from sae_jax.train_step import model_input
+from sae_jax.trainer import train
+from sae_jax.whitening import Whitening, fit_zca
+from tests.helpers_train import ssae_config, tiny_config
 
 SRC = multi_concept_shifts(2048, 8, 4, seed=0, concept_cos=0.4)
 X = SRC.read(np.arange(64))
 
 
-def _train(ssae):
-    cfg = SSAETrainConfig(ssae=ssae, d_sae=6, steps=30, batch_size=64, lr=3e-3, whiten=True, whiten_rows=1024,
-                          mesh=MeshConfig(data=1, dict=1))
-    from sae_jax.mesh import make_mesh
-    return train_ssae(cfg, SRC, make_mesh(cfg.mesh, jax.devices()[:1]))
+def _train(tmp_path, steps=30, **ssae):
+    cfg = ssae_config(tmp_path / "run", target=0.3, d_sae=6, batch_size=64, lr=3e-3, steps=steps,
+                      data={"whiten": True, "n_stat_rows": 1024}, **ssae)
+    return cfg, train(cfg, source=SRC)
+
+
+def _reference(result, x, layernorm=False):
+    """(codes, reconstruction in raw space) of the trained model, computed from its state."""
+    st = jax.device_get(result.state)
+    xm = model_input(st, jnp.asarray(x), layernorm)
+    h = np.asarray(result.arch.encode(st.params, st.arch_state, xm))
+    w = st.whitening
+    undo = lambda y: (np.asarray(y, np.float64) / float(st.input_scale)) @ np.asarray(w["inverse"], np.float64) + w["mean"]
+    return h, xm, undo
+
+
+def test_whitening_is_fitted_on_the_statistics_sample_and_kept_in_the_state(tmp_path):
+    _, result = _train(tmp_path, steps=5, input_norm="none")
+    from sae_jax.trainer import stat_rows
+    ref = fit_zca(SRC.read(stat_rows(0, 1024, SRC.n_rows)), eps=1e-5)
+    w = jax.device_get(result.state.whitening)
+    np.testing.assert_allclose(w["matrix"], ref.matrix, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w["inverse"] @ w["matrix"], np.eye(8), atol=1e-4)
+    assert float(w["eps"]) == pytest.approx(1e-5)
 
 
 def test_folded_export_loads_in_core_loader(tmp_path):
-    ssae = SSAE(target=0.3, warmup=5, schedule=10, input_norm="batch", code_norm="batchnorm", relu=True)
-    run = _train(ssae)
-    out = export_ssae(tmp_path / "e", ssae, run.state, run.whitening)
+    _, result = _train(tmp_path, input_norm="batch", code_norm="batchnorm", relu=True)
+    out = result.export_dir
     assert not (out / "whitening.safetensors").exists()  # everything folded
+    assert json.loads((out / "cfg.json").read_text())["metadata"]["whitening"] == "folded"
     sae = load_sae(out)  # the core SAELens-format loader, 'standard' architecture
-    params, arch_state = jax.device_get(run.state.params), jax.device_get(run.state.arch_state)
-    xw = jnp.asarray(run.whitening.apply(X))
-    np.testing.assert_allclose(sae.encode(X), ssae.encode(params, arch_state, xw), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(sae.decode(sae.encode(X)),
-                               run.whitening.undo(np.asarray(ssae.reconstruct(params, arch_state, xw))),
+    h, xm, undo = _reference(result, X)
+    np.testing.assert_allclose(sae.encode(X), h, rtol=1e-3, atol=1e-4)
+    st = jax.device_get(result.state)
+    np.testing.assert_allclose(sae.decode(sae.encode(X)), undo(result.arch.reconstruct(st.params, st.arch_state, xm)),
                                rtol=1e-3, atol=1e-3)
 
 
-def test_layernorm_export_stores_whitening_beside(tmp_path):
-    ssae = SSAE(target=0.3, warmup=5, schedule=10)  # per-row LayerNorm, linear code
-    run = _train(ssae)
-    out = export_ssae(tmp_path / "e", ssae, run.state, run.whitening)
+def test_layernorm_export_stores_whitening_beside_and_the_loader_applies_it(tmp_path):
+    _, result = _train(tmp_path)  # per-row LayerNorm, linear code
+    out = result.export_dir
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["architecture"] == "linear" and cfg["normalize_activations"] == "layer_norm"
-    assert cfg["metadata"]["whitening"] == "whitening.safetensors"
+    assert cfg["metadata"]["whitening"].startswith("whitening.safetensors")
     w = Whitening.from_arrays(load_file(str(out / "whitening.safetensors")))
     p = load_file(str(out / "sae_weights.safetensors"))
+    h, xm, undo = _reference(result, X)
     # Apply the stored pieces by hand: whiten, SAELens layer_norm, linear encoder.
     xn, _, _ = layer_norm_in(w.apply(X).astype(np.float64))
-    h = (xn - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-    ref = ssae.encode(jax.device_get(run.state.params), jax.device_get(run.state.arch_state),
-                      jnp.asarray(run.whitening.apply(X)))
-    np.testing.assert_allclose(h, ref, rtol=1e-3, atol=1e-4)
-
-
-def test_run_ssae_end_to_end(tmp_path):
-    cfg = SSAERunConfig(run_dir=str(tmp_path / "run"), synthetic_d=8, synthetic_concepts=4, synthetic_rows=1024,
-                        train=SSAETrainConfig(ssae=SSAE(target=0.5, warmup=5, schedule=5), d_sae=4, steps=12,
-                                              batch_size=32, mesh=MeshConfig(data=1, dict=1)))
-    # run_ssae builds its mesh from cfg.train.mesh over all devices: use one device.
-    import dataclasses
-    if jax.device_count() > 1:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mesh=MeshConfig(data=jax.device_count(), dict=1)))
-    last = run_ssae(cfg)
-    assert last["step"] == 11
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 11 and "multiplier" in rows[-1]
-    assert (tmp_path / "run" / "export" / "sae_weights.safetensors").exists()
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["kind"] == "synthetic"
+    np.testing.assert_allclose((xn - p["b_dec"]) @ p["W_enc"] + p["b_enc"], h, rtol=1e-3, atol=1e-4)
+    # load_sae applies the same pieces, and undoes them after decoding.
+    sae = load_sae(out)
+    np.testing.assert_allclose(sae.encode(X), h, rtol=1e-3, atol=1e-4)
+    st = jax.device_get(result.state)
+    np.testing.assert_allclose(sae.decode(sae.encode(X)), undo(result.arch.reconstruct(st.params, st.arch_state, xm)),
+                               rtol=1e-3, atol=1e-3)
 
 
 def test_signed_code_split_export_loads_as_standard(tmp_path):
-    ssae = SSAE(target=0.3, warmup=5, schedule=10, input_norm="none")  # signed linear code
-    run = _train(ssae)
-    out = export_ssae(tmp_path / "e", ssae, run.state, run.whitening, linear_as="split")
-    sae = load_sae(out)
+    _, result = _train(tmp_path, input_norm="none", export_as="split")  # signed linear code
+    sae = load_sae(result.export_dir)
     assert sae.architecture == "standard" and sae.d_sae == 12
-    params, arch_state = jax.device_get(run.state.params), jax.device_get(run.state.arch_state)
-    xw = jnp.asarray(run.whitening.apply(X))
-    h = np.asarray(ssae.encode(params, arch_state, xw))
+    h, xm, undo = _reference(result, X)
     h2 = sae.encode(X)
     np.testing.assert_allclose(h2[:, :6] - h2[:, 6:], h, rtol=1e-3, atol=1e-4)  # positive − negative part
-    np.testing.assert_allclose(sae.decode(h2), run.whitening.undo(np.asarray(ssae.reconstruct(params, arch_state, xw))),
+    st = jax.device_get(result.state)
+    np.testing.assert_allclose(sae.decode(h2), undo(result.arch.reconstruct(st.params, st.arch_state, xm)),
                                rtol=1e-3, atol=1e-3)
 
 
-def test_run_ssae_on_paired_npy_sources(tmp_path):
+def test_whitening_folds_for_topk_with_the_input_scale(tmp_path):
+    """Whitening is an input option of every architecture: folded after the expected-norm scale."""
+    cfg = dataclasses.replace(tiny_config(tmp_path / "run"), data=dataclasses.replace(
+        tiny_config().data, whiten=True, whiten_eps=1e-3))
+    result = train(cfg)
+    x = open_source(cfg.data).read(np.arange(50))
+    st = jax.device_get(result.state)
+    assert float(st.input_scale) != 1.0
+    h = np.asarray(result.arch.encode(st.params, st.arch_state, model_input(st, jnp.asarray(x), False)))
+    sae = load_sae(result.export_dir)
+    assert not (result.export_dir / "whitening.safetensors").exists()
+    np.testing.assert_allclose(sae.encode(x), h, rtol=1e-3, atol=1e-4)
+
+
+def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path):
+    """Checkpoints hold the multiplier, both optimizers' states and the whitening: a run stopped
+    between checkpoints and resumed ends bit-identical to an uninterrupted one."""
+    full = ssae_config(tmp_path / "full", target=0.3, d_sae=6, batch_size=64, lr=3e-3, steps=24,
+                       data={"whiten": True, "n_stat_rows": 1024})
+    full = dataclasses.replace(full, checkpoint=dataclasses.replace(full.checkpoint, every=10))
+    train(full, source=SRC)
+    part = dataclasses.replace(full, run_dir=str(tmp_path / "part"), steps=13)
+    first = train(part, source=SRC)
+    assert float(first.state.opt_state.multipliers.ineq[0]) > 0  # the dual state matters for the rest
+    resumed = train(dataclasses.replace(part, steps=full.steps), source=SRC)
+    assert int(resumed.state.step) == full.steps
+    a, b = load_sae(tmp_path / "full" / "export"), load_sae(tmp_path / "part" / "export")
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+    for name in ("whitening_matrix", "whitening_mean"):
+        np.testing.assert_array_equal(load_file(str(tmp_path / "full" / "export" / "whitening.safetensors"))[name],
+                                      load_file(str(tmp_path / "part" / "export" / "whitening.safetensors"))[name])
+
+
+def test_cli_preset_and_alias_then_eval(tmp_path, capsys):
+    small = ["--steps", "40", "--data.synthetic-d-in", "16", "--data.synthetic-n-features", "4",
+             "--data.synthetic-n-rows", "4096", "--sae.d-sae", "4", "--sae.ssae.warmup", "5",
+             "--sae.ssae.schedule", "10", "--sae.ssae.target", "0.5", "--log.no-progress"]
+    main(["train", "ssae", "--run-dir", str(tmp_path / "a"), *small])
+    out = capsys.readouterr().out
+    assert "constraint: Σ|h|/(B·F)" in out and "exported SAE" in out
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["sae"]["architecture"] == "ssae" and cfg["data"]["synthetic"] == "shifts"
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40 and "multiplier" in rows[-1]
+    main(["ssae", "--run-dir", str(tmp_path / "b"), *small])  # the alias runs the same preset
+    for name, value in load_sae(tmp_path / "a" / "export").params.items():
+        np.testing.assert_array_equal(load_sae(tmp_path / "b" / "export").params[name], value)
+    main(["eval", "--sae", str(tmp_path / "a" / "export"), "--evals", "core", "identifiability"])
+    ev = json.loads((tmp_path / "a" / "eval" / "eval.json").read_text())
+    assert ev["identifiability"]["ground_truth"]["n_true_features"] == 4  # scored against the true directions
+
+
+def test_paired_npy_sources(tmp_path):
     """base/chat (or s1/s2) activations in two aligned .npy files: the SSAE trains on second − first."""
-    from sae_jax.ssae_run import open_differences
     shifts = multi_concept_shifts(512, 8, 4, seed=3)
     base = np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32)
     np.save(tmp_path / "base.npy", base)
     np.save(tmp_path / "chat.npy", base + shifts.read(np.arange(512)))
-    mesh = MeshConfig(data=jax.device_count(), dict=1)
-    cfg = SSAERunConfig(run_dir=str(tmp_path / "run"), kind="paired", first=str(tmp_path / "base.npy"),
-                        second=str(tmp_path / "chat.npy"), export=False,
-                        train=SSAETrainConfig(ssae=SSAE(target=0.5, warmup=2, schedule=2), d_sae=4, steps=4,
-                                              batch_size=32, mesh=mesh))
-    src = open_differences(cfg)
-    np.testing.assert_allclose(src.read(np.arange(10)), shifts.read(np.arange(10)), atol=1e-5)
-    assert run_ssae(cfg)["step"] == 3
+    data = {"npy": str(tmp_path / "base.npy"), "second": str(tmp_path / "chat.npy"), "difference": "paired",
+            "batch_size": 32}
+    cfg = ssae_config(tmp_path / "run", target=0.5, d_sae=4, steps=4, data=data)
+    np.testing.assert_allclose(open_source(cfg.data).read(np.arange(10)), shifts.read(np.arange(10)), atol=1e-5)
+    assert int(train(cfg).state.step) == 4
+    seq = DataConfig(npy=str(tmp_path / "base.npy"), difference="sequential")
+    np.testing.assert_allclose(open_source(seq).read(np.array([0, 5])), np.diff(base, axis=0)[[0, 5]], atol=1e-6)

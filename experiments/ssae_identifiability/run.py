@@ -10,7 +10,8 @@ Reports, per seed: mean matched |cos| of decoder rows vs the true directions (Hu
 share above 0.9, MCC of codes vs true codes (held-out rows), achieved Σ|h|/(B·F) on held-out
 rows vs the target, the final multiplier; across seeds: MCC between the seeds' codes.
 Baselines: the same model with a fixed L1 coefficient (λ*/10 and 10λ*, λ* = the multiplier
-the dual found), and PCA.
+the dual found), and PCA. Every SSAE is trained by the core trainer (``sae-jax train ssae``'s
+loop, on all local devices) and its codes come from its SAELens-format export.
 
     python experiments/ssae_identifiability/run.py            # writes results.json beside it
 """
@@ -23,17 +24,18 @@ import json
 import pathlib
 import time
 
+import tempfile
+
 import jax
 import numpy as np
 
 from sae_jax.baselines.pca import fit_pca
-from sae_jax.config import MeshConfig
+from sae_jax.config import (CheckpointConfig, DataConfig, DualConfig, LogConfig, OptimConfig, SAEConfig, SSAEConfig,
+                            TrainConfig)
 from sae_jax.data.shifts import multi_concept_shifts
-from sae_jax.data.source import ArraySource
 from sae_jax.evals.identifiability import match_directions, mcc
-from sae_jax.mesh import make_mesh
-from sae_jax.sae.ssae import SSAE
-from sae_jax.ssae_train import SSAETrainConfig, evaluate_codes, train_ssae
+from sae_jax.export import load_sae
+from sae_jax.trainer import train
 from sae_jax.whitening import Whitening, fit_zca
 
 
@@ -86,51 +88,69 @@ def main() -> None:
     held = multi_concept_shifts(8192, **(gen | {"seed": 456}), directions=A)  # held-out rows, same concepts
     x_held, held_codes = held.read(np.arange(held.n_rows)), held.metadata["codes"]
     x_train = src.read(np.arange(src.n_rows))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="ssae_identifiability_"))
+    base = TrainConfig(
+        steps=args.steps,
+        data=DataConfig(batch_size=args.batch_size, normalize="none", holdout_fraction=0.0, whiten=args.whiten,
+                        whiten_eps=args.whiten_eps, n_stat_rows=args.n_rows),
+        sae=SAEConfig(architecture="ssae", d_sae=d_sae,
+                      ssae=SSAEConfig(target=1.0, warmup=args.steps // 10, schedule=args.steps // 4,
+                                      input_norm=args.input_norm)),
+        optim=OptimConfig(lr=args.lr, warmup_steps=0),
+        dual=DualConfig(lr=args.dual_lr, optimizer=args.dual_optimizer, scheme=args.scheme),
+        checkpoint=CheckpointConfig(every=10**9), log=LogConfig(every=max(args.steps // 20, 1), progress=False))
+
+    def run(name, cfg, target):
+        cfg = dataclasses.replace(cfg, run_dir=str(work / name), sae=dataclasses.replace(
+            cfg.sae, ssae=dataclasses.replace(cfg.sae.ssae, target=target)))
+        return train(cfg, source=src)
+
+    def whitening_of(result) -> Whitening | None:
+        w = jax.device_get(result.state.whitening)
+        return Whitening(mean=np.asarray(w["mean"], np.float64), matrix=np.asarray(w["matrix"], np.float64),
+                         inverse=np.asarray(w["inverse"], np.float64), eps=float(w["eps"])) if w else None
+
+    # With every row in the statistics sample the trainer fits this same whitening for every seed.
     whitening = fit_zca(x_train, eps=args.whiten_eps) if args.whiten else None
-    x_train_m, A_m, train_codes_m = model_space(x_train, src.metadata["codes"], A, whitening, args.input_norm)
-    x_held_m, _, held_codes_m = model_space(x_held, held_codes, A, whitening, args.input_norm)
+    _, A_m, train_codes_m = model_space(x_train, src.metadata["codes"], A, whitening, args.input_norm)
+    _, _, held_codes_m = model_space(x_held, held_codes, A, whitening, args.input_norm)
     target = float(np.abs(train_codes_m).sum() / (len(x_train) * d_sae))  # the true code's Σ|h|/(B·F)
-    train_src = ArraySource(x_train_m) if whitening is not None else src
     print(f"data: d={args.d} concepts={args.n_concepts} d_sae={d_sae} p={args.p_active} "
           f"mean |cos| between true directions={np.abs(A @ A.T)[np.triu_indices(len(A), 1)].mean():.3f} "
           f"target level={target:.4f}")
 
-    mesh = make_mesh(MeshConfig(data=1, dict=1), jax.devices()[:1])
-    base = SSAETrainConfig(ssae=SSAE(target=target, warmup=args.steps // 10, schedule=args.steps // 4,
-                                     input_norm=args.input_norm),
-                           d_sae=d_sae, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           dual_lr=args.dual_lr, dual_optimizer=args.dual_optimizer, scheme=args.scheme)
-
-    def evaluate(cfg, run, name):
-        W = np.asarray(run.state.params["W_dec"])
-        codes = evaluate_codes(cfg.ssae, run.state, x_held_m)
+    def evaluate(result, name):
+        W = np.asarray(result.state.params["W_dec"])
+        if whitening is not None:  # the trainer's whitening (fitted on all rows) is the one used for the target
+            np.testing.assert_allclose(whitening_of(result).matrix, whitening.matrix, rtol=1e-4, atol=1e-4)
+        codes = load_sae(result.export_dir).encode(x_held)  # the exported SAE on raw held-out rows
         cos_ln, share_ln, _ = match_directions(A_m, W)
         W_raw = W @ whitening.inverse if whitening is not None else W  # decoder rows in raw activation space
         cos_raw, _, _ = match_directions(A, W_raw)
         achieved = float(np.mean(np.abs(codes)))
+        last = [json.loads(line) for line in (pathlib.Path(result.run_dir) / "metrics.jsonl").open()][-1]
         row = {"name": name, "mean_cos": cos_ln, "share_above_0.9": share_ln, "mean_cos_raw_directions": cos_raw,
                "mcc_vs_truth": mcc(held_codes, codes)[0], "mcc_vs_truth_ln": mcc(held_codes_m, codes)[0],
-               "achieved_level": achieved, "target_level": target,
-               "achieved_over_target": achieved / target, "multiplier": float(run.state.opt.multipliers.ineq[0]),
-               "final_recon": run.history[-1]["recon"]}
+               "achieved_level": achieved, "target_level": target, "achieved_over_target": achieved / target,
+               "multiplier": float(result.state.opt_state.multipliers.ineq[0]), "final_recon": last["recon"]}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
         return row, codes
 
     rows, codes = [], {}
     for seed in args.seeds:
-        cfg = dataclasses.replace(base, seed=seed, data_seed=seed)
+        cfg = dataclasses.replace(base, seed=seed, data=dataclasses.replace(base.data, seed=seed))
         t0 = time.time()
-        run = train_ssae(cfg, train_src, mesh, log_every=max(args.steps // 20, 1))
-        row, codes[seed] = evaluate(cfg, run, f"ssae seed={seed}")
+        row, codes[seed] = evaluate(run(f"seed{seed}", cfg, target), f"ssae seed={seed}")
         row["seconds"] = time.time() - t0
         rows.append(row)
 
     cross = {f"{a}-{b}": mcc(codes[a], codes[b])[0] for a, b in itertools.combinations(args.seeds, 2)}
     lam = float(np.mean([r["multiplier"] for r in rows]))
     baselines = []
-    for fixed in (lam / 10, lam * 10):
-        cfg = dataclasses.replace(base, fixed_multiplier=fixed, ssae=dataclasses.replace(base.ssae, warmup=0))
-        row, _ = evaluate(cfg, train_ssae(cfg, train_src, mesh), f"L1 penalty λ={fixed:.4g}")
+    for i, fixed in enumerate((lam / 10, lam * 10)):
+        cfg = dataclasses.replace(base, dual=dataclasses.replace(base.dual, fixed_multiplier=fixed),
+                                  sae=dataclasses.replace(base.sae, ssae=dataclasses.replace(base.sae.ssae, warmup=0)))
+        row, _ = evaluate(run(f"l1-{i}", cfg, target), f"L1 penalty λ={fixed:.4g}")
         baselines.append(row)
     if d_sae <= args.d:
         pca = fit_pca(x_train, d_sae)
@@ -151,7 +171,7 @@ def main() -> None:
     }
     print("summary", json.dumps(summary, indent=1))
     out = {"args": vars(args), "target_level": target, "ssae": rows, "cross_seed_mcc": cross,
-           "baselines": baselines, "summary": summary}
+           "baselines": baselines, "summary": summary, "devices": jax.device_count()}
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
     print("wrote", args.out)
 

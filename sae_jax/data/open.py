@@ -1,7 +1,9 @@
-"""Open the activation source a DataConfig names (store, .npy, or built-in synthetic data)."""
+"""Open the activation source a DataConfig names (store, .npy, differences of them, or built-in
+synthetic data)."""
 from __future__ import annotations
 
 from sae_jax.config import DataConfig
+from sae_jax.data.shifts import DifferenceSource, multi_concept_shifts
 from sae_jax.data.source import ActivationSource, RowRange, npy_source
 from sae_jax.data.synthetic import synthetic_source
 
@@ -17,12 +19,28 @@ def training_rows(source: ActivationSource, cfg: DataConfig) -> ActivationSource
     return source if stop == source.n_rows else RowRange(source, 0, stop)
 
 
-def open_source(cfg: DataConfig) -> ActivationSource:
-    if cfg.store:
-        from sae_jax.data.store import open_store  # tensorstore only when a store is used
+def open_path(path: str, store: bool | None = None) -> ActivationSource:
+    """A .npy file or an activation store (``store=None``: a path ending in .npy is a file)."""
+    if store is False or (store is None and path.endswith(".npy")):
+        return npy_source(path)
+    from sae_jax.data.store import open_store  # tensorstore only when a store is used
 
-        return open_store(cfg.store)
-    if cfg.npy:
-        return npy_source(cfg.npy)
+    return open_store(path)
+
+
+def open_source(cfg: DataConfig) -> ActivationSource:
+    if cfg.store or cfg.npy:
+        first = open_path(cfg.store or cfg.npy, store=bool(cfg.store))
+        if cfg.difference == "paired":
+            if not cfg.second:
+                raise ValueError("--data.difference paired needs --data.second (the 'after' source)")
+            return DifferenceSource(first, open_path(cfg.second), kind="paired")
+        if cfg.difference == "sequential":
+            return DifferenceSource(first, kind="sequential")
+        return first
+    if cfg.synthetic == "shifts":
+        return multi_concept_shifts(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
+                                    p_active=min(cfg.synthetic_k / cfg.synthetic_n_features, 1.0),
+                                    noise=cfg.synthetic_noise, seed=cfg.seed)
     return synthetic_source(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
                             cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.seed)

@@ -1,12 +1,15 @@
 """SAE architectures behind one interface; ``make_architecture`` picks one from the config."""
 from __future__ import annotations
 
+import dataclasses
+
 from jax.sharding import Mesh
 
 from sae_jax.config import ConfigError, SAEConfig
 from sae_jax.sae.batchtopk import BatchTopKSAE
 from sae_jax.sae.jumprelu import JumpReluSAE
 from sae_jax.sae.relu import ReluSAE
+from sae_jax.sae.ssae import SSAE
 from sae_jax.sae.topk import TopKSAE
 from sae_jax.topk_select import make_topk
 
@@ -37,7 +40,9 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
     if cfg.architecture == "jumprelu":
         return JumpReluSAE(bandwidth=cfg.jumprelu_bandwidth,
                            init_threshold=cfg.jumprelu_init_threshold, **common)
-    raise ValueError(f"unknown architecture {cfg.architecture!r}; use topk, batchtopk, relu or jumprelu")
+    if cfg.architecture == "ssae":
+        return SSAE(**dataclasses.asdict(cfg.ssae), dtype=cfg.compute_dtype)
+    raise ValueError(f"unknown architecture {cfg.architecture!r}; use topk, batchtopk, relu, jumprelu or ssae")
 
 
-__all__ = ["BatchTopKSAE", "JumpReluSAE", "ReluSAE", "TopKSAE", "make_architecture"]
+__all__ = ["BatchTopKSAE", "JumpReluSAE", "ReluSAE", "SSAE", "TopKSAE", "make_architecture"]

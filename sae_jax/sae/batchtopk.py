@@ -34,7 +34,7 @@ class BatchTopKSAE:
     def init_params(self, key, d_in: int, d_sae: int, b_dec) -> base.Params:
         return base.init_tied_params(key, d_in, d_sae, b_dec)
 
-    def init_state(self, d_sae: int) -> dict[str, jax.Array]:
+    def init_state(self, d_sae: int, d_in: int | None = None) -> dict[str, jax.Array]:
         return {"threshold": jnp.full((), _UNSET, jnp.float32)}
 
     def batch_codes(self, pre: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -73,7 +73,7 @@ class JumpReluSAE:
         params["log_threshold"] = jnp.full((d_sae,), jnp.log(self.init_threshold), jnp.float32)
         return params
 
-    def init_state(self, d_sae: int) -> dict[str, jax.Array]:
+    def init_state(self, d_sae: int, d_in: int | None = None) -> dict[str, jax.Array]:
         return {}
 
     def encode(self, params, state, x):

@@ -5,7 +5,8 @@ Trained on activation *differences* Δz. Sparsity is a hard constraint, not a pe
     minimise   recon(x_n, x̂)      subject to   Σ|h| / (B·F) <= level(step)
 
 solved by the primal–dual ``sae_jax.constraints.ConstrainedOptimizer`` (``problem`` below
-is the constrained problem it consumes; ``sae_jax.ssae_train`` wires the two).
+is the constrained problem it consumes; ``sae_jax.train_step`` wires the two for
+``sae-jax train ssae``).
 
 Forward pass (x is one Δz row):
   1. input normalisation: ``layernorm`` (per row, no affine, SAELens 'layer_norm' semantics:
@@ -27,62 +28,24 @@ all elements). Level schedule: no constraint for ``warmup`` steps while the dens
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from sae_jax import losses
+from sae_jax.config import SSAEConfig
 from sae_jax.constraints import CMPOutput
 from sae_jax.normalization import layer_norm_in
 from sae_jax.sae import base
 
 
 @dataclasses.dataclass(frozen=True)
-class SSAE:
-    target: float = 0.1
-    """Final level of the constraint Σ|h| / (batch·F) <= target."""
-    warmup: int = 2000
-    """Steps without constraint (the dense level is measured meanwhile)."""
-    schedule: int = 5000
-    """Steps of linear decrease of the level from the dense level to target."""
-    input_norm: Literal["layernorm", "batch", "none"] = "layernorm"
-    """Input normalisation: per-row LayerNorm (no affine), per-feature batch statistics, or none."""
-    code_norm: Literal["none", "layernorm", "batchnorm"] = "none"
-    """Normalisation of the code before the decoder (affine code_gamma/code_beta when on)."""
-    relu: bool = False
-    """ReLU on the code (non-negative codes); off for signed shifts."""
-    constraint: Literal["l1", "l0"] = "l1"
-    """l1: Σ|h|/(B·F) <= level. l0 (needs relu): the share of nonzero h <= level, enforced by
-    the dual on the true (non-differentiable) L0 share while the primal follows Σ|h|/(B·F)."""
-    loss_type: Literal["relative", "absolute"] = "relative"
-    """relative: mean_b ||x - x̂||² / ||x||²; absolute: mean of squared errors."""
-    eps: float = 1e-5
-    """Variance epsilon of the normalisations."""
-    momentum: float = 0.01
-    """EMA rate of running statistics and of the measured dense level."""
+class SSAE(SSAEConfig):
+    """The architecture; its hyperparameters (and their checks) are ``SSAEConfig``'s."""
+
     dtype: str = "float32"
     """Matmul input dtype."""
-
-    def __post_init__(self):
-        checks = {
-            "input_norm": (self.input_norm, ("layernorm", "batch", "none")),
-            "code_norm": (self.code_norm, ("none", "layernorm", "batchnorm")),
-            "loss_type": (self.loss_type, ("relative", "absolute")),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"SSAE.{name}={value!r} is not one of {allowed}")
-        if self.constraint not in ("l1", "l0"):
-            raise ValueError(f"SSAE.constraint={self.constraint!r} is not one of ('l1', 'l0')")
-        if self.constraint == "l0" and not self.relu:
-            raise ValueError("SSAE(constraint='l0') needs relu=True: a linear code is never exactly zero")
-        if self.constraint == "l0" and self.target > 1:
-            raise ValueError(f"with constraint='l0' the target is a share of active latents in (0, 1], got {self.target}")
-        if self.target <= 0:
-            raise ValueError(f"SSAE.target must be > 0 (a level of Σ|h|/(B·F)), got {self.target}")
-        if self.warmup < 0 or self.schedule < 0:
-            raise ValueError("SSAE.warmup and SSAE.schedule must be >= 0")
 
     # -- parameters and state ---------------------------------------------------------
     def init_params(self, key, d_in: int, d_sae: int, b_dec=None) -> base.Params:
