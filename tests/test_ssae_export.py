@@ -162,3 +162,27 @@ def test_paired_npy_sources(tmp_path):
     assert int(train(cfg).state.step) == 4
     seq = DataConfig(npy=str(tmp_path / "base.npy"), difference="sequential")
     np.testing.assert_allclose(open_source(seq).read(np.array([0, 5])), np.diff(base, axis=0)[[0, 5]], atol=1e-6)
+
+
+def test_paired_stores_through_the_cli_then_reexport(tmp_path):
+    """Two aligned activation stores (z(s1), z(s2), or base and chat): `sae-jax train ssae` on
+    second − first, and `sae-jax export` of its checkpoint gives the same SAE."""
+    from sae_jax.data import store as st
+
+    shifts = multi_concept_shifts(1024, 8, 4, seed=5)
+    first = np.random.default_rng(1).normal(size=(1024, 8)).astype(np.float32)
+    for name, x in (("s1", first), ("s2", first + shifts.read(np.arange(1024)))):
+        arr = st.create_array(str(tmp_path / name), x.shape[0], x.shape[1], "float32", shard_rows=256, chunk_rows=64)
+        arr.write(x).result()
+        st.commit(str(tmp_path / name), {"n_rows": x.shape[0], "d_model": x.shape[1], "dtype": "float32"})
+    run = tmp_path / "run"
+    main(["train", "ssae", "--run-dir", str(run), "--data.store", str(tmp_path / "s1"), "--data.second",
+          str(tmp_path / "s2"), "--data.difference", "paired", "--data.batch-size", "64", "--sae.d-sae", "4",
+          "--steps", "20", "--sae.ssae.warmup", "5", "--sae.ssae.schedule", "5", "--sae.ssae.target", "0.5",
+          "--log.no-progress"])
+    cfg = json.loads((run / "config.json").read_text())
+    src = open_source(DataConfig(**cfg["data"]))
+    np.testing.assert_allclose(src.read(np.array([0, 7, 1000])), shifts.read(np.array([0, 7, 1000])), atol=1e-5)
+    main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again")])
+    for name, value in load_sae(run / "export").params.items():
+        np.testing.assert_array_equal(load_sae(tmp_path / "again").params[name], value)
