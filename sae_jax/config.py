@@ -41,9 +41,11 @@ class DataConfig:
     """Rows sampled for the input scale, the whitening and the geometric-median init of b_dec."""
     difference: Literal["none", "paired", "sequential"] = "none"
     """Train on differences: 'paired' rows are second − first (z(s2) − z(s1), or chat − base: two aligned
-    sources), 'sequential' rows are z[i+1] − z[i] of one source; 'none' trains on the rows themselves."""
+    sources), 'sequential' rows are z[i+1] − z[i] of one source (across text boundaries too: store one text
+    per row, e.g. `extract --pooling`, for per-text steps); 'none' trains on the rows themselves."""
     second: str = ""
-    """With difference='paired': the 'after' source (.npy path, else a store path or URL), aligned row by row."""
+    """With difference='paired': the 'after' source, of the same kind as the first (--data.store or --data.npy),
+    aligned row by row."""
     whiten: bool = False
     """ZCA-whiten inputs, fitted on the statistics sample; kept in the checkpoint and folded into the export
     where the input path is affine (otherwise written beside it as whitening.safetensors)."""
@@ -136,7 +138,8 @@ class DualConfig:
     penalty_growth: float = 1.0
     """Augmented Lagrangian: ρ is multiplied by this every step the constraint is violated (1 = fixed)."""
     fixed_multiplier: float | None = None
-    """If set, the multiplier is frozen at this value: an L1-penalised SAE (for comparisons)."""
+    """If set, the multiplier is frozen at this value: an L1-penalised SAE (for comparisons). The penalty
+    acts once the constraint is on (after --sae.ssae.warmup; set it to 0 for a penalty from the start)."""
 
 
 @dataclass(frozen=True)
@@ -319,17 +322,16 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
                           "--data.difference paired needs it")
     if cfg.data.whiten_eps <= 0:
         raise ConfigError(f"data.whiten_eps must be > 0, got {cfg.data.whiten_eps}")
+    if cfg.data.whiten and d_in is not None and cfg.data.n_stat_rows < 2 * d_in:
+        raise ConfigError(f"data.n_stat_rows={cfg.data.n_stat_rows} rows cannot fit a {d_in}x{d_in} whitening "
+                          f"(rank-deficient covariance); raise --data.n-stat-rows to at least {2 * d_in} "
+                          f"(10x d_in, {10 * d_in}, is better)")
+    for name, value, allowed in (("data.difference", cfg.data.difference, ("none", "paired", "sequential")),
+                                 ("data.synthetic", cfg.data.synthetic, ("features", "shifts"))):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of {allowed}")
     if sae.architecture == "ssae":
-        if cfg.data.normalize != "none":
-            raise ConfigError(f"data.normalize={cfg.data.normalize!r} with architecture 'ssae': the SSAE "
-                              "normalises its own input (--sae.ssae.input-norm); pass --data.normalize none")
-        if sae.resample_every:
-            raise ConfigError("sae.resample_every is for penalised SAEs; the SSAE's sparsity is a constraint "
-                              "(set --sae.resample-every 0)")
-        if cfg.dual.lr < 0 or cfg.dual.penalty_init <= 0 or cfg.dual.penalty_growth < 1:
-            raise ConfigError("need dual.lr >= 0, dual.penalty_init > 0 and dual.penalty_growth >= 1")
-        if cfg.dual.fixed_multiplier is not None and cfg.dual.fixed_multiplier < 0:
-            raise ConfigError(f"dual.fixed_multiplier must be >= 0, got {cfg.dual.fixed_multiplier}")
+        _validate_ssae(cfg)
     if not 0.0 <= cfg.data.holdout_fraction < 1.0:
         raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
     if cfg.data.batch_size <= 0:
@@ -357,6 +359,42 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
         if sae.k > per_shard:
             raise ConfigError(f"sae.k={sae.k} exceeds the {per_shard} latents per dictionary shard; "
                               "lower --sae.k or --mesh.dict")
+
+
+def _validate_ssae(cfg: TrainConfig) -> None:
+    """Combinations that would make the shift autoencoder train or export something else than asked."""
+    sae, ssae, dual = cfg.sae, cfg.sae.ssae, cfg.dual
+    if cfg.data.normalize != "none":
+        raise ConfigError(f"data.normalize={cfg.data.normalize!r} with architecture 'ssae': the SSAE "
+                          "normalises its own input (--sae.ssae.input-norm); pass --data.normalize none")
+    if sae.resample_every:
+        raise ConfigError("sae.resample_every is for penalised SAEs; the SSAE's sparsity is a constraint "
+                          "(set --sae.resample-every 0)")
+    if not sae.decoder_unit_norm:
+        raise ConfigError("architecture 'ssae' needs --sae.decoder-unit-norm: with free decoder norms "
+                          "Σ|h| <= level is met by shrinking h and growing W_dec")
+    if sae.recon_loss != SAEConfig.recon_loss:
+        raise ConfigError("sae.recon_loss does not apply to the SSAE; use --sae.ssae.loss-type relative|absolute")
+    if ssae.code_norm == "layernorm":
+        raise ConfigError("sae.ssae.code_norm='layernorm' is not linear and cannot be exported in the SAELens "
+                          "format; use 'batchnorm' (folded at export) or 'none'")
+    if ssae.input_norm == "layernorm" and ssae.eps != SSAEConfig.eps:
+        raise ConfigError(f"sae.ssae.eps={ssae.eps} with input_norm='layernorm': the export's layer_norm "
+                          f"(SAELens semantics) uses eps={SSAEConfig.eps}; keep the default")
+    if ssae.relu and ssae.export_as == "split":
+        raise ConfigError("sae.ssae.export_as='split' is for signed codes; a ReLU code exports as 'standard' as is")
+    if dual.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"dual.optimizer={dual.optimizer!r} is not one of ('sgd', 'adam')")
+    if dual.lr < 0 or dual.penalty_init <= 0 or dual.penalty_growth < 1:
+        raise ConfigError("need dual.lr >= 0, dual.penalty_init > 0 and dual.penalty_growth >= 1")
+    if dual.fixed_multiplier is None and dual.lr == 0:
+        raise ConfigError("dual.lr=0 never moves the multiplier from 0, so the constraint is never enforced; "
+                          "set --dual.lr > 0 (or --dual.fixed-multiplier for a fixed L1 penalty)")
+    if dual.fixed_multiplier is not None:
+        if dual.fixed_multiplier < 0:
+            raise ConfigError(f"dual.fixed_multiplier must be >= 0, got {dual.fixed_multiplier}")
+        if dual.formulation != "lagrangian":
+            raise ConfigError("dual.fixed_multiplier is a fixed L1 penalty: it needs --dual.formulation lagrangian")
 
 
 def presets() -> dict[str, tuple[str, TrainConfig]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
     if full_cfg["architecture"] not in ARCHITECTURES:
         raise ValueError(f"cannot export architecture {full_cfg['architecture']!r}; known: {ARCHITECTURES}")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by an interrupted export: never let its files into this one
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     save_file(arrays, str(tmp / WEIGHTS_FILE))
     if whitening is not None:
         save_file({k: np.ascontiguousarray(v) for k, v in whitening.to_arrays().items()}, str(tmp / WHITENING_FILE))
@@ -173,6 +176,15 @@ class LoadedSAE:
         return self.decode(self.encode(x))
 
 
+def decoder_directions(sae) -> np.ndarray:
+    """[d_sae, d_in] decoder rows as directions in raw activation space: ``W_dec``, or
+    ``W_dec @ W⁻¹`` when a whitening is stored beside the weights (the rows then live in the
+    whitened space; behind a layer norm each token also scales them by its σ)."""
+    w_dec = np.asarray(sae.params["W_dec"], np.float32)
+    whitening = getattr(sae, "whitening", None)
+    return w_dec if whitening is None else (w_dec @ whitening.inverse).astype(np.float32)
+
+
 def load_sae(path: str | os.PathLike) -> LoadedSAE:
     """Read an SAELens-format folder (this project's exports or SAEs trained elsewhere)."""
     path = Path(path)
@@ -200,6 +212,9 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
     if arch == "topk" and not cfg.get("k"):
         raise ValueError(f"{cfg_path}: a topk SAE needs 'k'")
     whitening = None
-    if (path / WHITENING_FILE).exists():
+    if str((cfg.get("metadata") or {}).get("whitening", "")).startswith(WHITENING_FILE):
+        if not (path / WHITENING_FILE).exists():
+            raise FileNotFoundError(f"{cfg_path} says the input whitening is stored beside the weights, but "
+                                    f"{path / WHITENING_FILE} is missing; re-export the run (`sae-jax export`)")
         whitening = Whitening.from_arrays(load_file(str(path / WHITENING_FILE)))
     return LoadedSAE(cfg, params, whitening)

@@ -9,6 +9,7 @@ from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import TrainConfig
 from sae_jax.data.open import open_source
 from sae_jax.export import export_state
+from sae_jax.trainer import IN_MEMORY
 
 
 def export_run(run_dir: str, out: str | None = None) -> Path:
@@ -16,7 +17,9 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run} has no config.json: is it a sae-jax run directory?")
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    pieces = assemble(cfg, open_source(cfg.data).d_in)
+    width = run / "data_width.json"  # written at the start of every run (also one trained on in-memory rows)
+    info = json.loads(width.read_text()) if width.exists() else {"d_in": open_source(cfg.data).d_in}
+    pieces = assemble(cfg, info["d_in"])
     ckpt = Checkpointer(str(run / "checkpoints"), cfg.checkpoint)
     step = ckpt.latest_step()
     if step is None:
@@ -24,5 +27,5 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     state = ckpt.restore(step, pieces.abstract)
     ckpt.close()
     return export_state(Path(out) if out else run / "export", pieces.arch, state,
-                        {"config": cfg.to_dict(), "steps": step},
+                        {"config": cfg.to_dict(), "steps": step} | (IN_MEMORY if info.get("in_memory_source") else {}),
                         layer_norm=cfg.data.normalize == "layernorm")

@@ -39,6 +39,10 @@ from sae_jax.whitening import Whitening, fit_zca
 _RESUME_KEYS = ("seed", "data", "sae", "optim", "dual")
 
 
+# Export metadata of a run trained on rows passed to train(): its config's data section is not theirs.
+IN_MEMORY = {"in_memory_source": True}
+
+
 class TrainingError(RuntimeError):
     """Training stopped because a batch or the loss went bad."""
 
@@ -68,6 +72,9 @@ def input_statistics(source, cfg: TrainConfig, arch=None) -> tuple[np.ndarray, f
     if bad.any():
         raise TrainingError(f"{bad.sum()} of {n} sampled activation rows contain NaN/Inf "
                             f"(first at source row {rows[np.argmax(bad)]}); clean or re-extract the data")
+    if cfg.data.whiten and n < 2 * source.d_in:
+        raise TrainingError(f"{n} sample rows cannot fit a {source.d_in}x{source.d_in} whitening (rank-deficient "
+                            f"covariance): the source has too few rows for --data.whiten")
     whitening = fit_zca(sample, eps=cfg.data.whiten_eps) if cfg.data.whiten else None
     if whitening is not None:
         sample = whitening.apply(sample).astype(np.float64)
@@ -213,6 +220,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     such a run needs the same rows again (only their width is checked).
     """
     distributed.maybe_initialize()
+    in_memory = source is not None  # then cfg.data does not describe the rows (export and eval must know)
     source = training_rows(source if source is not None else open_source(cfg.data), cfg.data)
     validate(cfg, d_in=source.d_in, n_devices=jax.device_count())
     d_in, d_sae = source.d_in, cfg.sae.d_sae
@@ -226,7 +234,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     if latest is None:
         if jax.process_index() == 0:
             (run_dir / "config.json").write_text(cfg.to_json())
-            (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in}))
+            (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in, "in_memory_source": in_memory}))
         b_dec, scale, whitening = input_statistics(source, cfg, arch)
         state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale, whitening)
     else:
@@ -296,6 +304,6 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     export_dir = None
     if int(state.step) == cfg.steps:  # every process joins the gather; process 0 writes
         export_dir = export_state(run_dir / "export", arch, state,
-                                  {"config": cfg.to_dict(), "steps": cfg.steps},
+                                  {"config": cfg.to_dict(), "steps": cfg.steps} | (IN_MEMORY if in_memory else {}),
                                   layer_norm=cfg.data.normalize == "layernorm")
     return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)

@@ -149,7 +149,8 @@ def test_extragradient_converges_on_bilinear_game_where_gda_diverges():
         opt = ConstrainedOptimizer(primal=optax.sgd(0.1), dual=optax.sgd(0.1), scheme=scheme,
                                    multiplier_init=0.0)
         state = opt.init(x0, num_eq=2)
-        state = state._replace(multipliers=Multipliers(ineq=jnp.zeros(0), eq=jnp.array([0.5, 1.0])))
+        assert state.multipliers.ineq is None  # no inequality constraints: nothing stored for them
+        state = state._replace(multipliers=Multipliers(ineq=None, eq=jnp.array([0.5, 1.0])))
         x, s = x0, state
         step = jax.jit(lambda x, s: opt.update(problem, x, s)[:2])
         for _ in range(500):
@@ -177,3 +178,41 @@ def test_bad_sizes_raise_clear_error():
         opt.update(problem, jnp.zeros(2), state)
     with pytest.raises(ValueError, match="scheme"):
         ConstrainedOptimizer(primal=optax.sgd(0.1), scheme="gda")
+
+
+def test_absent_constraint_kind_is_stored_as_none_and_round_trips_through_orbax(tmp_path):
+    """Orbax cannot save empty arrays: a kind without constraints is None in the state, the state
+    keeps its structure through updates (Adam dual too), and a checkpoint restores it exactly."""
+    from sae_jax.checkpoint import Checkpointer
+    from sae_jax.config import CheckpointConfig
+
+    def problem(theta):  # min ||θ - a||² s.t. sum(θ) <= 2
+        return CMPOutput(loss=jnp.sum((theta - A) ** 2), ineq=jnp.sum(theta)[None] - 2.0)
+
+    opt = ConstrainedOptimizer(primal=optax.sgd(0.05), dual=optax.adam(0.05))
+    theta, state = A, opt.init(A, num_ineq=1)
+    assert state.multipliers.eq is None and state.penalty.eq is None
+    step = jax.jit(lambda t, s: opt.update(problem, t, s))
+    for _ in range(5):
+        theta, new_state, _ = step(theta, state)
+        assert jax.tree.structure(new_state) == jax.tree.structure(state)
+        state = new_state
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), CheckpointConfig())
+    ckpt.save(5, state)
+    ckpt.wait()
+    restored = ckpt.restore(5, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+    ckpt.close()
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    assert float(state.multipliers.ineq[0]) > 0  # the constraint was violated, the multiplier rose
+
+
+def test_info_grad_norm_is_the_norm_of_the_applied_primal_gradient():
+    def problem(theta):
+        return CMPOutput(loss=jnp.sum((theta - A) ** 2), ineq=jnp.sum(theta)[None] - 2.0)
+
+    opt = ConstrainedOptimizer(primal=optax.sgd(0.1), multiplier_init=0.7)
+    _, _, info = opt.update(problem, A * 2, opt.init(A, num_ineq=1))
+    # ∂/∂θ [||θ - a||² + 0.7 (sum θ - 2)] = 2(θ - a) + 0.7 at θ = 2a
+    np.testing.assert_allclose(info["grad_norm"], np.linalg.norm(2 * np.asarray(A) + 0.7), rtol=1e-6)

@@ -213,10 +213,23 @@ def test_ssae_run_configs_that_cannot_work_are_refused(tmp_path):
         "resample": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, resample_every=100)),
         "needs --data.store or --data.npy": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, difference="sequential")),
         "data.second": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, npy="a.npy", difference="paired")),
-        "fixed_multiplier": dataclasses.replace(cfg, dual=DualConfig(fixed_multiplier=-1.0)),
+        "fixed_multiplier must be": dataclasses.replace(cfg, dual=DualConfig(fixed_multiplier=-1.0)),
+        "needs --dual.formulation lagrangian": dataclasses.replace(
+            cfg, dual=DualConfig(fixed_multiplier=0.1, formulation="augmented_lagrangian")),
+        "never enforced": dataclasses.replace(cfg, dual=DualConfig(lr=0.0)),
+        "dual.optimizer": dataclasses.replace(cfg, dual=DualConfig(optimizer="Adam")),
+        "decoder-unit-norm": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, decoder_unit_norm=False)),
+        "loss-type": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, recon_loss="mse")),
+        "cannot be exported": ssae_config(tmp_path, target=0.3, code_norm="layernorm"),
+        "keep the default": ssae_config(tmp_path, target=0.3, eps=0.5),
+        "signed codes": ssae_config(tmp_path, target=0.3, relu=True, export_as="split"),
+        "data.difference": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, difference="seq")),
     }
     for message, c in bad.items():
         with pytest.raises(ConfigError, match=message):
             validate(c)
     with pytest.raises(ConfigError, match="relu"):
         ssae_config(tmp_path, target=0.3, constraint="l0")
+    whiten = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, whiten=True, n_stat_rows=100))
+    with pytest.raises(ConfigError, match="n-stat-rows to at least 128"):
+        validate(whiten, d_in=64)

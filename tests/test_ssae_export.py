@@ -96,23 +96,38 @@ def test_signed_code_split_export_loads_as_standard(tmp_path):
                                rtol=1e-3, atol=1e-3)
 
 
-def test_whitening_folds_for_topk_with_the_input_scale(tmp_path):
-    """Whitening is an input option of every architecture: folded after the expected-norm scale."""
-    cfg = dataclasses.replace(tiny_config(tmp_path / "run"), data=dataclasses.replace(
-        tiny_config().data, whiten=True, whiten_eps=1e-3))
+@pytest.mark.parametrize("normalize", ["expected_norm", "layernorm"])
+def test_whitening_for_topk_round_trips_through_the_export(tmp_path, normalize):
+    """Folded behind the expected-norm scale; stored beside (and applied by load_sae) behind a
+    per-token LayerNorm. Codes and raw-space reconstructions match the trained model."""
+    base = tiny_config(tmp_path / "run")
+    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, whiten=True, whiten_eps=1e-3,
+                                                             normalize=normalize))
     result = train(cfg)
     x = open_source(cfg.data).read(np.arange(50))
     st = jax.device_get(result.state)
-    assert float(st.input_scale) != 1.0
-    h = np.asarray(result.arch.encode(st.params, st.arch_state, model_input(st, jnp.asarray(x), False)))
+    ln = normalize == "layernorm"
+    xm = model_input(st, jnp.asarray(x), ln)
+    h = np.asarray(result.arch.encode(st.params, st.arch_state, xm))
+    x_hat_m = np.asarray(result.arch.decode(st.params, jnp.asarray(h)), np.float64)
+    if ln:  # undo the per-token LayerNorm with the whitened row's statistics
+        _, mu, std = layer_norm_in(((x - st.whitening["mean"]) @ st.whitening["matrix"]).astype(np.float64))
+        x_hat_m = x_hat_m * std + mu
+    x_hat = (x_hat_m / float(st.input_scale)) @ np.asarray(st.whitening["inverse"], np.float64) + st.whitening["mean"]
     sae = load_sae(result.export_dir)
-    assert not (result.export_dir / "whitening.safetensors").exists()
-    np.testing.assert_allclose(sae.encode(x), h, rtol=1e-3, atol=1e-4)
+    assert (result.export_dir / "whitening.safetensors").exists() == ln
+    codes = sae.encode(x)
+    np.testing.assert_allclose(codes, h, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(sae.decode(codes), x_hat, rtol=1e-3, atol=1e-3)
 
 
-def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path):
-    """Checkpoints hold the multiplier, both optimizers' states and the whitening: a run stopped
-    between checkpoints and resumed ends bit-identical to an uninterrupted one."""
+def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """Checkpoints hold the multiplier, both optimizers' states and the whitening: a run resumed
+    from a cadence checkpoint ends bit-identical to an uninterrupted one, without refitting."""
+    import shutil
+
+    import sae_jax.trainer
+
     full = ssae_config(tmp_path / "full", target=0.3, d_sae=6, batch_size=64, lr=3e-3, steps=24,
                        data={"whiten": True, "n_stat_rows": 1024})
     full = dataclasses.replace(full, checkpoint=dataclasses.replace(full.checkpoint, every=10))
@@ -120,6 +135,13 @@ def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path):
     part = dataclasses.replace(full, run_dir=str(tmp_path / "part"), steps=13)
     first = train(part, source=SRC)
     assert float(first.state.opt_state.multipliers.ineq[0]) > 0  # the dual state matters for the rest
+    shutil.rmtree(tmp_path / "part" / "checkpoints" / "13")  # as if stopped between checkpoints 10 and 20
+    shutil.rmtree(tmp_path / "part" / "export")
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("a resumed run must take its whitening from the checkpoint")
+
+    monkeypatch.setattr(sae_jax.trainer, "fit_zca", no_refit)
     resumed = train(dataclasses.replace(part, steps=full.steps), source=SRC)
     assert int(resumed.state.step) == full.steps
     a, b = load_sae(tmp_path / "full" / "export"), load_sae(tmp_path / "part" / "export")
@@ -130,23 +152,63 @@ def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path):
                                       load_file(str(tmp_path / "part" / "export" / "whitening.safetensors"))[name])
 
 
+def test_in_memory_run_reexports_and_eval_asks_for_its_data(tmp_path):
+    """A run trained on rows passed to train(): its config's data section is not theirs."""
+    from sae_jax.reexport import export_run
+
+    _, result = _train(tmp_path, steps=5)
+    again = export_run(str(result.run_dir), str(tmp_path / "again"))  # width from the run, not cfg.data
+    for name, value in load_sae(result.export_dir).params.items():
+        np.testing.assert_array_equal(load_sae(again).params[name], value)
+    with pytest.raises(ValueError, match="--data.npy or --data.store"):
+        main(["eval", "--sae", str(result.export_dir), "--evals", "core"])
+    np.save(tmp_path / "rows.npy", SRC.read(np.arange(512)))
+    main(["eval", "--sae", str(result.export_dir), "--evals", "core", "--data.npy", str(tmp_path / "rows.npy")])
+    assert (result.export_dir.parent / "eval" / "eval.json").exists()
+
+
+def test_loader_applies_whitening_only_where_the_cfg_says_so(tmp_path):
+    _, result = _train(tmp_path, steps=5)  # LayerNorm: whitening stored beside
+    out = result.export_dir
+    (out / "whitening.safetensors").rename(tmp_path / "w.safetensors")
+    with pytest.raises(FileNotFoundError, match="re-export"):
+        load_sae(out)
+    folded = _train(tmp_path / "b", steps=5, input_norm="none")[1].export_dir
+    (tmp_path / "w.safetensors").rename(folded / "whitening.safetensors")  # a stray file is not applied
+    assert load_sae(folded).whitening is None
+
+
+def test_eval_draws_fresh_shifts_with_the_training_directions():
+    from sae_jax.evals.run import fresh_synthetic_source
+
+    d = DataConfig(synthetic="shifts", synthetic_d_in=16, synthetic_n_features=4, synthetic_k=1,
+                   synthetic_n_rows=2048, seed=3)
+    train_src, fresh = open_source(d), fresh_synthetic_source(d, 512)
+    np.testing.assert_array_equal(fresh.metadata["dictionary"], train_src.metadata["directions"])
+    x = fresh.read(np.arange(512))
+    assert not np.allclose(x, train_src.read(np.arange(512)))  # new codes: truly held out
+    residual = x - fresh.metadata["codes"] @ train_src.metadata["directions"]
+    assert np.abs(residual).max() < 0.1  # the rows are built from those directions (+ 0.01 noise)
+
+
 def test_cli_preset_and_alias_then_eval(tmp_path, capsys):
-    small = ["--steps", "40", "--data.synthetic-d-in", "16", "--data.synthetic-n-features", "4",
-             "--data.synthetic-n-rows", "4096", "--sae.d-sae", "4", "--sae.ssae.warmup", "5",
-             "--sae.ssae.schedule", "10", "--sae.ssae.target", "0.5", "--log.no-progress"]
+    small = ["--steps", "300", "--data.synthetic-d-in", "16", "--data.synthetic-n-features", "4",
+             "--data.synthetic-n-rows", "4096", "--data.synthetic-k", "1", "--sae.d-sae", "4", "--sae.ssae.warmup", "20",
+             "--sae.ssae.schedule", "100", "--sae.ssae.target", "1.0", "--optim.lr", "0.01", "--log.no-progress"]
     main(["train", "ssae", "--run-dir", str(tmp_path / "a"), *small])
     out = capsys.readouterr().out
     assert "constraint: Σ|h|/(B·F)" in out and "exported SAE" in out
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["sae"]["architecture"] == "ssae" and cfg["data"]["synthetic"] == "shifts"
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 40 and "multiplier" in rows[-1]
+    assert rows[-1]["step"] == 300 and "multiplier" in rows[-1]
     main(["ssae", "--run-dir", str(tmp_path / "b"), *small])  # the alias runs the same preset
     for name, value in load_sae(tmp_path / "a" / "export").params.items():
         np.testing.assert_array_equal(load_sae(tmp_path / "b" / "export").params[name], value)
     main(["eval", "--sae", str(tmp_path / "a" / "export"), "--evals", "core", "identifiability"])
     ev = json.loads((tmp_path / "a" / "eval" / "eval.json").read_text())
-    assert ev["identifiability"]["ground_truth"]["n_true_features"] == 4  # scored against the true directions
+    truth = ev["identifiability"]["ground_truth"]  # scored against the true directions
+    assert truth["n_true_features"] == 4 and truth["mean_matched_abs_cos"] > 0.9
 
 
 def test_paired_npy_sources(tmp_path):

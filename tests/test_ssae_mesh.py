@@ -54,5 +54,12 @@ def test_trainer_on_a_dictionary_sharded_mesh_equals_one_device(tmp_path):
     one, _, _ = run_steps(cfg, src, 15, mesh_shape=(1, 1), trainer_init=True)
     for name, value in jax.device_get(one.params).items():
         np.testing.assert_allclose(jax.device_get(result.state.params[name]), value, rtol=2e-4, atol=2e-5, err_msg=name)
-    assert result.export_dir is not None and (result.export_dir / "sae_weights.safetensors").exists()
+    # and the export (whitening beside, LayerNorm) gives the one-device model's codes on raw rows
+    from sae_jax.export import load_sae
+    from sae_jax.train_step import model_input
+
+    x = src.read(np.arange(100))
+    one = jax.device_get(one)
+    h = np.asarray(result.arch.encode(one.params, one.arch_state, model_input(one, jax.numpy.asarray(x), False)))
+    np.testing.assert_allclose(load_sae(result.export_dir).encode(x), h, rtol=1e-3, atol=1e-4)
 

@@ -19,9 +19,9 @@ def training_rows(source: ActivationSource, cfg: DataConfig) -> ActivationSource
     return source if stop == source.n_rows else RowRange(source, 0, stop)
 
 
-def open_path(path: str, store: bool | None = None) -> ActivationSource:
-    """A .npy file or an activation store (``store=None``: a path ending in .npy is a file)."""
-    if store is False or (store is None and path.endswith(".npy")):
+def open_path(path: str, store: bool) -> ActivationSource:
+    """An activation store (path or URL) or a .npy file."""
+    if not store:
         return npy_source(path)
     from sae_jax.data.store import open_store  # tensorstore only when a store is used
 
@@ -34,7 +34,7 @@ def open_source(cfg: DataConfig) -> ActivationSource:
         if cfg.difference == "paired":
             if not cfg.second:
                 raise ValueError("--data.difference paired needs --data.second (the 'after' source)")
-            return DifferenceSource(first, open_path(cfg.second), kind="paired")
+            return DifferenceSource(first, open_path(cfg.second, store=bool(cfg.store)), kind="paired")
         if cfg.difference == "sequential":
             return DifferenceSource(first, kind="sequential")
         return first

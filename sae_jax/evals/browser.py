@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sae_jax.evals.core import SAELike
+from sae_jax.export import decoder_directions
 from sae_jax.evals.splice import real_tokens
 
 
@@ -68,7 +69,7 @@ def collect(sae: SAELike, acts_per_batch, masks_per_batch, latents: list[int], t
 
 
 def logit_effects(sae: SAELike, W_U: np.ndarray, tokenizer, card: LatentCard, n: int = 8) -> None:
-    effect = W_U @ sae.params["W_dec"][card.latent]
+    effect = W_U @ decoder_directions(sae)[card.latent]
     order = np.argsort(effect)
     card.logits_up = [(tokenizer.decode([int(i)]), float(effect[i])) for i in order[::-1][:n]]
     card.logits_down = [(tokenizer.decode([int(i)]), float(effect[i])) for i in order[:n]]

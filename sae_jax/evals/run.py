@@ -21,6 +21,7 @@ from sae_jax.evals import plots
 from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_rows
 from sae_jax.evals.provenance import heldout_docs, row_labels, store_provenance
 from sae_jax.evals.report import Report, figure_png, note, table
+from sae_jax.export import decoder_directions
 
 _UNSET = object()
 EVALS = ("core", "splice", "identifiability", "probing", "patching", "stats", "shift", "clustering", "browser")
@@ -112,6 +113,11 @@ def _resolve_data(cfg: EvalConfig, sae_cfg: dict[str, Any]) -> tuple[DataConfig,
         return DataConfig(**d["data"]), cfg.run_config
     if cfg.data != DataConfig():
         return cfg.data, "--data"
+    in_memory = (sae_cfg.get("metadata") or {}).get("in_memory_source")
+    width = Path(cfg.sae).resolve().parent / "data_width.json"
+    if in_memory or (width.exists() and json.loads(width.read_text()).get("in_memory_source")):
+        raise ValueError(f"{cfg.sae} was trained on rows passed to sae_jax.train(cfg, source=...), which its "
+                         "config does not describe; pass the rows to evaluate on with --data.npy or --data.store")
     guess = Path(cfg.sae).resolve().parent / "config.json"
     if guess.exists():
         d = json.loads(guess.read_text())
@@ -328,7 +334,7 @@ def _identifiability(ctx: _Context, report: Report) -> dict[str, Any] | None:
     from sae_jax.evals.identifiability import CrossCorrelation, match_directions, mcc_from_corr
 
     cfg, out, rows = ctx.cfg, {}, []
-    W = ctx.sae.params["W_dec"]
+    W = decoder_directions(ctx.sae)
     truth = None
     if cfg.ground_truth:
         truth = np.load(cfg.ground_truth)
@@ -344,7 +350,7 @@ def _identifiability(ctx: _Context, report: Report) -> dict[str, Any] | None:
         from sae_jax.export import load_sae
 
         other = load_sae(cfg.compare_sae)
-        mean_cos, share, _ = match_directions(W, other.params["W_dec"])
+        mean_cos, share, _ = match_directions(W, decoder_directions(other))
         acc = CrossCorrelation(ctx.sae.d_sae, other.d_sae)
         for x in iter_batches(ctx.source, ctx.rows[: 200_000], cfg.batch_size):
             acc.update(ctx.sae.encode(x), other.encode(x))
@@ -477,7 +483,7 @@ def _clustering(ctx: _Context, report: Report) -> dict[str, Any] | None:
     from sae_jax.evals.clustering import cluster_directions, shifted_share
 
     n = min(ctx.cfg.n_clusters, ctx.sae.d_sae)
-    labels = cluster_directions(ctx.sae.params["W_dec"], n, n_init=3)
+    labels = cluster_directions(decoder_directions(ctx.sae), n, n_init=3)
     shifted = ctx.shifted
     rows = shifted_share(labels, shifted if shifted is not None else np.zeros(ctx.sae.d_sae, bool))
     for row in rows:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import stats
 
 from sae_jax.evals.stats import ClassMoments
+from sae_jax.export import decoder_directions
 
 SUPPRESSED, AMPLIFIED, UNCHANGED, ABSENT = "suppressed_in_chat", "amplified_in_chat", "unchanged", "absent_in_base"
 
@@ -172,7 +173,7 @@ def evaluate_shift(sae, base_source, chat_source, rows: np.ndarray, batch_size: 
     top_amp = [(int(j), float(d[j])) for j in order[::-1][:n_top] if classes[j] == AMPLIFIED]
     n_delta = delta_lat = None
     if delta_sae is not None and chat_sae is not None:
-        mask = delta_only(delta_sae.params["W_dec"], sae.params["W_dec"], chat_sae.params["W_dec"], cos_threshold)
+        mask = delta_only(decoder_directions(delta_sae), decoder_directions(sae), decoder_directions(chat_sae), cos_threshold)
         n_delta, delta_lat = int(mask.sum()), [int(j) for j in np.nonzero(mask)[0][:100]]
     enrich = None
     if row_group is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sae_jax.evals.core import SAELike
+from sae_jax.export import decoder_directions
 
 
 def real_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Iterable[int]) -> np.ndarray:
@@ -71,7 +72,7 @@ def steer(sae: SAELike, latent: int, alpha: float):
     """x -> x + alpha * W_dec[latent] (the latent's decoder direction, as stored)."""
     if not 0 <= latent < sae.d_sae:
         raise ValueError(f"latent id must lie in [0, {sae.d_sae}), got {latent}")
-    direction = np.asarray(sae.params["W_dec"][latent], dtype=np.float32)
+    direction = decoder_directions(sae)[latent]
     return lambda x: x + alpha * direction
 
 
