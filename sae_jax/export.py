@@ -106,8 +106,7 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
         cfg["normalize_activations"] = "layer_norm"
     whitening = None
     if white:
-        whitening = Whitening(mean=np.asarray(white["mean"], np.float64), matrix=np.asarray(white["matrix"], np.float64),
-                              inverse=np.asarray(white["inverse"], np.float64), eps=float(white["eps"]))
+        whitening = Whitening.from_arrays(white)
         if cfg.get("normalize_activations", "none") == "none":  # affine input path: fold, nothing to store
             params, whitening = fold_into_sae(params, whitening), None
             cfg["metadata"]["whitening"] = "folded"

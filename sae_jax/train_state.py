@@ -11,7 +11,6 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from sae_jax.mesh import state_shardings
@@ -33,12 +32,12 @@ class TrainState:
     input_scale: jax.Array
     """Scalar: inputs are multiplied by this before the SAE (folded into exported weights)."""
     whitening: dict[str, jax.Array]
-    """ZCA whitening applied to raw inputs before the scale ({} when off): mean [d], matrix [d, d],
-    its inverse [d, d] and eps, fitted once at the start so a resumed run uses the same transform."""
+    """ZCA whitening applied to raw inputs before the scale ({} when off), as ``Whitening.to_arrays``
+    (mean, matrix, inverse, eps), fitted once at the start so a resumed run uses the same transform."""
 
 
 def make_init_fn(arch, optimizer, d_in: int, d_sae: int) -> Callable:
-    """``init(key, b_dec, input_scale, whitening=None) -> TrainState`` (whitening: dict of arrays)."""
+    """``init(key, b_dec, input_scale, whitening=None) -> TrainState`` (whitening: ``Whitening.to_arrays()``)."""
 
     def init(key, b_dec, input_scale, whitening=None) -> TrainState:
         params = arch.init_params(key, d_in, d_sae, b_dec)
@@ -55,19 +54,11 @@ def make_init_fn(arch, optimizer, d_in: int, d_sae: int) -> Callable:
     return init
 
 
-def whitening_arrays(whitening: Whitening | None) -> dict[str, np.ndarray]:
-    """The TrainState form of a fitted whitening ({} for none)."""
-    if whitening is None:
-        return {}
-    return {"mean": whitening.mean.astype(np.float32), "matrix": whitening.matrix.astype(np.float32),
-            "inverse": whitening.inverse.astype(np.float32), "eps": np.float32(whitening.eps)}
-
-
 def abstract_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh, whiten: bool = False):
     """(abstract TrainState with shardings attached, its shardings pytree)."""
     init = make_init_fn(arch, optimizer, d_in, d_sae)
-    whitening = ({"mean": jnp.zeros((d_in,)), "matrix": jnp.zeros((d_in, d_in)), "inverse": jnp.zeros((d_in, d_in)),
-                  "eps": jnp.zeros(())} if whiten else None)
+    whitening = ({k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in Whitening.array_shapes(d_in).items()}
+                 if whiten else None)
     shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((d_in,), jnp.float32), 1.0, whitening)
     shardings = state_shardings(mesh, shapes)
     abstract = jax.tree.map(
@@ -81,4 +72,4 @@ def create_state(arch, optimizer, d_in: int, d_sae: int, mesh: Mesh, seed: int,
     _, shardings = abstract_state(arch, optimizer, d_in, d_sae, mesh, whiten=whitening is not None)
     init = jax.jit(make_init_fn(arch, optimizer, d_in, d_sae), out_shardings=shardings)
     return init(jax.random.key(seed), jnp.asarray(b_dec, jnp.float32), jnp.float32(input_scale),
-                whitening_arrays(whitening) or None)
+                None if whitening is None else whitening.to_arrays())

@@ -30,7 +30,7 @@ def model_input(state: TrainState, batch: jax.Array, layernorm: bool) -> jax.Arr
     """What the SAE sees: raw rows -> [ZCA whitening] -> x input_scale -> [per-token LayerNorm]."""
     x = batch.astype(jnp.float32)
     if state.whitening:
-        x = (x - state.whitening["mean"]) @ state.whitening["matrix"]
+        x = (x - state.whitening["whitening_mean"]) @ state.whitening["whitening_matrix"]
     x = x * state.input_scale
     return layer_norm_in(x)[0] if layernorm else x
 

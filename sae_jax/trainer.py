@@ -62,7 +62,7 @@ def stat_rows(seed: int, n_stat_rows: int, n_rows: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(n_rows, n, replace=False))
 
 
-def input_statistics(source, cfg: TrainConfig, arch=None) -> tuple[np.ndarray, float, Whitening | None]:
+def input_statistics(source, cfg: TrainConfig, arch) -> tuple[np.ndarray, float, Whitening | None]:
     """From a fixed sample: (b_dec init = geometric median of the sample as the SAE sees it,
     input scale, ZCA whitening or None)."""
     rows = stat_rows(cfg.data.seed, cfg.data.n_stat_rows, source.n_rows)
@@ -87,7 +87,7 @@ def input_statistics(source, cfg: TrainConfig, arch=None) -> tuple[np.ndarray, f
             raise TrainingError("sampled activations are all zero; check the data source")
         scale = math.sqrt(source.d_in) / mean_norm
     sample = sample * scale
-    if cfg.sae.architecture == "ssae" and arch is not None:  # b_dec lives after the SSAE's own input norm
+    if cfg.sae.architecture == "ssae":  # b_dec lives after the SSAE's own input norm
         fresh = arch.init_state(cfg.sae.d_sae, d_in=source.d_in)
         sample = np.asarray(arch.normalize_input(fresh, jnp.asarray(sample, jnp.float32), train=True)[0], np.float64)
     return geometric_median(sample).astype(np.float32), scale, whitening

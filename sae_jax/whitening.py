@@ -45,6 +45,11 @@ class Whitening:
                 "whitening_inverse": self.inverse.astype(np.float32),
                 "whitening_eps": np.asarray([self.eps], np.float32)}
 
+    @staticmethod
+    def array_shapes(d: int) -> dict[str, tuple[int, ...]]:
+        """The shapes of ``to_arrays()`` for a d-dimensional whitening (abstract train states)."""
+        return {"whitening_mean": (d,), "whitening_matrix": (d, d), "whitening_inverse": (d, d), "whitening_eps": (1,)}
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Whitening":
         return cls(mean=np.asarray(arrays["whitening_mean"], np.float64),

@@ -36,8 +36,8 @@ def _reference(result, x, layernorm=False):
     st = jax.device_get(result.state)
     xm = model_input(st, jnp.asarray(x), layernorm)
     h = np.asarray(result.arch.encode(st.params, st.arch_state, xm))
-    w = st.whitening
-    undo = lambda y: (np.asarray(y, np.float64) / float(st.input_scale)) @ np.asarray(w["inverse"], np.float64) + w["mean"]
+    w = Whitening.from_arrays(st.whitening)
+    undo = lambda y: (np.asarray(y, np.float64) / float(st.input_scale)) @ w.inverse + w.mean
     return h, xm, undo
 
 
@@ -45,10 +45,10 @@ def test_whitening_is_fitted_on_the_statistics_sample_and_kept_in_the_state(tmp_
     _, result = _train(tmp_path, steps=5, input_norm="none")
     from sae_jax.trainer import stat_rows
     ref = fit_zca(SRC.read(stat_rows(0, 1024, SRC.n_rows)), eps=1e-5)
-    w = jax.device_get(result.state.whitening)
-    np.testing.assert_allclose(w["matrix"], ref.matrix, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(w["inverse"] @ w["matrix"], np.eye(8), atol=1e-4)
-    assert float(w["eps"]) == pytest.approx(1e-5)
+    w = Whitening.from_arrays(jax.device_get(result.state.whitening))
+    np.testing.assert_allclose(w.matrix, ref.matrix, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.inverse @ w.matrix, np.eye(8), atol=1e-4)
+    assert w.eps == pytest.approx(1e-5)
 
 
 def test_folded_export_loads_in_core_loader(tmp_path):
@@ -107,13 +107,14 @@ def test_whitening_for_topk_round_trips_through_the_export(tmp_path, normalize):
     x = open_source(cfg.data).read(np.arange(50))
     st = jax.device_get(result.state)
     ln = normalize == "layernorm"
+    w = Whitening.from_arrays(st.whitening)
     xm = model_input(st, jnp.asarray(x), ln)
     h = np.asarray(result.arch.encode(st.params, st.arch_state, xm))
     x_hat_m = np.asarray(result.arch.decode(st.params, jnp.asarray(h)), np.float64)
     if ln:  # undo the per-token LayerNorm with the whitened row's statistics
-        _, mu, std = layer_norm_in(((x - st.whitening["mean"]) @ st.whitening["matrix"]).astype(np.float64))
+        _, mu, std = layer_norm_in(w.apply(x).astype(np.float64))
         x_hat_m = x_hat_m * std + mu
-    x_hat = (x_hat_m / float(st.input_scale)) @ np.asarray(st.whitening["inverse"], np.float64) + st.whitening["mean"]
+    x_hat = (x_hat_m / float(st.input_scale)) @ w.inverse + w.mean
     sae = load_sae(result.export_dir)
     assert (result.export_dir / "whitening.safetensors").exists() == ln
     codes = sae.encode(x)

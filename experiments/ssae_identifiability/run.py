@@ -107,8 +107,7 @@ def main() -> None:
 
     def whitening_of(result) -> Whitening | None:
         w = jax.device_get(result.state.whitening)
-        return Whitening(mean=np.asarray(w["mean"], np.float64), matrix=np.asarray(w["matrix"], np.float64),
-                         inverse=np.asarray(w["inverse"], np.float64), eps=float(w["eps"])) if w else None
+        return Whitening.from_arrays(w) if w else None
 
     # With every row in the statistics sample the trainer fits this same whitening for every seed.
     whitening = fit_zca(x_train, eps=args.whiten_eps) if args.whiten else None

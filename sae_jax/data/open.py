@@ -28,6 +28,15 @@ def open_path(path: str, store: bool) -> ActivationSource:
     return open_store(path)
 
 
+def synthetic_shifts(cfg: DataConfig, n_rows: int | None = None, seed: int | None = None, directions=None):
+    """The multi-concept shifts ``cfg`` describes; ``n_rows``/``seed``/``directions`` override them
+    (a fresh draw of the same concepts)."""
+    return multi_concept_shifts(n_rows or cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
+                                p_active=min(cfg.synthetic_k / cfg.synthetic_n_features, 1.0),
+                                noise=cfg.synthetic_noise, seed=cfg.seed if seed is None else seed,
+                                directions=directions)
+
+
 def open_source(cfg: DataConfig) -> ActivationSource:
     if cfg.store or cfg.npy:
         first = open_path(cfg.store or cfg.npy, store=bool(cfg.store))
@@ -39,8 +48,6 @@ def open_source(cfg: DataConfig) -> ActivationSource:
             return DifferenceSource(first, kind="sequential")
         return first
     if cfg.synthetic == "shifts":
-        return multi_concept_shifts(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
-                                    p_active=min(cfg.synthetic_k / cfg.synthetic_n_features, 1.0),
-                                    noise=cfg.synthetic_noise, seed=cfg.seed)
+        return synthetic_shifts(cfg)
     return synthetic_source(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
                             cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.seed)

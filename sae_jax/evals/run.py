@@ -139,12 +139,10 @@ def fresh_synthetic_source(d: DataConfig, n_rows: int):
     from sae_jax.data.synthetic import ground_truth_dictionary, sparse_codes
 
     if d.synthetic == "shifts":  # same concept directions as the training rows, new codes and noise
-        from sae_jax.data.shifts import multi_concept_shifts
+        from sae_jax.data.open import synthetic_shifts
 
-        kw = dict(d=d.synthetic_d_in, n_concepts=d.synthetic_n_features, noise=d.synthetic_noise,
-                  p_active=min(d.synthetic_k / d.synthetic_n_features, 1.0))
-        directions = multi_concept_shifts(1, seed=d.seed, **kw).metadata["directions"]
-        fresh = multi_concept_shifts(n_rows, seed=1_000_003 + d.seed, directions=directions, **kw)
+        directions = synthetic_shifts(d, n_rows=1).metadata["directions"]
+        fresh = synthetic_shifts(d, n_rows, seed=1_000_003 + d.seed, directions=directions)
         return ArraySource(fresh.read(np.arange(n_rows)), {
             "source": "synthetic shifts (fresh held-out draw)", "dictionary": directions,
             "codes": fresh.metadata["codes"]})
