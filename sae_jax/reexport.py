@@ -9,6 +9,7 @@ from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import TrainConfig
 from sae_jax.data.open import open_source
 from sae_jax.export import export_state
+from sae_jax.train_state import restore_state
 from sae_jax.trainer import IN_MEMORY
 
 
@@ -24,7 +25,7 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"{run}/checkpoints holds no complete checkpoint")
-    state = ckpt.restore(step, pieces.abstract)
+    state = restore_state(ckpt, step, pieces.abstract)
     ckpt.close()
     return export_state(Path(out) if out else run / "export", pieces.arch, state,
                         {"config": cfg.to_dict(), "steps": step} | (IN_MEMORY if info.get("in_memory_source") else {}),

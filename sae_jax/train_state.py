@@ -6,6 +6,7 @@ large dictionary, no resharding).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -34,6 +35,27 @@ class TrainState:
     whitening: dict[str, jax.Array]
     """ZCA whitening applied to raw inputs before the scale ({} when off), as ``Whitening.to_arrays``
     (mean, matrix, inverse, eps), fitted once at the start so a resumed run uses the same transform."""
+
+
+# Fields newer than some checkpoints: a run saved before they existed resumes with their empty value.
+_ADDED_FIELDS = ("whitening",)
+
+
+def restore_state(ckpt, step: int, abstract: TrainState) -> TrainState:
+    """The TrainState saved at ``step`` (``ckpt``: a ``sae_jax.checkpoint.Checkpointer``); a checkpoint
+    written before an added field existed restores when that field is empty in ``abstract``."""
+    try:
+        return ckpt.restore(step, abstract)
+    except ValueError as err:
+        absent = [name for name in _ADDED_FIELDS if not jax.tree.leaves(getattr(abstract, name))]
+        if not absent:
+            raise
+        fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract) if f.name not in absent}
+        try:
+            restored = ckpt.restore(step, fields)
+        except ValueError:
+            raise err from None  # not the older layout either: the first mismatch is the one to report
+        return abstract.replace(**restored)
 
 
 def make_init_fn(arch, optimizer, d_in: int, d_sae: int) -> Callable:

@@ -31,7 +31,7 @@ from sae_jax.geometric_median import geometric_median
 from sae_jax.normalization import layer_norm_in
 from sae_jax.resample import ResampleConfig, resample_train_state
 from sae_jax.mesh import batch_sharding
-from sae_jax.train_state import TrainState, create_state
+from sae_jax.train_state import TrainState, create_state, restore_state
 from sae_jax.train_step import make_train_step, model_input
 from sae_jax.whitening import Whitening, fit_zca
 
@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
                               "--run-dir to start over, or drop --checkpoint.resume False to resume")
         _check_config(run_dir, cfg)
         _check_data_width(run_dir, d_in)
-        state = ckpt.restore(latest, pieces.abstract)
+        state = restore_state(ckpt, latest, pieces.abstract)
 
     step_fn = make_train_step(cfg, arch, optimizer, mesh, pieces.shardings)
     loader = BatchLoader(source, cfg.data.batch_size, cfg.data.seed, batch_sharding(mesh))

@@ -63,3 +63,31 @@ def test_sigterm_then_rerun_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "part" / "export").exists()  # it really stopped early
     subprocess.run(cmd(tmp_path / "part"), check=True, env=env, capture_output=True)
     assert_same_export(tmp_path / "full" / "export", tmp_path / "part" / "export")
+
+
+def test_checkpoint_from_before_the_whitening_field_resumes(tmp_path):
+    """A checkpoint written before TrainState had `whitening` (saved here in that layout: the
+    other fields only) restores into today's state; a run that asks for whitening is refused."""
+    import jax
+
+    from sae_jax.assemble import assemble
+    from sae_jax.checkpoint import Checkpointer
+    from sae_jax.data.open import open_source
+    from sae_jax.train_state import restore_state
+    from tests.helpers_train import run_steps
+
+    cfg = tiny_config(tmp_path / "run")
+    source = open_source(cfg.data)
+    state, _, _ = run_steps(cfg, source, 3, mesh_shape=(jax.device_count(), 1))
+    old_layout = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "whitening"}
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), cfg.checkpoint)
+    ckpt.save(3, old_layout)
+    ckpt.wait()
+    restored = restore_state(ckpt, 3, assemble(cfg, source.d_in).abstract)
+    assert restored.whitening == {} and int(restored.step) == 3
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    whiten = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, whiten=True))
+    with pytest.raises(ValueError):  # the checkpoint holds no whitening: not silently resumed without it
+        restore_state(ckpt, 3, assemble(whiten, source.d_in).abstract)
+    ckpt.close()
