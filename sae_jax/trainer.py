@@ -96,25 +96,38 @@ def input_statistics(source, cfg: TrainConfig, arch) -> tuple[np.ndarray, float,
 
 
 class _StopFlag:
-    """Set by SIGTERM so the loop can save and leave between steps."""
+    """Set by SIGTERM or a first Ctrl-C so the loop saves and leaves between steps (a Ctrl-C landing
+    inside a step or an orbax wait would leave the state donated or a save half-finished); a
+    second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.set = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no flag
-            self._previous = None
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers, no flag
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
-        self.set = True
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving at the end of this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _MetricsLog:
@@ -335,7 +348,9 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     except KeyboardInterrupt:
         try:
             consume()
-            if int(state.step) != saved_step and _all_finite(state.params):
+            # Ctrl-C inside step_fn lands after the state was donated: then keep the last checkpoint.
+            alive = not any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array))
+            if alive and int(state.step) != saved_step and _all_finite(state.params):
                 ckpt.save(int(state.step), state)
                 saved_step = int(state.step)
         finally:
@@ -347,6 +362,8 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
         ckpt.wait()
     ckpt.close()
     if stop.set and int(state.step) < cfg.steps:
+        if stop.signum == signal.SIGINT:
+            raise Interrupted(_stopped_message("interrupted (Ctrl-C)", saved_step, run_dir), 130)
         raise Interrupted(_stopped_message("stopped by SIGTERM", saved_step, run_dir), 143)
 
     export_dir = None
