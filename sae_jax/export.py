@@ -89,8 +89,11 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             path.rename(old / path.name)
         tmp.rename(path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # ours: created above
+        if isinstance(err, Exception) and not isinstance(err, ExportError):  # e.g. a full disk
+            raise ExportError(f"writing the export to {path} failed ({' '.join(str(err).split())[:300]}); "
+                              "nothing was replaced: free space or choose another --out") from err
         raise
     if old is not None:
         shutil.rmtree(old)  # holds only the earlier export's files

@@ -226,6 +226,8 @@ def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     if path.exists():  # resuming: the run's data order and model must not change
         old = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()  # fields added since: defaults
         new = cfg.to_dict()
+        for d in (old, new):
+            d["data"].pop("verify")  # a check of the data, not a change of it
         keys = _RESUME_KEYS + (("steps",) if cfg.optim.decay != "none" else ())  # decay length
         diff = [k for k in keys if old.get(k) != new.get(k)]
         if diff:

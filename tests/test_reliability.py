@@ -123,6 +123,30 @@ def test_export_leaves_a_users_tmp_folder_and_replaces_its_own(trained, tmp_path
            "<out>.tmp untouched; the earlier export replaced whole")
 
 
+def test_full_disk_names_the_path_and_keeps_the_earlier_export(trained, tmp_path):
+    _, run = trained
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        assert cli("export", "--run-dir", run, "--out", mnt / "export").returncode == 0
+        before = (mnt / "export" / "sae_weights.safetensors").read_bytes()
+        with open(mnt / "filler", "wb", buffering=0) as f:  # fill the disk
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        result = cli("export", "--run-dir", run, "--out", mnt / "export")
+        expect(result, 1, r"(writing the export to .*/export failed|No space left on device: .*)")
+        assert (mnt / "export" / "sae_weights.safetensors").read_bytes() == before
+        record("export to a full disk", "10", result, "the earlier export there, intact")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # ---------------------------------------------------------------- 2. stores prove they are whole
 
 @pytest.fixture(scope="module")
@@ -206,6 +230,14 @@ def test_sigterm_exits_143_and_leaves_no_stale_export(trained, tmp_path):
     assert not (run / "export").exists() and (run / "export-step20" / "cfg.json").exists()
     record("SIGTERM during `train` (a longer rerun of a finished run)", "3", result,
            "checkpoint of the step reached; the earlier export moved to export-step20/")
+    step = int(re.search(r"saved step (\d+)", result.stderr).group(1))
+    exported = cli("export", "--run-dir", run)  # an unfinished run's export says so, and eval warns
+    expect(exported, 0, rf"exporting step {step} of a run whose target is 100000 steps")
+    meta = json.loads((run / "export" / "cfg.json").read_text())["metadata"]
+    assert (meta["steps"], meta["target_steps"]) == (step, 100000)
+    evaluated = cli("eval", "--sae", run / "export", "--evals", "core")
+    expect(evaluated, 0, rf"warning: .*export is step {step} of a run whose target is 100000 steps")
+    record("eval of an export of an unfinished run", "3", evaluated, "evaluated, with the warning")
 
 
 def test_ctrl_c_exits_130_with_one_line(trained, tmp_path):

@@ -153,7 +153,7 @@ def test_ssae_stop_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
                                       load_file(str(tmp_path / "part" / "export" / "whitening.safetensors"))[name])
 
 
-def test_in_memory_run_reexports_and_eval_asks_for_its_data(tmp_path):
+def test_in_memory_run_reexports_and_eval_asks_for_its_data(tmp_path, capsys):
     """A run trained on rows passed to train(): its config's data section is not theirs."""
     from sae_jax.reexport import export_run
 
@@ -161,8 +161,9 @@ def test_in_memory_run_reexports_and_eval_asks_for_its_data(tmp_path):
     again = export_run(str(result.run_dir), str(tmp_path / "again"))  # width from the run, not cfg.data
     for name, value in load_sae(result.export_dir).params.items():
         np.testing.assert_array_equal(load_sae(again).params[name], value)
-    with pytest.raises(ValueError, match="--data.npy or --data.store"):
+    with pytest.raises(SystemExit) as stopped:  # the CLI's one-line error
         main(["eval", "--sae", str(result.export_dir), "--evals", "core"])
+    assert stopped.value.code == 1 and "--data.npy or --data.store" in capsys.readouterr().err
     np.save(tmp_path / "rows.npy", SRC.read(np.arange(512)))
     main(["eval", "--sae", str(result.export_dir), "--evals", "core", "--data.npy", str(tmp_path / "rows.npy")])
     assert (result.export_dir.parent / "eval" / "eval.json").exists()

@@ -106,7 +106,13 @@ class EvalConfig:
 
 
 def _resolve_data(cfg: EvalConfig, sae_cfg: dict[str, Any]) -> tuple[DataConfig, str]:
-    """--run-config, else --data if set, else the run's config.json beside the SAE, else the export's metadata."""
+    """--run-config, else --data if set, else the run's config.json beside the SAE, else the export's
+    metadata; --data.verify applies to whichever it is."""
+    data, where = _find_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, verify=False)), sae_cfg)
+    return dataclasses.replace(data, verify=cfg.data.verify), where
+
+
+def _find_data(cfg: EvalConfig, sae_cfg: dict[str, Any]) -> tuple[DataConfig, str]:
     if cfg.run_config:
         d = json.loads(Path(cfg.run_config).read_text())
         if "data" not in d:
