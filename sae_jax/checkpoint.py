@@ -127,11 +127,11 @@ class Checkpointer:
                 if problems:
                     self.manager.reload()  # forget the steps moved away (their numbers are saved again)
                 if problems:
-                    print(f"warning: checkpoint step {problems[0][0]} {problems[0][1]}; moved to {self.damaged_dir}; "
+                    print(f"warning: checkpoint step {problems[0][0]}: {problems[0][1]}; moved to {self.damaged_dir}; "
                           f"resuming from step {step}, the newest intact checkpoint", file=sys.stderr)
                 return state, step
             problems.append((step, why))
-        detail = "; ".join(f"step {s} {why}" for s, why in problems)
+        detail = "; ".join(f"step {s}: {why}" for s, why in problems)
         raise CheckpointError(f"no checkpoint in {self.directory} can be restored ({detail}); "
                               "start over with a new --run-dir (the damaged checkpoints are left as they are)")
 

@@ -127,8 +127,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as err:
         if debug:
             raise
+        from sae_jax.errors import Interrupted
+
         message, code = _one_line(err)
-        print(f"sae-jax: error: {' '.join(message.split())}", file=sys.stderr)
+        kind = "" if isinstance(err, Interrupted) else "error: "  # saved and resumable: not a failure
+        print(f"sae-jax: {kind}{' '.join(message.split())}", file=sys.stderr)
         raise SystemExit(code) from None
 
 

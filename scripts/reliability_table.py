@@ -21,7 +21,7 @@ subprocess; the message and exit code are what that run printed (temporary paths
 `--debug` (or set `SAE_JAX_DEBUG=1`) to see one. Exit codes: 2 usage/config, 1 failure,
 130 Ctrl-C and 143 SIGTERM after saving, 0 success (warnings on stderr).
 
-Finding numbers refer to issue 10. Not run through the CLI (tested in-process): a model folder with
+Finding numbers refer to issue 10 (— : a fault the issue asks to handle without a numbered finding). Not run through the CLI (tested in-process): a model folder with
 custom code is loaded with `trust_remote_code=False` and local files only, so its code never runs
 (`test_model_folder_with_custom_code_is_not_run`); the Python API raises the same error types
 (`sae_jax.errors`).
@@ -48,8 +48,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py"],
                        cwd=REPO, env=env, check=True)
         rows = [json.loads(line) for line in table.read_text().splitlines()]
-    rows.sort(key=lambda r: (int(r["finding"]), r["case"]))
-    lines = [f"| {r['finding']} | {r['case']} | {r['rc']} | `{shorten(r['message'])}` | {r['preserved']} |" for r in rows]
+    rows.sort(key=lambda r: (int(r["finding"]) if r["finding"].isdigit() else 99, r["case"]))
+    lines = [f"| {r['finding']} | {r['case']} | {r['rc']} | "
+             f"{'`' + shorten(r['message']) + '`' if r['message'] else '(nothing on stderr)'} | {r['preserved']} |"
+             for r in rows]
     (REPO / "docs" / "reliability.md").write_text(HEADER + "\n".join(lines) + "\n")
     print(f"wrote docs/reliability.md ({len(rows)} cases)")
 

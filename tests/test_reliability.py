@@ -142,7 +142,7 @@ def test_full_disk_names_the_path_and_keeps_the_earlier_export(trained, tmp_path
         result = cli("export", "--run-dir", run, "--out", mnt / "export")
         expect(result, 1, r"(writing the export to .*/export failed|No space left on device: .*)")
         assert (mnt / "export" / "sae_weights.safetensors").read_bytes() == before
-        record("export to a full disk", "10", result, "the earlier export there, intact")
+        record("export to a full disk", "—", result, "the earlier export there, intact")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -219,12 +219,17 @@ def test_altered_shard_is_found_by_verify_and_repaired(extracted, tmp_path):
 
 # ---------------------------------------------------------------- 3. exit codes and exports tell the truth
 
-def test_sigterm_exits_143_and_leaves_no_stale_export(trained, tmp_path):
+def interrupted_rerun(trained, tmp_path, signum) -> tuple[Path, subprocess.CompletedProcess]:
+    """A longer rerun of the finished 20-step run, sent ``signum`` once it logged 15 more steps."""
     npy, run = copy_run(trained, tmp_path)
     metrics = run / "metrics.jsonl"
     ready = lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 35
-    result = cli("train", "tiny", "--data.npy", npy, "--run-dir", run, "--steps", 100000, *SMALL,
-                 signal_when=(ready, signal.SIGTERM))
+    return run, cli("train", "tiny", "--data.npy", npy, "--run-dir", run, "--steps", 100000, *SMALL,
+                    signal_when=(ready, signum))
+
+
+def test_sigterm_exits_143_and_leaves_no_stale_export(trained, tmp_path):
+    run, result = interrupted_rerun(trained, tmp_path, signal.SIGTERM)
     expect(result, 143, r"stopped by SIGTERM: saved step (\d+) .*rerun the same command to resume")
     assert "final batch" not in result.stdout
     assert not (run / "export").exists() and (run / "export-step20" / "cfg.json").exists()
@@ -241,11 +246,7 @@ def test_sigterm_exits_143_and_leaves_no_stale_export(trained, tmp_path):
 
 
 def test_ctrl_c_exits_130_with_one_line(trained, tmp_path):
-    npy, run = copy_run(trained, tmp_path)
-    metrics = run / "metrics.jsonl"
-    ready = lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 35
-    result = cli("train", "tiny", "--data.npy", npy, "--run-dir", run, "--steps", 100000, *SMALL,
-                 signal_when=(ready, signal.SIGINT))
+    _, result = interrupted_rerun(trained, tmp_path, signal.SIGINT)
     expect(result, 130, r"interrupted \(Ctrl-C\): saved step \d+")
     record("Ctrl-C during `train`", "9", result, "checkpoint of the step reached")
 
@@ -296,7 +297,7 @@ def test_unreadable_npy_files_are_named(tmp_path):
     for name, pattern in _npy_cases(tmp_path):
         result = cli("train", "tiny", "--data.npy", tmp_path / name, "--run-dir", tmp_path / "run", *SMALL)
         expect(result, 1, pattern)
-        record(f"a {name.split('.')[0]} .npy file", "8", result, "nothing written")
+        record(f"{name} ({name.split('.')[0]} .npy file)", "8", result, "nothing written")
 
 
 # ---------------------------------------------------------------- 5, 9: checkpoints
@@ -344,7 +345,7 @@ def test_finite_garbage_in_a_checkpoint_is_caught_by_its_fingerprint(trained, tm
     shutil.rmtree(run / "checkpoints" / "20")
     shutil.copytree(tmp_path / "forge" / "20", run / "checkpoints" / "20")
     result = cli("train", "tiny", "--data.npy", npy, "--run-dir", run, "--steps", 25, *SMALL)
-    expect(result, 0, r"warning: checkpoint step 20 its contents differ from what was saved .*resuming from step 10")
+    expect(result, 0, r"warning: checkpoint step 20: its contents differ from what was saved .*resuming from step 10")
     record("finite garbage in the latest checkpoint (reads fine)", "5", result,
            "caught by the fingerprint; resumed from step 10")
 
