@@ -10,14 +10,10 @@ parameters' finiteness, and falls back to the newest intact checkpoint when the 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,31 +29,21 @@ from sae_jax.fingerprint import tree_fingerprint
 _COMPLETE = ("_CHECKPOINT_METADATA", "default/_METADATA")
 
 
-@contextlib.contextmanager
-def _stray_reads_silenced():
-    """When orbax's restore fails on a damaged file, tensorstore completes the abandoned reads on
-    the closed event loop and prints a traceback for each straight to file descriptor 2. Capture
-    fd 2 around restores and pass on everything except those tracebacks. Yields a list: append to
-    it when a restore failed, and the capture waits for the abandoned reads before it ends."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failures: list = []
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield failures
-        finally:
-            if failures:
-                time.sleep(1.0)  # the abandoned reads finish well within this on the machines tried
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            blocks = re.split(r"(?m)^(?=Traceback \(most recent call last\):)", capture.read().decode(errors="replace"))
-            stray = lambda b: b.startswith("Traceback") and "call_soon_threadsafe" in b
-            kept = "".join(b for b in blocks if not stray(b))
-            if kept:
-                sys.stderr.write(kept)
+def _quiet_abandoned_reads() -> None:
+    """When orbax's restore fails on a damaged file, tensorstore later completes the abandoned reads
+    on the closed event loop; each reports "Event loop is closed" through sys.unraisablehook. Those
+    are noise once the failure is handled: drop them (every other report still goes through)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_sae_jax_quiet", False):
+        return
+
+    def hook(unraisable):
+        if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._sae_jax_quiet = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -113,14 +99,13 @@ class Checkpointer:
         """(state, step) of the newest intact checkpoint. ``restore(step)`` reads one; a damaged
         newer one is moved to ``<dir>.damaged/`` (never deleted) and the fallback is reported."""
         problems: list[tuple[int, str]] = []
+        _quiet_abandoned_reads()  # installed before: a failing read reports them while it fails
         for step in reversed(self.all_steps()):
-            with _stray_reads_silenced() as failures:
-                try:
-                    state = restore(step)
-                    why = self.damage(step, state, params_of(state))
-                except Exception as err:  # any unreadable file: try an older checkpoint
-                    why = f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-                    failures.append(step)
+            try:
+                state = restore(step)
+                why = self.damage(step, state, params_of(state))
+            except Exception as err:  # any unreadable file: try an older checkpoint
+                why = f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
             if why is None:
                 for bad, _ in problems:
                     self._set_aside(bad)

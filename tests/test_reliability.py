@@ -308,7 +308,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(trained, tmp_p
         if f.is_file() and f.parent.name == "d":  # the array data files
             f.write_bytes(os.urandom(f.stat().st_size))
     result = cli("train", "tiny", "--data.npy", npy, "--run-dir", run, "--steps", 30, *SMALL)
-    expect(result, 0, r"warning: checkpoint step 20 .*resuming from step 10")
+    expect(result, 0, r"warning: checkpoint step 20: cannot be read .*resuming from step 10")
     assert (run / "checkpoints.damaged" / "20").is_dir()
     record("a corrupt latest checkpoint", "5", result, "older checkpoint used; the damaged one kept in checkpoints.damaged/")
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
