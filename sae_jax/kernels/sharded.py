@@ -1,0 +1,177 @@
+"""The sparse TopK autoencoder (+ AuxK) on a ('data', 'dict') mesh: one ``custom_vjp`` whose
+forward and backward are each one ``jax.shard_map`` over the mesh.
+
+Per device (a block of rows, a block of f latents):
+- forward: pre-activations of the local latents, local top-k, all-gather of the k candidates
+  of every 'dict' shard and a global top-k over them (two-stage top-k); each shard decodes
+  the selections it owns and one ``psum`` over 'dict' sums the partial reconstructions;
+- backward: the sparse backward of ``fused.py`` on the selections this shard owns (others get
+  index -1 / value 0, so they add nothing), then ``psum`` over 'data' for the parameter
+  gradients and over 'dict' for the ones that mix latents (b_dec, x).
+
+The collectives are written by hand (no autodiff through them), so their transposes cannot
+scale gradients by a device count. On a (1, 1) mesh the same program runs with no-op
+collectives; XLA's top-k over a sharded axis has had correctness bugs, so the tests compare
+every mesh with the dense single-device step.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sae_jax.kernels.fused import _accumulate, _native
+from sae_jax.kernels.sparse_topk import _gather_combine, _transpose_materialised, topk
+from sae_jax.mesh import BATCH_SPEC, PARAM_SPECS
+
+_ROWS = BATCH_SPEC  # [B, d] and [B, k]: rows over 'data', replicated over 'dict'
+_LATENTS = PARAM_SPECS["b_enc"]  # [F] over 'dict'
+
+
+def _global_topk(pre, bias, k, method, n_dict):
+    """(relu values, global indices) [b, k]: local top-k per shard, then top-k of all candidates."""
+    f = pre.shape[1]
+    v, i = topk(pre, min(k, f), method=method, bias=bias)
+    if n_dict > 1:  # one shard's candidates already are the answer
+        i = i + lax.axis_index("dict") * f
+        cand_v = lax.all_gather(v, "dict", axis=1, tiled=True)
+        cand_i = lax.all_gather(i, "dict", axis=1, tiled=True)
+        v, pos = lax.top_k(cand_v, k)
+        i = jnp.take_along_axis(cand_i, pos, axis=1)
+    return jax.nn.relu(v), i
+
+
+def _owned(vals, idx, f):
+    """This shard's part of a selection: (values, 0 elsewhere; local index, 0 elsewhere; mask)."""
+    local = idx - lax.axis_index("dict") * f
+    mine = (local >= 0) & (local < f)
+    return jnp.where(mine, vals, 0.0), jnp.where(mine, local, 0), mine
+
+
+def _decode(vals, idx, W_dec):
+    """[b, d] sum of the selected decoder rows over all shards (no b_dec)."""
+    v, li, _ = _owned(vals, idx, W_dec.shape[0])
+    return lax.psum(_gather_combine(v, li, W_dec), "dict")
+
+
+def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, n_dict):
+    xc = x - b_dec
+    pre = jnp.dot(xc.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
+    vals, idx = _global_topk(pre, b_enc.astype(jnp.float32), k, method, n_dict)
+    x_hat0 = _decode(vals, idx, W_dec)
+    b, d = x.shape
+    if not k_aux:
+        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
+
+    def aux(_):
+        bias = jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32)
+        av, ai = _global_topk(pre, bias, k_aux, method, n_dict)
+        return _decode(av, ai, W_dec), av, ai
+
+    def none(_):
+        return jnp.zeros((b, d), x_hat0.dtype), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
+
+    e_hat, av, ai = lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
+    return x_hat0, vals, idx, e_hat, av, ai
+
+
+def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux):
+    f, d = W_dec.shape
+    native = _native()
+    xc = (x - b_dec).astype(jnp.float32)
+
+    def part(g_out, g_direct, v, i, acc):
+        lv, li, mine = _owned(v, i, f)
+        # the native kernel skips index -1; the pure-JAX scatters add lv = 0 at row 0 instead
+        kernel_idx = jnp.where(mine, li, -1) if native else li
+        *acc, gp = _accumulate(*acc, lv, kernel_idx, xc, g_out.astype(jnp.float32),
+                               jnp.where(mine, g_direct, 0.0).astype(jnp.float32), W_dec, native)
+        return acc, _gather_combine(gp, li, W_enc.T)
+
+    acc = (jnp.zeros((d, f) if native else (f, d), jnp.float32), jnp.zeros((f, d), jnp.float32),
+           jnp.zeros((f,), jnp.float32))
+    acc, g_x = part(g_xhat, g_vals, vals, idx, acc)
+    if k_aux:
+        def aux(args):
+            acc, g_x = args
+            acc, g_xa = part(g_ehat, jnp.zeros_like(av), av, ai, acc)
+            return tuple(acc), g_x + g_xa
+
+        acc, g_x = lax.cond(aux_on, aux, lambda args: args, (tuple(acc), g_x))
+    g_enc, g_w_dec, g_b = lax.psum(tuple(acc), "data")  # the batch is split over 'data'
+    g_w_enc = g_enc if native else _transpose_materialised(g_enc)
+    # Input gradient: dead code in training (x needs none); b_dec's is the matvec, summed over shards.
+    g_x = lax.psum(g_x, "dict")
+    g_bdec = lax.psum(-(W_enc @ g_b), "dict")
+    return g_x, g_bdec, g_w_enc, g_b, g_w_dec
+
+
+_FWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"], _LATENTS, P())
+_FWD_OUT = (_ROWS,) * 6
+_BWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
+           _ROWS, _ROWS, _ROWS)
+_BWD_OUT = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"])
+
+
+def _shard_map(fn, mesh, in_specs, out_specs):
+    # Values gathered or psum'd over an axis are equal on its shards, which the replication
+    # checker cannot see through all_gather + top_k; the tests check it instead.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
+    return _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh)[0]
+
+
+def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
+    fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype,
+                            n_dict=mesh.shape["dict"])
+    x_hat0, vals, idx, e_hat, av, ai = _shard_map(fwd, mesh, _FWD_IN, _FWD_OUT)(
+        x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
+    return (x_hat0, vals, idx, e_hat), (x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
+
+
+def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
+    g_xhat, g_vals, _, g_ehat = cts
+    bwd = functools.partial(_backward_shard, k_aux=k_aux)
+    g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, _BWD_IN, _BWD_OUT)(*res, g_xhat, g_vals, g_ehat)
+    x, b_dec, W_enc, W_dec = res[:4]
+    return (g_x.astype(x.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
+            g_b.astype(W_enc.dtype), g_w_dec.astype(W_dec.dtype), None, None)
+
+
+_autoencode.defvjp(_autoencode_fwd, _autoencode_bwd)
+
+
+def sharded_autoencode(
+    x: jax.Array, params: dict[str, jax.Array], k: int, mesh: Mesh, *, dead_mask: jax.Array | None = None,
+    k_aux: int = 0, topk_method: str = "auto", compute_dtype: str = "float32",
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``fused.sparse_autoencode`` on a ('data', 'dict') mesh: same returns, same gradients.
+
+    x [B, d] is split over 'data', the dictionary over 'dict' (layouts of ``sae_jax.mesh``);
+    B must divide by the 'data' size and F by the 'dict' size. Indices are global.
+    """
+    W_enc, W_dec = params["W_enc"], params["W_dec"]
+    d, n = W_enc.shape
+    n_data, n_dict = mesh.shape["data"], mesh.shape["dict"]
+    if x.ndim != 2 or x.shape[1] != d or W_dec.shape != (n, d):
+        raise ValueError(f"sharded_autoencode needs x [B, {d}], W_enc [d, F], W_dec [F, d]; got "
+                         f"{x.shape}, {W_enc.shape}, {W_dec.shape}")
+    if not 0 < k <= n or not 0 <= k_aux <= n:
+        raise ValueError(f"need 0 < k <= F={n} and 0 <= k_aux <= F; got k={k}, k_aux={k_aux}")
+    if n % n_dict or x.shape[0] % n_data:
+        raise ValueError(f"F={n} must divide by mesh 'dict'={n_dict} and B={x.shape[0]} by 'data'={n_data}")
+    if k_aux and dead_mask is None:
+        raise ValueError("k_aux > 0 needs dead_mask [F] bool")
+    if dead_mask is None:
+        dead_mask = jnp.zeros((n,), bool)
+    aux_on = jnp.any(dead_mask) if k_aux else jnp.zeros((), bool)
+    x_hat0, vals, idx, e_hat = _autoencode(
+        x, params["b_dec"], W_enc, params["b_enc"], W_dec, dead_mask, aux_on, int(k), int(k_aux),
+        topk_method, str(jnp.dtype(compute_dtype)), mesh)
+    return x_hat0 + params["b_dec"], vals, idx, e_hat, aux_on
