@@ -150,8 +150,6 @@ def grid(cfg: BenchConfig) -> list[dict]:
         p = dict(zip(keys, values))
         if p["architecture"] not in ("topk",) and p["impl"] != cfg.impl[0]:
             continue  # impl only changes TopK; run other architectures once
-        if p["impl"] == "sparse" and parse_mesh(p["mesh"])[1] > 1:
-            continue  # the sparse kernels need an unsharded dictionary (make_architecture refuses)
         points.append(p)
     return points
 

@@ -25,23 +25,38 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sae_jax.kernels.fused import _accumulate, _native
 from sae_jax.kernels.sparse_topk import _gather_combine, _transpose_materialised, topk
-from sae_jax.mesh import BATCH_SPEC, PARAM_SPECS
+from sae_jax.mesh import BATCH_SPEC, CODES_SPEC, PARAM_SPECS
 
 _ROWS = BATCH_SPEC  # [B, d] and [B, k]: rows over 'data', replicated over 'dict'
 _LATENTS = PARAM_SPECS["b_enc"]  # [F] over 'dict'
 
 
-def _global_topk(pre, bias, k, method, n_dict):
+def _global_topk(pre, bias, k, method):
     """(relu values, global indices) [b, k]: local top-k per shard, then top-k of all candidates."""
-    f = pre.shape[1]
+    b, f = pre.shape
     v, i = topk(pre, min(k, f), method=method, bias=bias)
-    if n_dict > 1:  # one shard's candidates already are the answer
-        i = i + lax.axis_index("dict") * f
+    n_dict = lax.axis_size("dict")
+    if n_dict == 1:  # one shard's candidates already are the answer
+        return jax.nn.relu(v), i
+    i = i + lax.axis_index("dict") * f
+    if b % n_dict:
         cand_v = lax.all_gather(v, "dict", axis=1, tiled=True)
         cand_i = lax.all_gather(i, "dict", axis=1, tiled=True)
         v, pos = lax.top_k(cand_v, k)
-        i = jnp.take_along_axis(cand_i, pos, axis=1)
-    return jax.nn.relu(v), i
+        return jax.nn.relu(v), jnp.take_along_axis(cand_i, pos, axis=1)
+    # Each shard finishes b / n_dict rows (all shards' candidates for them), then the rows are
+    # gathered: the second stage is split over the shards instead of repeated on every one.
+    cand_v = lax.all_to_all(v, "dict", 0, 1, tiled=True)  # [b / n_dict, n_dict * k]
+    cand_i = lax.all_to_all(i, "dict", 0, 1, tiled=True)
+    v, pos = lax.top_k(cand_v, k)
+    i = jnp.take_along_axis(cand_i, pos, axis=1)
+    return (jax.nn.relu(lax.all_gather(v, "dict", axis=0, tiled=True)),
+            lax.all_gather(i, "dict", axis=0, tiled=True))
+
+
+def _psum(x, axis):
+    """psum over a mesh axis; skipped (not even a copy) when the axis has one device."""
+    return lax.psum(x, axis) if lax.axis_size(axis) > 1 else x
 
 
 def _owned(vals, idx, f):
@@ -51,37 +66,43 @@ def _owned(vals, idx, f):
     return jnp.where(mine, vals, 0.0), jnp.where(mine, local, 0), mine
 
 
-def _decode(vals, idx, W_dec):
-    """[b, d] sum of the selected decoder rows over all shards (no b_dec)."""
+def _decode(vals, idx, W_dec, split):
+    """Sum of the selected decoder rows over all shards (no b_dec): [b, d], or with ``split``
+    this shard's [b, d / n_dict] columns of it (a reduce-scatter instead of an all-reduce)."""
     v, li, _ = _owned(vals, idx, W_dec.shape[0])
-    return lax.psum(_gather_combine(v, li, W_dec), "dict")
+    part = _gather_combine(v, li, W_dec)
+    if split:
+        return lax.psum_scatter(part, "dict", scatter_dimension=1, tiled=True)
+    return _psum(part, "dict")
 
 
-def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, n_dict):
+def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split):
     xc = x - b_dec
     pre = jnp.dot(xc.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
-    vals, idx = _global_topk(pre, b_enc.astype(jnp.float32), k, method, n_dict)
-    x_hat0 = _decode(vals, idx, W_dec)
-    b, d = x.shape
+    vals, idx = _global_topk(pre, b_enc.astype(jnp.float32), k, method)
+    x_hat0 = _decode(vals, idx, W_dec, split)
+    b = x.shape[0]
     if not k_aux:
         return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
 
     def aux(_):
         bias = jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32)
-        av, ai = _global_topk(pre, bias, k_aux, method, n_dict)
-        return _decode(av, ai, W_dec), av, ai
+        av, ai = _global_topk(pre, bias, k_aux, method)
+        return _decode(av, ai, W_dec, split), av, ai
 
     def none(_):
-        return jnp.zeros((b, d), x_hat0.dtype), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
+        return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
 
     e_hat, av, ai = lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
     return x_hat0, vals, idx, e_hat, av, ai
 
 
-def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux):
+def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
     f, d = W_dec.shape
     native = _native()
     xc = (x - b_dec).astype(jnp.float32)
+    if split:  # every shard's rows need the whole [b, d] output gradient
+        g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=1, tiled=True) for g in (g_xhat, g_ehat))
 
     def part(g_out, g_direct, v, i, acc):
         lv, li, mine = _owned(v, i, f)
@@ -101,19 +122,30 @@ def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g
             return tuple(acc), g_x + g_xa
 
         acc, g_x = lax.cond(aux_on, aux, lambda args: args, (tuple(acc), g_x))
-    g_enc, g_w_dec, g_b = lax.psum(tuple(acc), "data")  # the batch is split over 'data'
+    g_enc, g_w_dec, g_b = _psum(tuple(acc), "data")  # the batch is split over 'data'
     g_w_enc = g_enc if native else _transpose_materialised(g_enc)
     # Input gradient: dead code in training (x needs none); b_dec's is the matvec, summed over shards.
-    g_x = lax.psum(g_x, "dict")
-    g_bdec = lax.psum(-(W_enc @ g_b), "dict")
+    g_x = _psum(g_x, "dict")
+    g_bdec = _psum(-(W_enc @ g_b), "dict")
     return g_x, g_bdec, g_w_enc, g_b, g_w_dec
 
 
 _FWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"], _LATENTS, P())
-_FWD_OUT = (_ROWS,) * 6
-_BWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
-           _ROWS, _ROWS, _ROWS)
 _BWD_OUT = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"])
+
+
+def _split_columns(d, mesh):
+    """Return the [B, d] reconstructions with their columns split over 'dict' (when they divide):
+    the loss's elementwise work on them is then split too, instead of repeated on every shard."""
+    return mesh.shape["dict"] > 1 and d % mesh.shape["dict"] == 0
+
+
+def _specs(split):
+    out = CODES_SPEC if split else _ROWS  # x_hat, e_hat and their cotangents
+    fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS)
+    bwd_in = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
+              out, _ROWS, out)
+    return fwd_out, bwd_in
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
@@ -128,18 +160,20 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, meth
 
 
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
-    fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype,
-                            n_dict=mesh.shape["dict"])
-    x_hat0, vals, idx, e_hat, av, ai = _shard_map(fwd, mesh, _FWD_IN, _FWD_OUT)(
+    split = _split_columns(x.shape[1], mesh)
+    fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split)
+    x_hat0, vals, idx, e_hat, av, ai = _shard_map(fwd, mesh, _FWD_IN, _specs(split)[0])(
         x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
     return (x_hat0, vals, idx, e_hat), (x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
 
 
 def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
     g_xhat, g_vals, _, g_ehat = cts
-    bwd = functools.partial(_backward_shard, k_aux=k_aux)
-    g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, _BWD_IN, _BWD_OUT)(*res, g_xhat, g_vals, g_ehat)
     x, b_dec, W_enc, W_dec = res[:4]
+    split = _split_columns(x.shape[1], mesh)
+    bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split)
+    g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, _specs(split)[1], _BWD_OUT)(
+        *res, g_xhat, g_vals, g_ehat)
     return (g_x.astype(x.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
             g_b.astype(W_enc.dtype), g_w_dec.astype(W_dec.dtype), None, None)
 
