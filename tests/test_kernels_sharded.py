@@ -113,3 +113,23 @@ def test_sharded_sparse_step_matches_the_dense_single_device_step(mesh_shape, de
         np.testing.assert_allclose(np.asarray(state.params[name]), np.asarray(value), rtol=1e-4, atol=1e-5,
                                    err_msg=name)
     np.testing.assert_array_equal(np.asarray(state.tokens_since_fired), np.asarray(ref_state.tokens_since_fired))
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2), (1, 4), (4, 2)])
+def test_sharded_batch_threshold_equals_the_flat_topk(mesh_shape):
+    # BatchTopK's threshold: the m-th largest of the whole batch, with m both smaller and larger
+    # than one device's block (then all of a block can be in the answer)
+    from jax.sharding import NamedSharding
+
+    from sae_jax.mesh import CODES_SPEC
+    from sae_jax.topk_select import make_batch_kth
+
+    mesh = make_mesh(MeshConfig(data=mesh_shape[0], dict=mesh_shape[1]),
+                     jax.devices()[: mesh_shape[0] * mesh_shape[1]])
+    acts = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    acts[:4, :16] += 10.0  # the largest entries crowd into one block
+    arr = jax.device_put(acts, NamedSharding(mesh, CODES_SPEC))
+    kth = make_batch_kth(mesh)
+    for m in (5, 64, 200, 1000):
+        got = jax.jit(lambda a: kth(a, m))(arr)
+        assert float(got) == float(np.sort(acts.reshape(-1))[-m]), m

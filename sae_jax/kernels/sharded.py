@@ -39,19 +39,23 @@ def _global_topk(pre, bias, k, method):
     if n_dict == 1:  # one shard's candidates already are the answer
         return jax.nn.relu(v), i
     i = i + lax.axis_index("dict") * f
+    # values and indices travel together (indices bit-cast to float32): one collective, not two
+    cand = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=-1)  # [b, k, 2]
     if b % n_dict:
-        cand_v = lax.all_gather(v, "dict", axis=1, tiled=True)
-        cand_i = lax.all_gather(i, "dict", axis=1, tiled=True)
-        v, pos = lax.top_k(cand_v, k)
-        return jax.nn.relu(v), jnp.take_along_axis(cand_i, pos, axis=1)
+        return _finish(lax.all_gather(cand, "dict", axis=1, tiled=True), k)
     # Each shard finishes b / n_dict rows (all shards' candidates for them), then the rows are
     # gathered: the second stage is split over the shards instead of repeated on every one.
-    cand_v = lax.all_to_all(v, "dict", 0, 1, tiled=True)  # [b / n_dict, n_dict * k]
-    cand_i = lax.all_to_all(i, "dict", 0, 1, tiled=True)
-    v, pos = lax.top_k(cand_v, k)
-    i = jnp.take_along_axis(cand_i, pos, axis=1)
-    return (jax.nn.relu(lax.all_gather(v, "dict", axis=0, tiled=True)),
-            lax.all_gather(i, "dict", axis=0, tiled=True))
+    v, i = _finish(lax.all_to_all(cand, "dict", 0, 1, tiled=True), k)  # from [b / n_dict, n_dict * k, 2]
+    out = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=-1)
+    out = lax.all_gather(out, "dict", axis=0, tiled=True)
+    return out[..., 0], lax.bitcast_convert_type(out[..., 1], jnp.int32)
+
+
+def _finish(cand, k):
+    """Second stage: (relu values, indices) of the k largest of [rows, m, 2] (value, index bits) candidates."""
+    v, pos = lax.top_k(cand[..., 0], k)
+    i = jnp.take_along_axis(lax.bitcast_convert_type(cand[..., 1], jnp.int32), pos, axis=1)
+    return jax.nn.relu(v), i
 
 
 def _psum(x, axis):

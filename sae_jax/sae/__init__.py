@@ -11,7 +11,7 @@ from sae_jax.sae.jumprelu import JumpReluSAE
 from sae_jax.sae.relu import ReluSAE
 from sae_jax.sae.ssae import SSAE
 from sae_jax.sae.topk import TopKSAE
-from sae_jax.topk_select import make_topk
+from sae_jax.topk_select import make_batch_kth, make_topk
 
 
 def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
@@ -30,7 +30,8 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
         return arch
     if cfg.architecture == "batchtopk":
         return BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
-                            threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh), **common)
+                            threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh),
+                            batch_kth=make_batch_kth(mesh), **common)
     if cfg.architecture == "relu":
         return ReluSAE(decoder_unit_norm=cfg.decoder_unit_norm, **common)
     if cfg.architecture == "jumprelu":
