@@ -25,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sae_jax.kernels.fused import _accumulate, _native
 from sae_jax.kernels.sparse_topk import _gather_combine, _transpose_materialised, topk
-from sae_jax.mesh import BATCH_SPEC, CODES_SPEC, PARAM_SPECS
+from sae_jax.mesh import BATCH_SPEC, PARAM_SPECS
 
 _ROWS = BATCH_SPEC  # [B, d] and [B, k]: rows over 'data', replicated over 'dict'
 _LATENTS = PARAM_SPECS["b_enc"]  # [F] over 'dict'
@@ -65,6 +65,8 @@ def _psum(x, axis):
 
 def _owned(vals, idx, f):
     """This shard's part of a selection: (values, 0 elsewhere; local index, 0 elsewhere; mask)."""
+    if lax.axis_size("dict") == 1:  # all of it: no masking passes
+        return vals, idx, jnp.ones(idx.shape, bool)
     local = idx - lax.axis_index("dict") * f
     mine = (local >= 0) & (local < f)
     return jnp.where(mine, vals, 0.0), jnp.where(mine, local, 0), mine
@@ -72,11 +74,11 @@ def _owned(vals, idx, f):
 
 def _decode(vals, idx, W_dec, split):
     """Sum of the selected decoder rows over all shards (no b_dec): [b, d], or with ``split``
-    this shard's [b, d / n_dict] columns of it (a reduce-scatter instead of an all-reduce)."""
+    this shard's [b / n_dict, d] rows of it (a reduce-scatter instead of an all-reduce)."""
     v, li, _ = _owned(vals, idx, W_dec.shape[0])
     part = _gather_combine(v, li, W_dec)
-    if split:
-        return lax.psum_scatter(part, "dict", scatter_dimension=1, tiled=True)
+    if split:  # over rows: a split over columns made XLA lay the decoder's output out column-major
+        return lax.psum_scatter(part, "dict", scatter_dimension=0, tiled=True)
     return _psum(part, "dict")
 
 
@@ -105,8 +107,8 @@ def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g
     f, d = W_dec.shape
     native = _native()
     xc = (x - b_dec).astype(jnp.float32)
-    if split:  # every shard's rows need the whole [b, d] output gradient
-        g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=1, tiled=True) for g in (g_xhat, g_ehat))
+    if split:  # every shard's selections need the whole [b, d] output gradients
+        g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=0, tiled=True) for g in (g_xhat, g_ehat))
 
     def part(g_out, g_direct, v, i, acc):
         lv, li, mine = _owned(v, i, f)
@@ -138,14 +140,14 @@ _FWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"], _LA
 _BWD_OUT = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"])
 
 
-def _split_columns(d, mesh):
-    """Return the [B, d] reconstructions with their columns split over 'dict' (when they divide):
-    the loss's elementwise work on them is then split too, instead of repeated on every shard."""
-    return mesh.shape["dict"] > 1 and d % mesh.shape["dict"] == 0
+def _split_rows(b, mesh):
+    """Return the [B, d] reconstructions with their rows split over 'dict' too (when each 'data'
+    shard's rows divide): the loss's elementwise work on them is then split instead of repeated."""
+    return mesh.shape["dict"] > 1 and (b // mesh.shape["data"]) % mesh.shape["dict"] == 0
 
 
 def _specs(split):
-    out = CODES_SPEC if split else _ROWS  # x_hat, e_hat and their cotangents
+    out = P(("data", "dict"), None) if split else _ROWS  # x_hat, e_hat and their cotangents
     fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS)
     bwd_in = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
               out, _ROWS, out)
@@ -164,7 +166,7 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, meth
 
 
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
-    split = _split_columns(x.shape[1], mesh)
+    split = _split_rows(x.shape[0], mesh)
     fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split)
     x_hat0, vals, idx, e_hat, av, ai = _shard_map(fwd, mesh, _FWD_IN, _specs(split)[0])(
         x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
@@ -174,7 +176,7 @@ def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, 
 def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
     g_xhat, g_vals, _, g_ehat = cts
     x, b_dec, W_enc, W_dec = res[:4]
-    split = _split_columns(x.shape[1], mesh)
+    split = _split_rows(x.shape[0], mesh)
     bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split)
     g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, _specs(split)[1], _BWD_OUT)(
         *res, g_xhat, g_vals, g_ehat)
