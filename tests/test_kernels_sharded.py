@@ -21,9 +21,9 @@ from tests.test_kernels_fused import _loss, _params, dense
 MESHES = [(1, 1), (1, 2), (2, 2), (1, 4), (4, 2)]
 
 
-# (mesh, B, d): (2, 2) and (4, 2) split the reconstruction's columns over 'dict' and finish the
-# second top-k stage row-split; (1, 4) with d = 18 and 6 rows per shard takes the fallbacks
-# (all-reduced columns, second stage repeated on every shard).
+# (mesh, B, d): (2, 2) and (4, 2) split the reconstruction's rows over 'dict' too and finish the
+# second top-k stage row-split; (1, 4) with 6 rows per shard takes the fallbacks
+# (all-reduced reconstructions, second stage repeated on every shard).
 _SHAPES = [((2, 2), 16, 12), ((4, 2), 32, 12), ((1, 4), 6, 18)]
 _FAST = {((2, 2), True, 7), ((1, 4), False, 7), ((4, 2), True, 0)}  # the rest of the grid is slow
 _CASES = [pytest.param(m, B, d, native, n_dead,
