@@ -70,6 +70,10 @@ def test_markdown_table_has_a_row_per_record():
            "matmul_peak_tflops": 0.1, "machine_load_1min": 1.0}
     t = markdown_table([rec, rec])
     assert t.count("| topk | 4 | 8 |") == 2 and "50.0%" in t
+    # the sharded step against the same step on one device, from the same run
+    t = markdown_table([rec, rec | {"mesh": "1x2", "tokens_per_s": 8.0}, rec | {"mesh": "1x4", "impl_used": "dense"}])
+    assert "| 1x1 | 10 (9–11) | 1.00x |" in t and "| 1x2 | 8 (9–11) | 0.80x |" in t
+    assert "| 1x4 | 10 (9–11) | – |" in t
 
 
 def test_planner_memory_matches_the_sharded_state(tmp_path):
