@@ -133,3 +133,20 @@ def test_sharded_batch_threshold_equals_the_flat_topk(mesh_shape):
     for m in (5, 64, 200, 1000):
         got = jax.jit(lambda a: kth(a, m))(arr)
         assert float(got) == float(np.sort(acts.reshape(-1))[-m]), m
+
+
+def test_sharded_sparse_step_compiles_without_a_full_sort():
+    # XLA:CPU turns some top-k patterns into a full sort of the row (~25x slower); both stages
+    # of the sharded top-k must stay TopK custom calls
+    if jax.default_backend() != "cpu":
+        pytest.skip("CPU lowering check")
+    from sae_jax.bench.run import train_config
+    from sae_jax.bench.step import build_step, init_state
+
+    cfg = train_config("topk", 32, 2048, 8, 64, "float32", "auto", (1, 4), 0)
+    built = build_step(cfg, 32, jax.devices()[:4])
+    assert built.impl == "sparse"
+    text = built.step.lower(init_state(built, cfg, 32), jax.ShapeDtypeStruct((64, 32), jnp.float32)
+                            ).compile().as_text()
+    assert " sort(" not in text
+    assert "all-to-all" in text and "reduce-scatter" in text  # the row-split layout was taken
