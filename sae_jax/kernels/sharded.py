@@ -2,9 +2,11 @@
 forward and backward are each one ``jax.shard_map`` over the mesh.
 
 Per device (a block of rows, a block of f latents):
-- forward: pre-activations of the local latents, local top-k, all-gather of the k candidates
-  of every 'dict' shard and a global top-k over them (two-stage top-k); each shard decodes
-  the selections it owns and one ``psum`` over 'dict' sums the partial reconstructions;
+- forward: pre-activations of the local latents and their local top-k; the second stage of the
+  two-stage top-k gets every 'dict' shard's k candidates for 1/dict of the rows (all_to_all),
+  takes their top-k and gathers the rows back (ties go to the lower index, as in lax.top_k);
+  each shard decodes the selections it owns, and one reduce-scatter over 'dict' sums the
+  partial reconstructions, leaving each shard 1/dict of the rows;
 - backward: the sparse backward of ``fused.py`` on the selections this shard owns (others get
   index -1 / value 0, so they add nothing), then ``psum`` over 'data' for the parameter
   gradients and over 'dict' for the ones that mix latents (b_dec, x).
