@@ -12,13 +12,19 @@ _SAME_STEP = ("architecture", "d_in", "n_latents", "k", "batch", "dtype", "impl_
 
 
 def _vs_one_device(r: dict, records: list[dict]) -> str:
-    """tokens/s relative to the same step on the 1x1 mesh in the same run ("–" if not run)."""
+    """tokens/s (and tokens per process CPU-second, when recorded) relative to the same step
+    on the 1x1 mesh in the same run ("–" if not run)."""
     ref = [o for o in records if o["mesh"] == "1x1" and all(o[key] == r[key] for key in _SAME_STEP)]
-    return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "–"
+    if not ref:
+        return "–"
+    out = f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x"
+    if r.get("process_cpu_ms_per_step") and ref[0].get("process_cpu_ms_per_step"):
+        out += f" (CPU {ref[0]['process_cpu_ms_per_step'] / r['process_cpu_ms_per_step']:.2f}x)"
+    return out
 
 
 def markdown_table(records: list[dict]) -> str:
-    head = ("| arch | d_in | F | k | batch | dtype | impl | mesh | tokens/s median (min–max) | vs 1x1 | step ms "
+    head = ("| arch | d_in | F | k | batch | dtype | impl | mesh | tokens/s median (min–max) | vs 1x1 (per CPU-s) | step ms "
             "| model GFLOP | executed GFLOP | executed TFLOP/s | util vs matmul | util vs datasheet "
             "| compiled MiB/device |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
