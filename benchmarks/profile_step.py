@@ -1,6 +1,6 @@
 """Per-op profile of the real train step on this machine (XLA's own trace events).
 
-    python benchmarks/profile_step.py --config A --impl sparse
+    python benchmarks/profile_step.py --config A --impl sparse [--mesh 1x4]
 
 Times a few steps, then records two with jax.profiler and sums the duration of each
 top-level HLO instruction (fusions, custom calls, loops), labelled with the JAX operation
@@ -16,12 +16,18 @@ import json
 import os
 import re
 import tempfile
+import sys
 import time
+
+if __name__ == "__main__" and "--mesh" in sys.argv:  # host devices must be forced before jax starts
+    _data, _dict = sys.argv[sys.argv.index("--mesh") + 1].lower().split("x")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={int(_data) * int(_dict)}")
 
 import jax
 import numpy as np
 
-from sae_jax.bench.run import train_config
+from sae_jax.bench.run import parse_mesh, train_config
 from sae_jax.bench.step import build_step, device_batches, init_state, synthetic_activations
 
 CONFIGS = {"A": (512, 8192), "B": (768, 24576)}
@@ -34,10 +40,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--mesh", default="1x1", help="DATAxDICT on forced host devices (times summed over devices)")
     a = p.parse_args()
     d, F = CONFIGS[a.config]
-    cfg = train_config("topk", d, F, a.k, a.batch, "float32", a.impl, (1, 1), 0)
-    built = build_step(cfg, d, jax.devices()[:1])
+    mesh = parse_mesh(a.mesh)
+    cfg = train_config("topk", d, F, a.k, a.batch, "float32", a.impl, mesh, 0)
+    built = build_step(cfg, d, jax.devices()[: mesh[0] * mesh[1]])
     state = init_state(built, cfg, d)
     batches = device_batches(built, synthetic_activations(2 * a.batch, d, 0), a.batch)
     step = built.step.lower(state, batches[0]).compile()

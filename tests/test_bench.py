@@ -26,6 +26,7 @@ def test_smoke_grid_runs_and_records_are_consistent(tmp_path):
         assert r["tokens_per_s"] == pytest.approx(r["batch"] / (r["step_ms"] / 1e3))
         assert np.isfinite(r["loss_first"]) and np.isfinite(r["loss_last"])
         assert r["compiled_bytes_per_device"]["argument"] > 0
+        assert r["process_cpu_ms_per_step"] > 0
     dense = [r for r in recs if r["impl_used"] == "dense" and r["mesh"] == "1x1"][0]
     sparse = [r for r in recs if r["impl_used"] == "sparse"][0]
     # XLA's own cost model counts at least the dense formula; it also counts the AuxK branch of
@@ -70,6 +71,12 @@ def test_markdown_table_has_a_row_per_record():
            "matmul_peak_tflops": 0.1, "machine_load_1min": 1.0}
     t = markdown_table([rec, rec])
     assert t.count("| topk | 4 | 8 |") == 2 and "50.0%" in t
+    # the sharded step against the same step on one device, from the same run
+    t = markdown_table([rec, rec | {"mesh": "1x2", "tokens_per_s": 8.0}, rec | {"mesh": "1x4", "impl_used": "dense"}])
+    assert "| 1x1 | 10 (9–11) | 1.00x |" in t and "| 1x2 | 8 (9–11) | 0.80x |" in t
+    assert "| 1x4 | 10 (9–11) | – |" in t
+    t = markdown_table([rec | {"process_cpu_ms_per_step": 3.0}, rec | {"mesh": "1x2", "process_cpu_ms_per_step": 4.0}])
+    assert "| 1x2 | 10 (9–11) | 1.00x (CPU 0.75x) |" in t
 
 
 def test_planner_memory_matches_the_sharded_state(tmp_path):

@@ -60,7 +60,7 @@ class PlanConfig:
     dtype: str = "float32"
     """Matmul input dtype."""
     impl: str = "auto"
-    """TopK kernels (sparse kernels apply only when mesh dict == 1)."""
+    """TopK kernels: sparse, dense or auto (sparse on CPU/GPU, dense on TPU), on any mesh."""
     mesh: tuple[str, ...] = ("8x8", "16x16")
     """Mesh shapes 'DATAxDICT' to plan for (host devices are forced in a subprocess)."""
     headroom: float = 0.9

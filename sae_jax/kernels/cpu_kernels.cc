@@ -231,8 +231,10 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
   float* dd = d_dec->typed_data();
   float* db = d_b->typed_data();
   float* gp = gp_out->typed_data();
+  // idx -1 marks a selection owned by another dictionary shard: no update here, gp 0.
   for (int64_t e = 0; e < B * k; ++e) {
-    if (i_[e] < 0 || i_[e] >= F) return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: index out of range");
+    if (i_[e] < -1 || i_[e] >= F) return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: index out of range");
+    if (i_[e] < 0) gp[e] = 0.0f;
   }
   // One pass over the latent range owned by each thread, updates grouped by latent (counting
   // sort): W_dec[f], dWenc^T[f] and dWdec[f] are loaded once per latent instead of once per

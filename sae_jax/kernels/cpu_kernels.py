@@ -82,7 +82,8 @@ def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None) -> tuple[ja
 
 
 def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
-    """(dW_enc [d, F], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc."""
+    """(dW_enc [d, F], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc.
+    An index of -1 (a selection owned by another dictionary shard) adds nothing and gets gp 0."""
     n, d = W_dec.shape
     b, k = idx.shape
     f32 = jnp.float32

@@ -1,8 +1,10 @@
 """TopK SAE trained through the sparse kernels: same parameters, loss and metrics as
 ``sae_jax.sae.topk.TopKSAE``, computed without the dense [B, F] code or dense backward.
 
-Selected by ``sae.impl = "sparse"`` (or "auto" off TPU) on meshes whose 'dict' axis is 1;
-the dictionary-sharded path keeps the dense architecture and its two-stage sharded top-k.
+Selected by ``sae.impl = "sparse"`` (or "auto" off TPU) on any ('data', 'dict') mesh: the
+step runs ``sharded.sharded_autoencode`` (two-stage top-k, per-shard gathered decoder and
+sparse backward under ``shard_map``). Without a mesh (custom loops, tests) it runs the
+single-device kernel that every shard runs.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import Mesh
 
 from sae_jax import losses
 from sae_jax.kernels.fused import sparse_autoencode
+from sae_jax.kernels.sharded import sharded_autoencode
 from sae_jax.kernels.sparse_topk import sparse_encode
 from sae_jax.sae import base
 from sae_jax.sae.topk import TopKSAE
@@ -24,6 +28,8 @@ class SparseTopKSAE(TopKSAE):
     """``TopKSAE`` whose training loss runs on gathered rows (see module docstring)."""
 
     topk_method: str = "auto"
+    mesh: Mesh | None = None
+    """The training mesh (``make_architecture`` passes it); None: one device, no shard_map."""
 
     def sparse_codes(self, params, x):
         """(vals [B, k], idx [B, k]): the nonzero part of ``encode``."""
@@ -32,9 +38,11 @@ class SparseTopKSAE(TopKSAE):
 
     def loss(self, params, state, x, ctx: base.LossContext):
         k_aux = self.k_aux if self.auxk_coef > 0 else 0
-        x_hat, vals, idx, e_hat, aux_on = sparse_autoencode(
-            x, params, self.k, dead_mask=ctx.dead_mask, k_aux=k_aux,
-            topk_method=self.topk_method, compute_dtype=self.dtype)
+        kw = dict(dead_mask=ctx.dead_mask, k_aux=k_aux, topk_method=self.topk_method, compute_dtype=self.dtype)
+        if self.mesh is None:
+            x_hat, vals, idx, e_hat, aux_on = sparse_autoencode(x, params, self.k, **kw)
+        else:
+            x_hat, vals, idx, e_hat, aux_on = sharded_autoencode(x, params, self.k, self.mesh, **kw)
         recon = losses.recon_loss(self.recon_loss, x, x_hat)
         if k_aux:
             # residual with stop-gradient; e_hat uses decoder rows without b_dec (auxk.py)
@@ -52,7 +60,7 @@ class SparseTopKSAE(TopKSAE):
         return recon + self.auxk_coef * aux, base.LossOutput(fired=fired, metrics=metrics, state=state)
 
     @classmethod
-    def from_dense(cls, arch: TopKSAE, topk_method: str = "auto") -> "SparseTopKSAE":
-        """The sparse twin of a dense TopKSAE (same hyperparameters)."""
+    def from_dense(cls, arch: TopKSAE, topk_method: str = "auto", mesh: Mesh | None = None) -> "SparseTopKSAE":
+        """The sparse twin of a dense TopKSAE (same hyperparameters), trained on ``mesh``."""
         fields = {f.name: getattr(arch, f.name) for f in dataclasses.fields(TopKSAE)}
-        return cls(**fields, topk_method=topk_method)
+        return cls(**fields, topk_method=topk_method, mesh=mesh)

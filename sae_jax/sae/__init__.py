@@ -5,13 +5,13 @@ import dataclasses
 
 from jax.sharding import Mesh
 
-from sae_jax.config import ConfigError, SAEConfig
+from sae_jax.config import SAEConfig
 from sae_jax.sae.batchtopk import BatchTopKSAE
 from sae_jax.sae.jumprelu import JumpReluSAE
 from sae_jax.sae.relu import ReluSAE
 from sae_jax.sae.ssae import SSAE
 from sae_jax.sae.topk import TopKSAE
-from sae_jax.topk_select import make_topk
+from sae_jax.topk_select import make_batch_kth, make_topk
 
 
 def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
@@ -20,21 +20,18 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
     k_aux = cfg.k_aux or d_in // 2
     if cfg.architecture == "topk":
         arch = TopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef, topk=make_topk(mesh), **common)
-        # sae.impl: the sparse kernels are single-shard (dictionary axis 1); any 'data' size is fine.
+        # sae.impl: the sparse kernels run on any mesh (shard_map over 'data' and 'dict').
         from sae_jax.kernels import choose_impl  # lazy: kernels.topk_sae imports this package
 
-        sharded_dict = mesh is not None and mesh.shape["dict"] > 1
-        if sharded_dict and cfg.impl == "sparse":
-            raise ConfigError("--sae.impl sparse needs an unsharded dictionary (--mesh.dict 1); "
-                              "use --sae.impl dense or auto with a dictionary-sharded mesh")
-        if not sharded_dict and choose_impl(cfg.impl) == "sparse":
+        if choose_impl(cfg.impl) == "sparse":
             from sae_jax.kernels.topk_sae import SparseTopKSAE
 
-            arch = SparseTopKSAE.from_dense(arch)
+            arch = SparseTopKSAE.from_dense(arch, mesh=mesh)
         return arch
     if cfg.architecture == "batchtopk":
         return BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
-                            threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh), **common)
+                            threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh),
+                            batch_kth=make_batch_kth(mesh), **common)
     if cfg.architecture == "relu":
         return ReluSAE(decoder_unit_norm=cfg.decoder_unit_norm, **common)
     if cfg.architecture == "jumprelu":

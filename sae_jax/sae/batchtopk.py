@@ -16,7 +16,7 @@ from jax import lax
 from sae_jax import losses
 from sae_jax.sae import base
 from sae_jax.sae.auxk import auxk_loss
-from sae_jax.topk_select import TopK
+from sae_jax.topk_select import BatchKth, TopK, batch_kth
 
 _UNSET = -1.0  # threshold before the first batch has been seen
 
@@ -28,6 +28,8 @@ class BatchTopKSAE:
     auxk_coef: float
     threshold_lr: float = 0.01
     topk: TopK = lax.top_k
+    batch_kth: BatchKth = batch_kth
+    """m-th largest of the batch's activations (two-stage over the devices on a sharded mesh)."""
     recon_loss: str = "fvu"
     dtype: str = "float32"
 
@@ -40,8 +42,7 @@ class BatchTopKSAE:
     def batch_codes(self, pre: jax.Array) -> tuple[jax.Array, jax.Array]:
         """([B, F] codes keeping the k*B largest ReLU activations of the batch, that k*B-th value)."""
         acts = jax.nn.relu(pre)
-        vals, _ = lax.top_k(acts.reshape(-1), self.k * pre.shape[0])
-        kth = lax.stop_gradient(jnp.min(vals))
+        kth = self.batch_kth(lax.stop_gradient(acts), self.k * pre.shape[0])
         return jnp.where((acts >= kth) & (acts > 0), acts, 0.0), kth
 
     @staticmethod
