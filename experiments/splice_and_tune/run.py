@@ -67,12 +67,12 @@ def stage_extract(p, out, model):
                                      torch_threads=p["torch_threads"], progress=False))
 
 
-def stage_train(p, out) -> dict[int, str]:
+def stage_train(p, out, layers) -> dict[int, str]:
     from sae_jax.config import CheckpointConfig, DataConfig, LogConfig, OptimConfig, SAEConfig, TrainConfig
     from sae_jax.trainer import train
 
     exports = {}
-    for layer in p["layers"]:
+    for layer in layers:
         run = out / "sae" / f"layer{layer}"
         export = run / "export"
         if not (export / "cfg.json").exists():
@@ -120,7 +120,7 @@ def stage_sweep(p, out, model_name, exports):
         print(f"  main SAE (layer {p['layer']}) at block {layer}: CE {r['spliced'].ce:.3f} "
               f"(clean {r['clean'].ce:.3f})", flush=True)
     own = []
-    for layer, path in exports.items():  # each layer's own SAE at its own layer
+    for layer, path in sorted(exports.items()):  # each layer's own SAE at its own layer
         m = ev.evaluate_splice(model, load_sae(path), batches, layer, "resid", special)
         own.append({"layer": layer, **m.to_dict()})
         print(f"  own SAE at layer {layer}: CE recovered {m.ce_loss_recovered_zero:.3f}", flush=True)
@@ -261,17 +261,24 @@ def main():
     results |= {"preset": args.preset, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
     stages = args.stages.split(",")
     times = results.setdefault("wall_s", {})
-    exports = None
-    for stage in ("extract", "train", "sweep", "tune", "read"):
-        if stage not in stages and stage != "train":
+    exports = {}
+    # the main layer's SAE, tuning and reading first; the other layers' SAEs only for the sweep
+    for stage in ("extract", "train_main", "tune", "read", "train_all", "sweep"):
+        if stage.startswith("train"):
+            needs = {"train_main": ("tune", "read", "sweep"), "train_all": ("sweep",)}[stage]
+            if not set(needs) & set(stages):
+                continue
+        elif stage not in stages:
             continue
         t0 = time.perf_counter()
         print(f"[{stage}]", flush=True)
         if stage == "extract":
             s = stage_extract(p, out, model)
             results["extract"] = {"n_rows": s["n_rows"]}
-        elif stage == "train":
-            exports = stage_train(p, out)
+        elif stage == "train_main":
+            exports |= stage_train(p, out, [p["layer"]])
+        elif stage == "train_all":
+            exports |= stage_train(p, out, p["layers"])
         elif stage == "sweep":
             results["sweep"] = stage_sweep(p, out, model, exports)
             plot_sweep(results["sweep"], (here if args.preset == "cpu" else out) / "layer_sweep.png")
