@@ -236,6 +236,52 @@ def stage_read(p, out, model_name, exports):
             "c_abs_dev_max": float(np.abs(c - 1).max()), "d_abs_max": float(np.abs(d).max())}
 
 
+def tables(results) -> str:
+    """The README's tables, rendered from results.json (no number is typed by hand)."""
+    from sae_jax.lm.tune import format_table
+
+    lines = []
+    if "tune" in results:
+        t = results["tune"]
+        b = t["before"]
+        lines += [f"Tuning slice: Wikipedia topic **{t['label']}** ({t['n_train_texts']} training texts; task CE on "
+                  f"{t['n_task_eval']} held-out texts of the topic, {b['task']['n_tokens']} tokens; general CE on "
+                  f"{t['n_general_eval']} texts of other topics, {b['general']['n_tokens']} tokens). SAE "
+                  f"{t['sae_architecture']} with {t['sae_d_sae']} latents at layer {t['layer']} {t['hook']}, error "
+                  f"term {'on' if t['error_term'] else 'off'}. Clean model: task CE {b['task_clean']['ce']:.4f}, "
+                  f"general CE {b['general_clean']['ce']:.4f}; model parameters {t['total_params']:,}.", "",
+                  format_table(t), ""]
+    if "read" in results:
+        r = results["read"]
+        for key, what in (("enrichment_by_shift", "E|(c−1)·pre + d|"), ("enrichment_by_c", "|c − 1|")):
+            e = r[key]
+            lines.append(f"- top {e['n_chosen']} latents by {what}: {100 * e['mean_chosen']:.1f}% of their top "
+                         f"contexts from {r['label']} vs {100 * e['mean_random']:.1f}% for {e['n_random']} random "
+                         f"alive latents (corpus base rate {100 * r['base_rate']:.1f}%); difference "
+                         f"{100 * e['difference']:+.1f} points, 95% bootstrap CI [{100 * e['ci_low']:+.1f}, "
+                         f"{100 * e['ci_high']:+.1f}], permutation p = {e['p_permutation']:.4f}")
+        lines += ["", "| latent | E\|Δpre\| | c | d | share from slice | keywords (top-context tokens) | "
+                      "strongest context |", "|---|---|---|---|---|---|---|"]
+        for row in r["top_moved"][:10]:
+            ctx = row["top_context"].replace("|", "\\|").replace("\n", " ")
+            kw = ", ".join(f"`{k}`" for k in row["keywords"] if k) or "(space)"
+            lines.append(f"| {row['latent']} | {row['shift']:.3f} | {row['c']:.3f} | {row['d']:+.3f} | "
+                         f"{100 * row['share_from_slice']:.0f}% | {kw} | {ctx} |")
+        lines.append("")
+    if "sweep" in results:
+        sw = results["sweep"]
+        best = min(sw["insertion"], key=lambda r: r["ce_spliced"])
+        lines += [f"Insertion sweep ({sw['n_texts']} held-out paragraphs): the layer-{sw['main_layer']} SAE is "
+                  f"best spliced at block {best['layer']} (CE {best['ce_spliced']:.3f}, clean {best['ce_clean']:.3f}).",
+                  "", "| block | CE spliced (layer-%d SAE) | CE zero-ablated | own SAE: CE recovered |" % sw["main_layer"],
+                  "|---|---|---|---|"]
+        own = {r["layer"]: r["ce_loss_recovered_zero"] for r in sw["own_layer"]}
+        for r in sw["insertion"]:
+            o = f"{own[r['layer']]:.3f}" if r["layer"] in own else ""
+            lines.append(f"| {r['layer']} | {r['ce_spliced']:.3f} | {r['ce_zero']:.3f} | {o} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -289,7 +335,8 @@ def main():
             results["read"] = stage_read(p, out, model, exports)
         times[stage] = time.perf_counter() - t0
         results_path.write_text(json.dumps(results, indent=2, default=float))
-    print(json.dumps({k: results[k] for k in ("tune", "read") if k in results}, indent=1, default=float)[:4000])
+    (results_path.parent / "tables.md").write_text(tables(results) + "\n")
+    print(tables(results))
     return results
 
 
