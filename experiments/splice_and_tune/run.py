@@ -32,11 +32,12 @@ PRESETS = {
                   sae_steps=30, sae_batch=256, label="Mathematics", tune_steps=4, tune_batch=4, n_task_eval=8,
                   n_general_eval=8, lr_cd=1e-2, lr_mlp=1e-4, lr_full=1e-5, sweep_texts=8, read_per_label=4,
                   top_moved=8, n_random=20, top_n=5, torch_threads=1),
-    "cpu": dict(model="smollm2-135m-instruct", layers=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27), layer=9, max_texts=1200,
+    # Sized for a shared 2-core machine where SmolLM2's forward ran at ~30-100 tokens/s (load 7-10).
+    "cpu": dict(model="smollm2-135m-instruct", layers=(9,), layer=9, max_texts=600,
                 context_length=64, d_sae=2048, k=32, sae_steps=400, sae_batch=1024, label="Mathematics",
-                tune_steps=60, tune_batch=8, n_task_eval=48, n_general_eval=48, lr_cd=1e-2, lr_mlp=1e-4,
-                lr_full=1e-5, sweep_texts=32, read_per_label=40, top_moved=20, n_random=200, top_n=10,
-                torch_threads=2),
+                tune_steps=30, tune_batch=4, n_task_eval=24, n_general_eval=24, lr_cd=1e-2, lr_mlp=1e-4,
+                lr_full=1e-5, sweep_texts=8, sweep_blocks=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29),
+                read_per_label=20, top_moved=20, n_random=200, top_n=10, torch_threads=2),
     # The original study's scale: Pythia-70M (6 blocks, d 512), all layers, 32k-latent TopK SAEs.
     # Pythia-70M is not packaged offline: point --model at a local HF folder of EleutherAI/pythia-70m-deduped.
     "full": dict(model="EleutherAI/pythia-70m-deduped", layers=(0, 1, 2, 3, 4, 5), layer=3, max_texts=None,
@@ -112,7 +113,7 @@ def stage_sweep(p, out, model_name, exports):
     main = load_sae(exports[p["layer"]])
     insert = []
     t0 = time.perf_counter()
-    for layer in range(num_blocks(model)):  # the main SAE at every block
+    for layer in p.get("sweep_blocks") or range(num_blocks(model)):  # the main SAE at every (chosen) block
         r = lm_splice.splice_losses(model, batches, layer, "resid", {"spliced": ev.reconstruct(main),
                                                                      "zero": ev.zero_ablate()}, special)
         insert.append({"layer": layer, "ce_clean": r["clean"].ce, "ce_spliced": r["spliced"].ce,
