@@ -36,7 +36,7 @@ PRESETS = {
     "cpu": dict(model="smollm2-135m-instruct", layers=(9,), layer=9, max_texts=600,
                 context_length=64, d_sae=2048, k=32, sae_steps=400, sae_batch=1024, label="Mathematics",
                 tune_steps=30, tune_batch=4, n_task_eval=24, n_general_eval=24, lr_cd=1e-2, lr_mlp=1e-4,
-                lr_full=1e-5, sweep_texts=8, sweep_blocks=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29),
+                lr_full=1e-5, sweep_texts=4, sweep_blocks=(0, 4, 9, 14, 19, 24, 29),
                 read_per_label=20, top_moved=20, n_random=200, top_n=10, torch_threads=2),
     # The original study's scale: Pythia-70M (6 blocks, d 512), all layers, 32k-latent TopK SAEs.
     # Pythia-70M is not packaged offline: point --model at a local HF folder of EleutherAI/pythia-70m-deduped.
@@ -290,6 +290,8 @@ def main():
     ap.add_argument("--model", default=None, help="override the preset's model")
     ap.add_argument("--stages", default="extract,train,sweep,tune,read")
     ap.add_argument("--results", default=None, help="results.json path (default: beside this script for cpu)")
+    ap.add_argument("--merge", default=None, help="copy the stages found in another results.json (a stage run in "
+                    "a separate process, e.g. the sweep) into this one")
     args = ap.parse_args()
     p = dict(PRESETS[args.preset])
     if args.model:
@@ -306,6 +308,10 @@ def main():
         here / "results.json" if args.preset == "cpu" else out / "results.json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results |= {"preset": args.preset, "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}}
+    if args.merge:
+        other = json.loads(pathlib.Path(args.merge).read_text())
+        results |= {k: other[k] for k in ("extract", "sweep", "tune", "read") if k in other}
+        results.setdefault("wall_s", {}).update(other.get("wall_s", {}))
     stages = args.stages.split(",")
     times = results.setdefault("wall_s", {})
     exports = {}
