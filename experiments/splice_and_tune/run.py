@@ -156,12 +156,12 @@ def plot_sweep(sweep, path):
     plt.close(fig)
 
 
-def stage_tune(p, out, model_name, exports):
+def stage_tune(p, out, model_name, exports, methods=("cd", "mlp", "full")):
     from sae_jax.lm.tune import TuneConfig, run_tune
 
     return run_tune(TuneConfig(
         sae=exports[p["layer"]], out=str(out / "tune"), model=model_name, layer=p["layer"], hook="resid",
-        label=p["label"], steps=p["tune_steps"], batch_size=p["tune_batch"], context_length=p["context_length"],
+        label=p["label"], methods=tuple(methods), steps=p["tune_steps"], batch_size=p["tune_batch"], context_length=p["context_length"],
         n_task_eval=p["n_task_eval"], n_general_eval=p["n_general_eval"], lr_cd=p["lr_cd"], lr_mlp=p["lr_mlp"],
         lr_full=p["lr_full"], checkpoint_every=max(p["tune_steps"] // 4, 1), torch_threads=p["torch_threads"]))
 
@@ -292,6 +292,7 @@ def main():
     ap.add_argument("--results", default=None, help="results.json path (default: beside this script for cpu)")
     ap.add_argument("--merge", default=None, help="copy the stages found in another results.json (a stage run in "
                     "a separate process, e.g. the sweep) into this one")
+    ap.add_argument("--methods", default="cd,mlp,full", help="tune methods, in order (a finished one is reused)")
     args = ap.parse_args()
     p = dict(PRESETS[args.preset])
     if args.model:
@@ -336,7 +337,7 @@ def main():
             results["sweep"] = stage_sweep(p, out, model, exports)
             plot_sweep(results["sweep"], (here if args.preset == "cpu" else out) / "layer_sweep.png")
         elif stage == "tune":
-            r = stage_tune(p, out, model, exports)
+            r = stage_tune(p, out, model, exports, args.methods.split(","))
             results["tune"] = {k: v for k, v in r.items() if k != "sae"}
         elif stage == "read":
             results["read"] = stage_read(p, out, model, exports)
