@@ -376,7 +376,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={cfg.chunk_rows}")
 
     if repair:
-        return _report(cfg, _repair(cfg, _Extractor(cfg, model, chat, tokenizer), plan, d_model, repair))
+        return _report(cfg, _repair(cfg, _Extractor(cfg, model, chat, tokenizer), plan, widths, repair))
     resume = manifest is not None and manifest.get("content_key") == key
     rows_done = int(manifest["progress"]["rows_done"]) if resume else 0
     if resume and (manifest.get("n_rows") != n_rows or manifest.get("arrays") != names):
@@ -538,7 +538,7 @@ def _needs_repair(root: str, names: list[str]) -> dict[str, tuple[dict | None, l
     return out
 
 
-def _repair(cfg: ExtractConfig, extractor: "_Extractor", plan: _Plan, d_model: int,
+def _repair(cfg: ExtractConfig, extractor: "_Extractor", plan: _Plan, widths: dict[str, int],
             repair: dict[str, tuple[dict | None, list[int]]]) -> dict[str, Any]:
     """Re-extract exactly the damaged shards (whole shards, from the text windows that cover them),
     check them against the digests recorded at the first extraction, and commit again."""
@@ -554,7 +554,7 @@ def _repair(cfg: ExtractConfig, extractor: "_Extractor", plan: _Plan, d_model: i
         for i in shards:
             st.delete_key(path, integrity.shard_key(i))  # a damaged shard is rewritten whole, never merged
             targets.setdefault(i, []).append(name)
-        arrays[name] = st.create_array(path, n_rows, d_model, cfg.dtype, record["shard_rows"], cfg.chunk_rows,
+        arrays[name] = st.create_array(path, n_rows, widths[name], cfg.dtype, record["shard_rows"], cfg.chunk_rows,
                                        resume=True)
     unit_end = np.cumsum(plan.unit_rows)
     unit_start = unit_end - plan.unit_rows
