@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -15,13 +17,16 @@ commands:
   ssae [--a.b value ...]           the same as `train ssae`: a sparse shift autoencoder (constrained sparsity)
   export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
 {extra}
-`sae-jax COMMAND --help` lists every option with its documentation.
+`sae-jax COMMAND --help` lists every option with its documentation. Errors print one line;
+add --debug (or set SAE_JAX_DEBUG=1) for the traceback.
 """
 
 # Commands of other subsystems, imported only when used: name -> (module, config, run function, help).
 _COMMANDS = {
     "extract": ("sae_jax.lm.extract", "ExtractConfig", "run_extract",
                 "extract LM activations into an activation store"),
+    "verify": ("sae_jax.data.verify", "VerifyConfig", "run_verify",
+               "check every shard of an activation store against the digests recorded at extraction"),
     "eval": ("sae_jax.evals.run", "EvalConfig", "run_eval", "evaluate an exported SAE, write eval.json + report.html"),
     "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
     "plan": ("sae_jax.bench.plan", "PlanConfig", "run_plan",
@@ -83,10 +88,55 @@ def _lazy(name: str, spec) -> Callable[[Sequence[str]], None]:
     return run
 
 
+def _one_line(err: BaseException) -> tuple[str, int]:
+    """(message, exit code) for an error that ends a command."""
+    from sae_jax.errors import SaeJaxError
+
+    if isinstance(err, SaeJaxError):
+        return str(err), err.exit_code
+    if isinstance(err, OSError) and err.errno in _OS_HINTS:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where} ({_OS_HINTS[err.errno]})", 1
+    if isinstance(err, (FileNotFoundError, ValueError, OSError)):  # the library's messages name path and fix
+        return str(err), 1
+    return f"{type(err).__name__}: {err} (unexpected: rerun with --debug for the traceback and report it)", 1
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write to another folder",
+    errno.EACCES: "permission denied: check the folder's permissions or choose another one",
+    errno.EPERM: "operation not permitted: check the folder's permissions or choose another one",
+    errno.EROFS: "read-only file system: choose a writable folder",
+    errno.EDQUOT: "disk quota exceeded: free space or write to another folder",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command. Errors end it with one line on stderr (exit 2: usage, 1: failure, 130/143:
+    interrupted after saving); ``--debug`` or ``SAE_JAX_DEBUG=1`` shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SAE_JAX_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        _dispatch(argv)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:  # outside a training loop (which saves and raises Interrupted)
+        if debug:
+            raise
+        print("sae-jax: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:
+        if debug:
+            raise
+        message, code = _one_line(err)
+        print(f"sae-jax: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _dispatch(argv: list[str]) -> None:
     from sae_jax.config import presets
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable] = {"train": _train, "export": _export,
                                      "ssae": lambda args: _train(["ssae", *args])}
     commands |= {name: _lazy(name, spec) for name, spec in _COMMANDS.items()}

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot work."""
+from sae_jax.errors import ConfigError  # noqa: E402  (re-exported: its historical home)
 
 
 Architecture = Literal["topk", "batchtopk", "relu", "jumprelu", "ssae"]
@@ -28,6 +27,11 @@ class DataConfig:
     """Path or tensorstore URL of an activation store (from `sae-jax extract`)."""
     npy: str = ""
     """Path of a .npy activation file (n_rows, d_in); used when no store is given."""
+    cast: bool = False
+    """Accept a .npy of non-float values (e.g. int32) and read it as float32; refused otherwise."""
+    verify: bool = False
+    """Check every shard of the store against the digests recorded at extraction before training
+    (a full read; opening a store always checks that no shard file is missing)."""
     batch_size: int = 4096
     """Global batch size in tokens (split over the mesh's 'data' axis)."""
     seed: int = 0
@@ -296,9 +300,49 @@ class TrainConfig:
         return cls(**kwargs)
 
 
-def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = None) -> None:
-    """Raise ConfigError for a configuration that cannot work."""
+def _ranges(cfg: TrainConfig) -> list[tuple[str, Any, bool, str]]:
+    """(field, value, ok, allowed range) for every field with a limited range."""
+    d, s, o = cfg.data, cfg.sae, cfg.optim
+    return [
+        ("steps", cfg.steps, cfg.steps >= 1, ">= 1"),
+        ("optim.lr", o.lr, o.lr is None or (math.isfinite(o.lr) and o.lr > 0), "> 0 (or unset for the default)"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("optim.final_lr_fraction", o.final_lr_fraction, 0 <= o.final_lr_fraction <= 1, "in [0, 1]"),
+        ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
+        ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
+        ("optim.eps", o.eps, o.eps > 0, "> 0"),
+        ("optim.max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0, ">= 0 (0 disables clipping)"),
+        ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1 (a checkpoint to resume from)"),
+        ("data.n_stat_rows", d.n_stat_rows, d.n_stat_rows >= 1, ">= 1"),
+        ("data.seed", d.seed, d.seed >= 0, ">= 0"),
+        ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
+        ("data.synthetic_d_in", d.synthetic_d_in, d.synthetic_d_in >= 1, ">= 1"),
+        ("data.synthetic_n_features", d.synthetic_n_features, d.synthetic_n_features >= 1, ">= 1"),
+        ("data.synthetic_k", d.synthetic_k, d.synthetic_k >= 1, ">= 1"),
+        ("data.synthetic_n_rows", d.synthetic_n_rows, d.synthetic_n_rows >= 1, ">= 1"),
+        ("data.synthetic_noise", d.synthetic_noise, d.synthetic_noise >= 0, ">= 0"),
+        ("sae.k_aux", s.k_aux, s.k_aux >= 0, ">= 0 (0 = d_in // 2)"),
+        ("sae.auxk_coef", s.auxk_coef, s.auxk_coef >= 0, ">= 0 (0 disables AuxK)"),
+        ("sae.sparsity_coef", s.sparsity_coef, s.sparsity_coef >= 0, ">= 0"),
+        ("sae.sparsity_warmup_steps", s.sparsity_warmup_steps, s.sparsity_warmup_steps >= 0, ">= 0"),
+        ("sae.jumprelu_bandwidth", s.jumprelu_bandwidth, s.jumprelu_bandwidth > 0, "> 0"),
+        ("sae.jumprelu_init_threshold", s.jumprelu_init_threshold, s.jumprelu_init_threshold >= 0, ">= 0"),
+        ("sae.batchtopk_threshold_lr", s.batchtopk_threshold_lr, 0 < s.batchtopk_threshold_lr <= 1, "in (0, 1]"),
+        ("sae.resample_every", s.resample_every, s.resample_every >= 0, ">= 0 (0 disables)"),
+    ]
+
+
+def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = None,
+             n_rows: int | None = None) -> None:
+    """Raise ConfigError for a configuration that cannot work (``d_in``, ``n_devices`` and
+    ``n_rows``, the training rows, add the checks that need them)."""
     sae = cfg.sae
+    for name, value, ok, allowed in _ranges(cfg):
+        if not ok:
+            raise ConfigError(f"{name}={value} is out of range: it must be {allowed} (--{name.replace('_', '-')})")
+    if n_rows is not None and cfg.data.batch_size > n_rows:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the {n_rows} training rows "
+                          "(after the held-out tail); lower --data.batch-size or use more data")
     if sae.d_sae <= 0:
         raise ConfigError(f"sae.d_sae must be positive, got {sae.d_sae}")
     if sae.architecture in ("topk", "batchtopk"):
@@ -310,8 +354,6 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
         raise ConfigError(f"sae.dead_tokens={sae.dead_tokens} must be in [1, 2**30] (the counters saturate at 2**30)")
     if cfg.checkpoint.every <= 0 or cfg.log.every <= 0:
         raise ConfigError("checkpoint.every and log.every must be positive")
-    if cfg.steps < 0:
-        raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.data.store and cfg.data.npy:
         raise ConfigError("give either --data.store or --data.npy, not both")
     if cfg.data.difference != "none" and not (cfg.data.store or cfg.data.npy):

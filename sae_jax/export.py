@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from sae_jax.errors import ExportError
 from sae_jax.normalization import layer_norm_in, layer_norm_out
 from sae_jax.whitening import Whitening, fold_into_sae
 
@@ -34,6 +36,7 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 WHITENING_FILE = "whitening.safetensors"
 ARCHITECTURES = ("standard", "topk", "jumprelu", "linear")
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
+EXPORT_FILES = (CFG_FILE, WEIGHTS_FILE, WHITENING_FILE)  # all an export writes: what it may replace
 
 
 def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
@@ -70,21 +73,44 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
     } | cfg
     if full_cfg["architecture"] not in ARCHITECTURES:
-        raise ValueError(f"cannot export architecture {full_cfg['architecture']!r}; known: {ARCHITECTURES}")
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():  # left by an interrupted export: never let its files into this one
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(arrays, str(tmp / WEIGHTS_FILE))
-    if whitening is not None:
-        save_file({k: np.ascontiguousarray(v) for k, v in whitening.to_arrays().items()}, str(tmp / WHITENING_FILE))
-    (tmp / CFG_FILE).write_text(json.dumps(full_cfg, indent=2, sort_keys=True, default=str))
-    if path.exists():
-        for child in path.iterdir():
-            child.unlink()
-        path.rmdir()
-    tmp.rename(path)
+        raise ExportError(f"cannot export architecture {full_cfg['architecture']!r}; known: {ARCHITECTURES}")
+    _check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh temporary sibling (never a fixed name: a folder of that name may be someone else's).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        save_file(arrays, str(tmp / WEIGHTS_FILE))
+        if whitening is not None:
+            save_file({k: np.ascontiguousarray(v) for k, v in whitening.to_arrays().items()},
+                      str(tmp / WHITENING_FILE))
+        (tmp / CFG_FILE).write_text(json.dumps(full_cfg, indent=2, sort_keys=True, default=str))
+        old = None
+        if path.exists():  # an earlier export (checked above): out of the way, then gone once replaced
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            path.rename(old / path.name)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: created above
+        raise
+    if old is not None:
+        shutil.rmtree(old)  # holds only the earlier export's files
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    """An export may replace only an empty folder or an earlier export (only export files in it)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ExportError(f"cannot export to {path}: it is a file; choose another --out")
+    children = list(path.iterdir())
+    if not children:
+        return
+    foreign = [c.name for c in children if c.name not in EXPORT_FILES or not c.is_file()]
+    if foreign or not (path / CFG_FILE).is_file():
+        raise ExportError(f"cannot export to {path}: it is not an earlier SAE export (it holds "
+                          f"{', '.join(sorted(foreign)[:5]) or 'no ' + CFG_FILE}); nothing was changed: choose "
+                          "an empty or new --out folder")
 
 
 def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None,
@@ -184,32 +210,64 @@ def decoder_directions(sae) -> np.ndarray:
     return w_dec if whitening is None else (w_dec @ whitening.inverse).astype(np.float32)
 
 
+def _read_cfg(cfg_path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{cfg_path} is not valid JSON ({err}); re-export the SAE (`sae-jax export`)") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    for key in ("d_in", "d_sae"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ExportError(f"{cfg_path}: '{key}' must be a positive integer, got {value!r}")
+    return cfg
+
+
+def _check_tensors(cfg: dict[str, Any], params: dict[str, np.ndarray], cfg_path: Path, weights_path: Path) -> None:
+    """Every tensor's shape, and k, against cfg.json (a mismatch gives wrong numbers, not an error, later)."""
+    arch, d_in, d_sae = cfg["architecture"], cfg["d_in"], cfg["d_sae"]
+    missing = [n for n in _REQUIRED + (("threshold",) if arch == "jumprelu" else ()) if n not in params]
+    if missing:
+        raise ExportError(f"{weights_path}: missing tensors {missing}")
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+              "threshold": (d_sae,)}
+    for name, shape in shapes.items():
+        if name in params and params[name].shape != shape:
+            raise ExportError(f"{weights_path}: {name} has shape {params[name].shape} but {cfg_path.name} "
+                              f"(d_in={d_in}, d_sae={d_sae}) needs {shape}")
+    bad = [name for name, value in params.items() if not np.isfinite(value).all()]
+    if bad:
+        raise ExportError(f"{weights_path}: tensors {bad} hold NaN/Inf")
+    if arch == "topk":
+        k = cfg.get("k")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ExportError(f"{cfg_path}: a topk SAE needs an integer 'k' in [1, d_sae={d_sae}], got {k!r}")
+
+
 def load_sae(path: str | os.PathLike) -> LoadedSAE:
-    """Read an SAELens-format folder (this project's exports or SAEs trained elsewhere)."""
+    """Read an SAELens-format folder (this project's exports or SAEs trained elsewhere); cfg.json is
+    checked against the tensors."""
     path = Path(path)
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.exists() or not weights_path.exists():
         raise FileNotFoundError(
             f"{path} is not an SAE folder: expected {CFG_FILE} and {WEIGHTS_FILE} "
             "(write one with `sae-jax export` or SAELens' save_model)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = _read_cfg(cfg_path)
     arch = cfg.get("architecture", "standard")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"{path}: architecture {arch!r} is not supported; known: {ARCHITECTURES}")
+        raise ExportError(f"{path}: architecture {arch!r} is not supported; known: {ARCHITECTURES}")
     cfg["architecture"] = arch
     if cfg.get("normalize_activations", "none") not in ("none", "layer_norm"):
-        raise ValueError(
+        raise ExportError(
             f"{path}: normalize_activations={cfg['normalize_activations']!r} needs dataset statistics "
             "that the folder does not hold; fold the normalisation into the weights first")
-    params = {name: np.asarray(value, np.float32) for name, value in load_file(str(weights_path)).items()}
-    missing = [n for n in _REQUIRED + (("threshold",) if arch == "jumprelu" else ()) if n not in params]
-    if missing:
-        raise ValueError(f"{weights_path}: missing tensors {missing}")
-    if params["W_enc"].shape != (cfg["d_in"], cfg["d_sae"]):
-        raise ValueError(f"{weights_path}: W_enc has shape {params['W_enc'].shape}, cfg says "
-                         f"({cfg['d_in']}, {cfg['d_sae']})")
-    if arch == "topk" and not cfg.get("k"):
-        raise ValueError(f"{cfg_path}: a topk SAE needs 'k'")
+    try:
+        params = {name: np.asarray(value, np.float32) for name, value in load_file(str(weights_path)).items()}
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ExportError(f"{weights_path} cannot be read ({err}); re-export the SAE") from None
+    _check_tensors(cfg, params, cfg_path, weights_path)
     whitening = None
     if str((cfg.get("metadata") or {}).get("whitening", "")).startswith(WHITENING_FILE):
         if not (path / WHITENING_FILE).exists():

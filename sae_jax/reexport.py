@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from sae_jax.assemble import assemble
@@ -22,11 +23,13 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     info = json.loads(width.read_text()) if width.exists() else {"d_in": open_source(cfg.data).d_in}
     pieces = assemble(cfg, info["d_in"])
     ckpt = Checkpointer(str(run / "checkpoints"), cfg.checkpoint)
-    step = ckpt.latest_step()
-    if step is None:
+    if ckpt.latest_step() is None:
         raise FileNotFoundError(f"{run}/checkpoints holds no complete checkpoint")
-    state = restore_state(ckpt, step, pieces.abstract)
+    state, step = ckpt.restore_latest(lambda s: restore_state(ckpt, s, pieces.abstract), lambda st: st.params)
     ckpt.close()
+    if step < cfg.steps:
+        print(f"note: exporting step {step} of a run whose target is {cfg.steps} steps (unfinished)", file=sys.stderr)
     return export_state(Path(out) if out else run / "export", pieces.arch, state,
-                        {"config": cfg.to_dict(), "steps": step} | (IN_MEMORY if info.get("in_memory_source") else {}),
+                        {"config": cfg.to_dict(), "steps": step, "target_steps": cfg.steps}
+                        | (IN_MEMORY if info.get("in_memory_source") else {}),
                         layer_norm=cfg.data.normalize == "layernorm")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sae_jax import distributed
 from sae_jax.assemble import assemble
 from sae_jax.checkpoint import Checkpointer
 from sae_jax.config import ConfigError, TrainConfig, validate
+from sae_jax.errors import Interrupted, SaeJaxError
 from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.data.source import ActivationSource
@@ -43,7 +45,7 @@ _RESUME_KEYS = ("seed", "data", "sae", "optim", "dual")
 IN_MEMORY = {"in_memory_source": True}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SaeJaxError, RuntimeError):
     """Training stopped because a batch or the loss went bad."""
 
 
@@ -94,25 +96,38 @@ def input_statistics(source, cfg: TrainConfig, arch) -> tuple[np.ndarray, float,
 
 
 class _StopFlag:
-    """Set by SIGTERM so the loop can save and leave between steps."""
+    """Set by SIGTERM or a first Ctrl-C so the loop saves and leaves between steps (a Ctrl-C landing
+    inside a step or an orbax wait would leave the state donated or a save half-finished); a
+    second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.set = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no flag
-            self._previous = None
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers, no flag
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
-        self.set = True
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving at the end of this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _MetricsLog:
@@ -121,6 +136,8 @@ class _MetricsLog:
     def __init__(self, cfg: TrainConfig, run_dir: Path, start_step: int):
         self.cfg = cfg
         self.main = jax.process_index() == 0
+        if self.main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
         self.file = open(run_dir / "metrics.jsonl", "a") if self.main else None
         self.bar = None
         if self.main and cfg.log.progress:
@@ -158,6 +175,41 @@ class _MetricsLog:
             self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines past ``last_step`` (logged after the checkpoint a run resumes from), so a resumed
+    run appends each step once."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut by a kill: dropped
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _set_aside_stale_export(run_dir: Path) -> None:
+    """A run about to train further moves its earlier, shorter export out of ``export/`` (to
+    ``export-stepN/``), so an interrupted run never leaves an old export that looks current."""
+    export = run_dir / "export"
+    if jax.process_index() != 0 or not export.is_dir():
+        return
+    try:
+        step = json.loads((export / "cfg.json").read_text())["metadata"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        step = "unknown"
+    target, n = run_dir / f"export-step{step}", 1
+    while target.exists():
+        target, n = run_dir / f"export-step{step}.{n}", n + 1
+    export.rename(target)
+    print(f"note: moved the earlier export (step {step}) to {target}; export/ is written when this run finishes",
+          file=sys.stderr)
 
 
 def _check_data_width(run_dir: Path, d_in: int) -> None:
@@ -213,6 +265,12 @@ def _resample(state, arch, source, cfg: TrainConfig, rcfg: ResampleConfig, step:
     return resample_train_state(state, x, key, rcfg, reconstruct=reconstruct)
 
 
+def _stopped_message(why: str, saved_step: int | None, run_dir: Path) -> str:
+    if saved_step is None:
+        return f"{why} before the first checkpoint: nothing saved in {run_dir}; rerun the same command to start again"
+    return f"{why}: saved step {saved_step} in {run_dir}; rerun the same command to resume (no export yet)"
+
+
 def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns the final state and metrics.
 
@@ -220,9 +278,10 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     such a run needs the same rows again (only their width is checked).
     """
     distributed.maybe_initialize()
+    validate(cfg, n_devices=jax.device_count())  # before any data is read
     in_memory = source is not None  # then cfg.data does not describe the rows (export and eval must know)
     source = training_rows(source if source is not None else open_source(cfg.data), cfg.data)
-    validate(cfg, d_in=source.d_in, n_devices=jax.device_count())
+    validate(cfg, d_in=source.d_in, n_devices=jax.device_count(), n_rows=source.n_rows)
     d_in, d_sae = source.d_in, cfg.sae.d_sae
     pieces = assemble(cfg, d_in)
     mesh, arch, optimizer = pieces.mesh, pieces.arch, pieces.optimizer
@@ -243,11 +302,14 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
                               "--run-dir to start over, or drop --checkpoint.resume False to resume")
         _check_config(run_dir, cfg)
         _check_data_width(run_dir, d_in)
-        state = restore_state(ckpt, latest, pieces.abstract)
+        state, latest = ckpt.restore_latest(lambda step: restore_state(ckpt, step, pieces.abstract),
+                                            lambda restored: restored.params)
 
     step_fn = make_train_step(cfg, arch, optimizer, mesh, pieces.shardings)
     loader = BatchLoader(source, cfg.data.batch_size, cfg.data.seed, batch_sharding(mesh))
     start = int(state.step)
+    if start < cfg.steps:
+        _set_aside_stale_export(run_dir)
     log = _MetricsLog(cfg, run_dir, start)
     last: dict[str, float] = {}
     saved_step = latest
@@ -281,29 +343,33 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
                     ckpt.save(done, state)
                     saved_step = done
                 if stop.set:
-                    print(f"SIGTERM: saved step {saved_step} in {run_dir}; rerun the same command to resume")
                     break
             consume()
     except KeyboardInterrupt:
         try:
             consume()
-            if int(state.step) != saved_step and _all_finite(state.params):
+            # Ctrl-C inside step_fn lands after the state was donated: then keep the last checkpoint.
+            alive = not any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array))
+            if alive and int(state.step) != saved_step and _all_finite(state.params):
                 ckpt.save(int(state.step), state)
                 saved_step = int(state.step)
-            print(f"\ninterrupted: last checkpoint is step {saved_step} in {run_dir}; "
-                  "rerun the same command to resume")
         finally:
             ckpt.wait()
-        raise
+        raise Interrupted(_stopped_message("interrupted (Ctrl-C)", saved_step, run_dir), 130) from None
     finally:
         batches.close()
         log.close()
         ckpt.wait()
     ckpt.close()
+    if stop.set and int(state.step) < cfg.steps:
+        if stop.signum == signal.SIGINT:
+            raise Interrupted(_stopped_message("interrupted (Ctrl-C)", saved_step, run_dir), 130)
+        raise Interrupted(_stopped_message("stopped by SIGTERM", saved_step, run_dir), 143)
 
     export_dir = None
     if int(state.step) == cfg.steps:  # every process joins the gather; process 0 writes
         export_dir = export_state(run_dir / "export", arch, state,
-                                  {"config": cfg.to_dict(), "steps": cfg.steps} | (IN_MEMORY if in_memory else {}),
+                                  {"config": cfg.to_dict(), "steps": cfg.steps, "target_steps": cfg.steps}
+                                  | (IN_MEMORY if in_memory else {}),
                                   layer_norm=cfg.data.normalize == "layernorm")
     return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)

@@ -19,13 +19,14 @@ def training_rows(source: ActivationSource, cfg: DataConfig) -> ActivationSource
     return source if stop == source.n_rows else RowRange(source, 0, stop)
 
 
-def open_path(path: str, store: bool) -> ActivationSource:
-    """An activation store (path or URL) or a .npy file."""
+def open_path(path: str, store: bool, cast: bool = False, verify: bool = False) -> ActivationSource:
+    """An activation store (path or URL; ``verify``: check every shard's digest) or a .npy file
+    (``cast``: accept non-float values)."""
     if not store:
-        return npy_source(path)
+        return npy_source(path, cast=cast)
     from sae_jax.data.store import open_store  # tensorstore only when a store is used
 
-    return open_store(path)
+    return open_store(path, verify=verify)
 
 
 def synthetic_shifts(cfg: DataConfig, n_rows: int | None = None, seed: int | None = None, directions=None):
@@ -39,11 +40,11 @@ def synthetic_shifts(cfg: DataConfig, n_rows: int | None = None, seed: int | Non
 
 def open_source(cfg: DataConfig) -> ActivationSource:
     if cfg.store or cfg.npy:
-        first = open_path(cfg.store or cfg.npy, store=bool(cfg.store))
+        first = open_path(cfg.store or cfg.npy, store=bool(cfg.store), cast=cfg.cast, verify=cfg.verify)
         if cfg.difference == "paired":
             if not cfg.second:
                 raise ValueError("--data.difference paired needs --data.second (the 'after' source)")
-            return DifferenceSource(first, open_path(cfg.second, store=bool(cfg.store)), kind="paired")
+            return DifferenceSource(first, open_path(cfg.second, store=bool(cfg.store), cast=cfg.cast, verify=cfg.verify), kind="paired")
         if cfg.difference == "sequential":
             return DifferenceSource(first, kind="sequential")
         return first

@@ -6,9 +6,12 @@ same three members, so the trainer never knows where rows come from.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from sae_jax.errors import DataError
 
 
 @runtime_checkable
@@ -29,10 +32,19 @@ class ActivationSource(Protocol):
 
 
 class ArraySource:
-    """An activation source held in memory (tests, synthetic data, small runs)."""
+    """An activation source held in memory (tests, synthetic data, small runs).
 
-    def __init__(self, array: np.ndarray, metadata: dict[str, Any] | None = None):
+    ``cast``: accept a non-floating array (integers, booleans) and read it as float32; by default
+    such an array is refused, since activations are floats and integers usually mean the wrong file."""
+
+    def __init__(self, array: np.ndarray, metadata: dict[str, Any] | None = None, cast: bool = False):
         array = np.asarray(array)
+        where = (metadata or {}).get("path", "activation array")
+        if array.dtype.kind != "f" and not cast:
+            raise DataError(f"{where} holds {array.dtype} values, not floating-point activations; "
+                            "pass --data.cast (cast=True) to read them as float32 if they really are activations")
+        if array.dtype.kind not in "fiub":
+            raise DataError(f"{where} holds {array.dtype} values, which cannot be read as float32 activations")
         if array.ndim != 2:
             raise ValueError(
                 f"activation array must be 2-D (n_rows, d_in), got shape {array.shape}; "
@@ -69,10 +81,36 @@ class RowRange:
         return self.source.read(np.asarray(rows, np.int64) + self.start)
 
 
-def npy_source(path: str) -> ArraySource:
-    """A memory-mapped ``.npy`` file of shape ``(n_rows, d_in)``."""
-    try:
-        array = np.load(path, mmap_mode="r")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no .npy activation file at {path!r}") from None
-    return ArraySource(array, {"path": str(path)})
+def _npy_problem(path: str) -> str | None:
+    """Why ``path`` is not a readable .npy file (None when its header and size agree)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return "is empty (0 bytes)"
+        if f.read(6) != b"\x93NUMPY":
+            return "is not a .npy file (no NumPy header); write activations with numpy.save"
+        f.seek(0)
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except (ValueError, EOFError, SyntaxError) as err:
+            return f"has a damaged .npy header ({err})"
+        if dtype.hasobject:
+            return "holds Python objects (a pickled array), not numbers; save a float array with numpy.save"
+        needed = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        if size < needed:
+            return (f"is truncated: its header says shape {shape} {dtype} ({needed} bytes) but the file has {size}; "
+                    "it was cut while being written: write it again")
+    return None
+
+
+def npy_source(path: str, cast: bool = False) -> ArraySource:
+    """A memory-mapped ``.npy`` file of shape ``(n_rows, d_in)`` (``cast``: see ``ArraySource``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no .npy activation file at {path!r}")
+    problem = _npy_problem(path)
+    if problem:
+        raise DataError(f"{path} {problem}")
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return ArraySource(array, {"path": str(path)}, cast=cast)

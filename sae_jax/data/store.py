@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from sae_jax.data import integrity
+from sae_jax.errors import SaeJaxError
+
 FORMAT = "sae_jax.activations/1"
 META_KEY = "sae_jax.json"
 COMMIT_KEY = "COMMIT"
@@ -33,7 +36,7 @@ _CONTEXT_LOCK = threading.Lock()
 _CONTEXT: ts.Context | None = None
 
 
-class StoreError(Exception):
+class StoreError(SaeJaxError):
     """Base class of activation-store problems."""
 
 
@@ -163,7 +166,8 @@ def create_array(
         ],
         "fill_value": 0,
     }
-    spec = {**_array_spec(path), "metadata": metadata}
+    # Every shard file is written, even all-zero ones, so a missing file always means damage.
+    spec = {**_array_spec(path), "metadata": metadata, "store_data_equal_to_fill_value": True}
     if resume and read_key(path, "zarr.json") is not None:
         try:
             return ts.open(spec, open=True, context=context()).result()
@@ -264,8 +268,10 @@ def list_arrays(root: str) -> list[str]:
     return list(manifest.get("arrays", [])) if manifest else []
 
 
-def open_store(path: str, array: str | None = None, check_finite_rows: bool = False) -> ActivationStore:
-    """Open a committed store for reading.
+def open_store(path: str, array: str | None = None, check_finite_rows: bool = False,
+               verify: bool = False) -> ActivationStore:
+    """Open a committed store for reading (every shard file must exist; ``verify``: also re-read
+    every shard and compare it with its recorded digest).
 
     ``path`` is an array folder/URL, or an extraction root (then ``array`` names one of its
     arrays, e.g. ``"layer9_resid"``; optional when the root holds exactly one).
@@ -307,10 +313,44 @@ def open_store(path: str, array: str | None = None, check_finite_rows: bool = Fa
             f"store {path}: array shape {shape} disagrees with its commit marker {marked} or metadata "
             f"(n_rows={metadata.get('n_rows')}, d_model={metadata.get('d_model')}); re-extract it"
         )
+    record = metadata.get("integrity")
+    if record is not None:  # stores committed before digests were recorded have none
+        missing = integrity.missing_shards(_kvstore(path), record)
+        if missing:
+            raise CorruptStoreError(integrity.describe(path, integrity.Damage(missing, []), record)
+                                    + "; rerun the `sae-jax extract` command that wrote it to re-extract those rows")
     store = ActivationStore(path, arr, metadata)
+    if verify:
+        verify_store(store)
     if check_finite_rows:
         check_finite(store)
     return store
+
+
+def shard_damage(path: str) -> tuple[dict, integrity.Damage] | None:
+    """(digest record, missing/altered shards) of the array at ``path``, committed or not; None when
+    it has no recorded digests."""
+    record = (read_json(path, META_KEY) or {}).get("integrity")
+    if record is None:
+        return None
+    return record, integrity.check_shards(_kvstore(path), _open_array(path, committed=False), record)
+
+
+def is_committed(path: str) -> bool:
+    return read_key(path, COMMIT_KEY) is not None
+
+
+def verify_store(store: ActivationStore) -> int:
+    """Raise ``CorruptStoreError`` naming missing or altered shards; returns the shards checked."""
+    found = shard_damage(store.path)
+    if found is None:
+        raise StoreError(f"store {store.path} has no recorded digests (committed by an older sae_jax); "
+                         "re-extract it to be able to verify it")
+    record, damage = found
+    if damage.shards:
+        raise CorruptStoreError(integrity.describe(store.path, damage, record)
+                                + "; rerun the `sae-jax extract` command that wrote it to re-extract those rows")
+    return len(record["shards"])
 
 
 def find_nonfinite(source, rows_per_chunk: int = 65536) -> tuple[int, np.ndarray]:
@@ -354,14 +394,18 @@ def check_d_in(source, d_in: int) -> None:
 def compute_statistics(
     array: ts.TensorStore, sample_size: int = 4096, seed: int = 0, rows_per_chunk: int = 65536
 ) -> dict[str, Any]:
-    """Mean, mean row norm, NaN/Inf rows and sampled row indices, from one ordered pass."""
+    """Mean, mean row norm, NaN/Inf rows, sampled row indices and per-shard digests (under
+    ``integrity``: move it to the store's top-level metadata), from one ordered pass."""
     n_rows, d_model = (int(s) for s in array.shape)
+    hasher = integrity.ShardHasher(n_rows, integrity.shard_rows_of(array))
     total = np.zeros(d_model, np.float64)
     norm_total = 0.0
     sq_total = 0.0
     nonfinite: list[np.ndarray] = []
     for start in range(0, n_rows, rows_per_chunk):
-        block = np.asarray(array[start : min(start + rows_per_chunk, n_rows)].read().result(), dtype=np.float64)
+        raw = array[start : min(start + rows_per_chunk, n_rows)].read().result()
+        hasher.update(raw)
+        block = np.asarray(raw, dtype=np.float64)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             nonfinite.append(np.flatnonzero(~finite) + start)
@@ -383,6 +427,7 @@ def compute_statistics(
         "nonfinite_rows_head": bad[:100].tolist(),
         "sample_rows": sample.tolist(),
         "sample_seed": seed,
+        "integrity": hasher.record(),
     }
 
 

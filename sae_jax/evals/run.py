@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,11 @@ class _Context:
 
         self.cfg = cfg
         self.sae = load_sae(cfg.sae)
+        meta = self.sae.cfg.get("metadata") or {}
+        if isinstance(meta.get("steps"), int) and isinstance(meta.get("target_steps"), int) \
+                and meta["steps"] != meta["target_steps"]:
+            print(f"warning: {cfg.sae} is step {meta['steps']} of a run whose target is {meta['target_steps']} "
+                  "steps (exported from an unfinished run)", file=sys.stderr)
         self.data_cfg, self.data_from = _resolve_data(cfg, self.sae.cfg)
         start = cfg.heldout_start if cfg.heldout_start is not None else 1.0 - self.data_cfg.holdout_fraction
         if _is_synthetic(self.data_cfg):
@@ -271,6 +277,8 @@ class _Context:
         from sae_jax.lm.models import known_models, load_model
 
         spec = cfg.model or (p.model if p.model in known_models() else p.model_path)
+        print(f"eval: loading language model {spec} (from {'--model' if cfg.model else 'the store metadata'}; "
+              "local files only, no remote code)", file=sys.stderr)
         model, tok = load_model(spec)
         self._lm = (model, tok, token_batches(tok, texts[0], texts[1]), layer, hook)
         self.lm_note = f"{spec}, block {layer}, hook {hook}, {len(texts[0])} held-out texts"

@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from sae_jax.data import integrity
 from sae_jax.data import store as st
 from sae_jax.data import text as text_sources
 from sae_jax.lm import hooks as lm_hooks
@@ -345,8 +346,12 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             f"{root} holds an extraction with a different configuration (key {manifest.get('content_key')} != {key}); "
             "rerun with the original settings to resume it, choose another --out, or pass --overwrite"
         )
+    repair = None
     if manifest is not None and manifest.get("content_key") == key and manifest.get("complete"):
-        return _report(cfg, {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"], "already_complete": True})
+        repair = _needs_repair(root, manifest["arrays"])
+        if not repair:
+            return _report(cfg, {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"],
+                                 "already_complete": True})
 
     model, tokenizer = lm_models.load_model(cfg.model)
     chat = None
@@ -370,6 +375,8 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
     if shard_rows % cfg.chunk_rows:
         raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={cfg.chunk_rows}")
 
+    if repair:
+        return _report(cfg, _repair(cfg, _Extractor(cfg, model, chat, tokenizer), plan, widths, repair))
     resume = manifest is not None and manifest.get("content_key") == key
     rows_done = int(manifest["progress"]["rows_done"]) if resume else 0
     if resume and (manifest.get("n_rows") != n_rows or manifest.get("arrays") != names):
@@ -475,7 +482,9 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         role = name.split("/")[0] if "/" in name else "base"
         layer, hook = _layer_hook(name)
         info = chat_info if role == "chat" else model_info
+        record = stats.pop("integrity")
         meta = {
+            "integrity": record,
             "model": info["name"],
             "model_path": info["path"],
             "model_revision": _model_revision(info),
@@ -516,6 +525,71 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
     })
 
 
+def _needs_repair(root: str, names: list[str]) -> dict[str, tuple[dict | None, list[int]]]:
+    """Arrays of a complete extraction that lost shards (or their commit marker, in an interrupted
+    repair): name -> (digest record, damaged shards). A full read of every array."""
+    out = {}
+    for name in names:
+        path = st.join(root, name)
+        found = st.shard_damage(path)
+        shards = found[1].shards if found else []
+        if shards or not st.is_committed(path):
+            out[name] = (found[0] if found else None, shards)
+    return out
+
+
+def _repair(cfg: ExtractConfig, extractor: "_Extractor", plan: _Plan, widths: dict[str, int],
+            repair: dict[str, tuple[dict | None, list[int]]]) -> dict[str, Any]:
+    """Re-extract exactly the damaged shards (whole shards, from the text windows that cover them),
+    check them against the digests recorded at the first extraction, and commit again."""
+    root, n_rows = cfg.out, plan.n_rows
+    np_dtype = np.float32 if cfg.dtype == "float32" else ml_dtypes.bfloat16
+    targets: dict[int, list[str]] = {}
+    arrays = {}
+    for name, (record, shards) in repair.items():
+        path = st.join(root, name)
+        if record is None:
+            raise st.StoreError(f"{path} is uncommitted and has no recorded digests; re-extract into a new --out")
+        st.uncommit(path)
+        for i in shards:
+            st.delete_key(path, integrity.shard_key(i))  # a damaged shard is rewritten whole, never merged
+            targets.setdefault(i, []).append(name)
+        arrays[name] = st.create_array(path, n_rows, widths[name], cfg.dtype, record["shard_rows"], cfg.chunk_rows,
+                                       resume=True)
+    unit_end = np.cumsum(plan.unit_rows)
+    unit_start = unit_end - plan.unit_rows
+    window = cfg.batch_size * cfg.sort_window
+    windows = [(b, min(b + window, len(plan.units))) for b in range(0, len(plan.units), window)]
+    cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for i, names in sorted(targets.items()):
+        rows = repair[names[0]][0]["shard_rows"]
+        r0, r1 = i * rows, min((i + 1) * rows, n_rows)
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for b0, b1 in windows:
+            w0, w1 = int(unit_start[b0]), int(unit_end[b1 - 1])
+            if w1 <= r0 or w0 >= r1:
+                continue
+            if (b0, b1) not in cache:  # consecutive shards often share a window: compute it once
+                cache.clear()
+                cache[(b0, b1)] = _run_window(extractor, plan, b0, b1, cfg.batch_size)
+            for name in names:
+                pieces[name].append(cache[(b0, b1)][name][max(r0, w0) - w0 : min(r1, w1) - w0])
+        for name in names:
+            arrays[name][r0:r1].write(np.concatenate(pieces[name]).astype(np_dtype)).result()
+    for name, (record, shards) in repair.items():
+        path = st.join(root, name)
+        _, damage = st.shard_damage(path)
+        if damage.shards:
+            raise st.CorruptStoreError(
+                f"re-extracted rows of {path} differ from the digests recorded when it was written ("
+                f"{integrity.describe(path, damage, record)}): the model, text or torch build changed since; "
+                "extract into a new --out")
+        meta = st.read_json(path, st.META_KEY)
+        st.commit(path, meta)
+    return {"out": root, "arrays": list(repair), "n_rows": n_rows,
+            "repaired": {name: shards for name, (_, shards) in repair.items()}}
+
+
 def _report(cfg: ExtractConfig, summary: dict[str, Any]) -> dict[str, Any]:
     if cfg.progress:
         print(summary_line(summary), flush=True)
@@ -531,7 +605,10 @@ def _layer_hook(name: str) -> tuple[int, str]:
 def summary_line(summary: dict[str, Any]) -> str:
     """One line for the console: rows, arrays and tokens/s of a ``run_extract`` result."""
     if summary.get("already_complete"):
-        return f"{summary['out']}: already complete ({summary['n_rows']} rows); nothing to do"
+        return f"{summary['out']}: already complete ({summary['n_rows']} rows, every shard verified); nothing to do"
+    if "repaired" in summary:
+        done = "; ".join(f"{name}: shards {shards}" for name, shards in summary["repaired"].items())
+        return f"{summary['out']}: re-extracted the damaged shards ({done}) and verified them against their digests"
     if summary.get("stopped"):
         return f"{summary['out']}: stopped after {summary['rows_done']} of {summary['n_rows']} rows; rerun to resume"
     return (

@@ -92,11 +92,15 @@ def _finish(model: torch.nn.Module, tokenizer) -> tuple[torch.nn.Module, object]
     return model, tokenizer
 
 
+# A model folder may come from an untrusted store's metadata: never run its code, never reach a hub.
+_SAFE = {"trust_remote_code": False, "local_files_only": True}
+
+
 def _load_dir(path: Path) -> tuple[torch.nn.Module, object]:
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = transformers.AutoConfig.from_pretrained(path, **_SAFE)
     auto = transformers.AutoModelForCausalLM if _is_causal(config) else transformers.AutoModel
-    model = auto.from_pretrained(path, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = auto.from_pretrained(path, dtype=torch.float32, **_SAFE)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, **_SAFE)
     return _finish(model, tokenizer)
 
 
@@ -104,8 +108,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF model once into a safetensors folder (written atomically)."""
     gguf_path = Path(gguf_path)
     folder, name = gguf_path.parent, gguf_path.name
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, **_SAFE)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **_SAFE)
     # A GGUF-loaded model carries a quantization_config and cannot be saved as is: rebuild a
     # plain model from its config and move the dequantized weights over.
     config_dict = loaded.config.to_dict()
