@@ -31,6 +31,8 @@ _COMMANDS = {
     "bench": ("sae_jax.bench.run", "BenchConfig", "run_bench", "benchmark the train step's throughput"),
     "plan": ("sae_jax.bench.plan", "PlanConfig", "run_plan",
              "dry-run memory planner: compile the train step for a mesh too large for this machine"),
+    "tune": ("sae_jax.lm.tune", "TuneConfig", "run_tune",
+             "splice an SAE into its model and fine-tune c,d (vs one MLP, full) on a labelled text slice"),
     "demo": ("sae_jax.demo", "DemoConfig", "run_demo", "the README main job: extract -> train -> eval"),
 }
 

@@ -58,3 +58,24 @@ def test_streamed_ttests_equal_scipy_on_full_data():
 def test_labels_must_be_binary():
     with pytest.raises(ValueError, match="0 or 1"):
         ttests(np.zeros((4, 2)), np.array([0, 1, 2, 1]))
+
+
+def test_enrichment_against_direct_computation():
+    from sae_jax.evals.enrichment import enrichment, slice_shares
+
+    shares = slice_shares([["a", "a", "b", "c"], ["b", "b"], [], ["a"]], "a")
+    np.testing.assert_allclose(shares[[0, 1, 3]], [0.5, 0.0, 1.0])
+    assert np.isnan(shares[2])
+    rng = np.random.default_rng(0)
+    chosen = rng.binomial(10, 0.6, 40) / 10  # planted: 0.6 vs 0.2
+    random = rng.binomial(10, 0.2, 200) / 10
+    e = enrichment(chosen, random, n_boot=4000, n_perm=2000)
+    assert e.mean_chosen == pytest.approx(chosen.mean()) and e.mean_random == pytest.approx(random.mean())
+    assert e.difference == pytest.approx(chosen.mean() - random.mean())
+    # the bootstrap CI matches the normal-approximation CI of a difference of means
+    se = np.sqrt(chosen.var(ddof=1) / 40 + random.var(ddof=1) / 200)
+    assert e.ci_low == pytest.approx(e.difference - 1.96 * se, abs=0.02)
+    assert e.ci_high == pytest.approx(e.difference + 1.96 * se, abs=0.02)
+    assert e.p_permutation < 0.001
+    null = enrichment(rng.binomial(10, 0.3, 40) / 10, rng.binomial(10, 0.3, 200) / 10, n_perm=2000, seed=1)
+    assert null.ci_low < 0 < null.ci_high and null.p_permutation > 0.01

@@ -58,7 +58,7 @@ class ExtractConfig:
     layers: tuple[int, ...] = (9,)
     """Blocks to record (0-based; the forward pass stops after the last one)."""
     hooks: tuple[str, ...] = ("resid",)
-    """Hook points per layer: resid (block output), attn_out, mlp_out."""
+    """Hook points per layer: resid (block output), attn_out, mlp_out, mlp_hidden (MLP hidden layer: the down projection's input)."""
     context_length: int = 128
     """Tokens per text after truncation (special tokens included)."""
     batch_size: int = 16
@@ -368,9 +368,10 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
 
     plan, labels, source = _plan(cfg, tokenizer)
     names = _array_names(cfg)
-    d_model = _d_model(model)
+    # row width per array: the hidden size, or the MLP width for mlp_hidden
+    widths = {name: lm_hooks.hook_width(model, *_layer_hook(name)) for name in names}
     n_rows = plan.n_rows
-    shard_rows = cfg.shard_rows or _default_shard_rows(d_model, cfg.dtype, cfg.chunk_rows)
+    shard_rows = cfg.shard_rows or _default_shard_rows(max(widths.values()), cfg.dtype, cfg.chunk_rows)
     if shard_rows % cfg.chunk_rows:
         raise ValueError(f"shard_rows={shard_rows} must be a multiple of chunk_rows={cfg.chunk_rows}")
 
@@ -385,7 +386,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         path = st.join(root, name)
         if resume:
             st.uncommit(path)
-        arrays[name] = st.create_array(path, n_rows, d_model, cfg.dtype, shard_rows, cfg.chunk_rows, resume=resume)
+        arrays[name] = st.create_array(path, n_rows, widths[name], cfg.dtype, shard_rows, cfg.chunk_rows, resume=resume)
     if not resume:
         manifest = {
             "format": "sae_jax.extract/1",
@@ -452,7 +453,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             expected = int(unit_end[b1 - 1] - unit_start[b0])
             for name in names:
                 block = rows[name]
-                assert block.shape == (expected, d_model), (name, block.shape, expected)
+                assert block.shape == (expected, widths[name]), (name, block.shape, expected)
                 buffers[name].append(block[skip:] if skip else block)
             buffered += expected - skip
             skip = 0
@@ -479,9 +480,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             bad_arrays[name] = (stats["n_nonfinite_rows"], stats["nonfinite_rows_head"][:10])
             continue
         role = name.split("/")[0] if "/" in name else "base"
-        layer_hook = name.split("/")[-1]
-        layer = int(layer_hook.split("_")[0][len("layer"):])
-        hook = layer_hook.split("_", 1)[1]
+        layer, hook = _layer_hook(name)
         info = chat_info if role == "chat" else model_info
         record = stats.pop("integrity")
         meta = {
@@ -494,7 +493,7 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             "hook": hook,
             "dtype": cfg.dtype,
             "n_rows": n_rows,
-            "d_model": d_model,
+            "d_model": widths[name],  # the row width (the MLP width for mlp_hidden)
             "context_length": cfg.context_length,
             "n_texts": len(plan.units),
             "n_input_tokens": plan.n_input_tokens,
@@ -598,13 +597,10 @@ def _report(cfg: ExtractConfig, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _d_model(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
+def _layer_hook(name: str) -> tuple[int, str]:
+    """``(layer, hook)`` of an array name such as ``base/layer9_mlp_hidden``."""
+    layer_hook = name.split("/")[-1]
+    return int(layer_hook.split("_")[0][len("layer"):]), layer_hook.split("_", 1)[1]
 
 
 def summary_line(summary: dict[str, Any]) -> str:

@@ -7,6 +7,11 @@ Hook points, per decoder/encoder block ``layer`` (0-based):
   inside the base model's output, the last one).
 - ``"attn_out"``: what the attention sub-layer adds to the residual stream.
 - ``"mlp_out"``: what the MLP sub-layer adds to the residual stream.
+- ``"mlp_hidden"``: the MLP's hidden layer after the activation (and gating), i.e. the input of
+  its down projection (``down_proj`` / ``c_proj`` / ``dense_4h_to_h`` / ``fc2``), width
+  ``intermediate_size``. TransformerLens calls this ``mlp.hook_post``; the issue's "MLP
+  pre-activation" means the same point (pre-activation of the down projection). It is the
+  down projection's *input*, so it is read and replaced with a forward pre-hook.
 
 For sandwich-norm models (Gemma 2/3) "added to the residual" means after the post-norms; for
 post-LN encoders (BERT, MiniLM) it means the sub-layer's output projection, before the residual
@@ -17,12 +22,14 @@ GPT-NeoX, OPT and BERT-style models; the block list is found by attribute path, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
-HOOKS = ("resid", "attn_out", "mlp_out")
+HOOKS = ("resid", "attn_out", "mlp_out", "mlp_hidden")
+# Hook points that are a module's first positional input rather than its output.
+INPUT_HOOKS = ("mlp_hidden",)
 
 # Attribute paths of the block list, tried in order.
 _BLOCK_PATHS = (
@@ -48,6 +55,10 @@ _SUBMODULE_PATHS = {
     "attn_out": ("self_attn", "attn", "attention.output.dense", "attention", "self_attention"),
     "mlp_out": ("mlp", "feed_forward", "output.dense", "ffn"),
 }
+# The MLP's down projection inside one block (mlp_hidden is its input). GPT-2's "mlp.c_proj"
+# is spelled out so that "attn.c_proj" can never match; OPT keeps fc2 on the block itself.
+_DOWN_PROJ_PATHS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out",
+                    "feed_forward.down_proj", "feed_forward.w2", "fc2", "output.dense")
 # Gemma 2/3: post-norms sit between the sub-layer and the residual add.
 _SANDWICH_PATHS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 
@@ -97,10 +108,17 @@ def num_blocks(model: torch.nn.Module) -> int:
     return len(decoder_blocks(model))
 
 
-def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Module:
-    """The module whose forward output is activation ``hook`` of block ``layer``."""
+def check_hook_name(hook: str) -> None:
     if hook not in HOOKS:
-        raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}")
+        hint = " (the MLP hidden layer, input of the down projection, is 'mlp_hidden')" if hook in (
+            "mlp_pre", "mlp_post", "mlp_in", "mlp_act") else ""
+        raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}{hint}")
+
+
+def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Module:
+    """The module whose forward output is activation ``hook`` of block ``layer``, or, for
+    ``INPUT_HOOKS`` (mlp_hidden), whose first positional input is."""
+    check_hook_name(hook)
     blocks = decoder_blocks(model)
     if not -len(blocks) <= layer < len(blocks):
         raise ValueError(
@@ -110,6 +128,16 @@ def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Modul
     block = blocks[layer]
     if hook == "resid":
         return block
+    if hook == "mlp_hidden":
+        for path in _DOWN_PROJ_PATHS:
+            module = _get_path(block, path)
+            if isinstance(module, torch.nn.Module):
+                return module
+        children = [name for name, _ in block.named_modules()][:40]
+        raise ValueError(
+            f"cannot find the MLP down projection of block {layer} ({type(block).__name__}, modules "
+            f"{children}); tried {_DOWN_PROJ_PATHS}: the model does not have an 'mlp_hidden' hook point "
+            "that sae_jax knows")
     if all(hasattr(block, p) for p in ("pre_feedforward_layernorm", "post_feedforward_layernorm")):
         return getattr(block, _SANDWICH_PATHS[hook])
     for path in _SUBMODULE_PATHS[hook]:
@@ -121,6 +149,31 @@ def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Modul
         f"cannot find the {hook!r} sub-module of block {layer} ({type(block).__name__}, children "
         f"{children}); tried {_SUBMODULE_PATHS[hook]}"
     )
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """The residual-stream width from the model's (text) config."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config")
+
+
+def hook_width(model: torch.nn.Module, layer: int, hook: str) -> int:
+    """Width of the activation at ``(layer, hook)``: the hidden size, or for ``mlp_hidden`` the
+    down projection's input width (read off its weight: nn.Linear is [out, in], GPT-2's Conv1D [in, out])."""
+    if hook not in INPUT_HOOKS:
+        check_hook_name(hook)
+        return hidden_size(model)
+    module = hook_module(model, layer, hook)
+    if isinstance(module, torch.nn.Linear):
+        return int(module.in_features)
+    weight = getattr(module, "weight", None)
+    if weight is not None and weight.ndim == 2 and hasattr(module, "nf"):  # transformers' Conv1D
+        return int(weight.shape[0])
+    raise ValueError(f"cannot read the input width of {type(module).__name__} at block {layer} ({hook})")
 
 
 def output_tensor(output: Any) -> torch.Tensor:
@@ -148,17 +201,47 @@ def replace_output_tensor(output: Any, new: torch.Tensor) -> Any:
     raise TypeError(f"cannot replace the activation tensor in a module output of type {type(output).__name__}")
 
 
+def activation_hook(model: torch.nn.Module, layer: int, hook: str,
+                    fn: Callable[[torch.Tensor], torch.Tensor | None]) -> tuple:
+    """A registration for ``registered_hooks`` that calls ``fn(activation [B, T, d])`` at
+    ``(layer, hook)``; a tensor returned by ``fn`` replaces the activation downstream.
+
+    Output hook points use a forward hook on the module's output; input hook points
+    (``mlp_hidden``) a forward pre-hook on the down projection's first argument.
+    """
+    module = hook_module(model, layer, hook)
+    if hook in INPUT_HOOKS:
+        def pre(mod, args):
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise TypeError(f"{type(mod).__name__} was called without a positional tensor input: "
+                                f"cannot read the {hook!r} activation")
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+
+        return module, pre, "pre"
+
+    def post(mod, args, output):
+        new = fn(output_tensor(output))
+        return None if new is None else replace_output_tensor(output, new)
+
+    return module, post
+
+
 class _StopForward(Exception):
     """Raised from the last needed block's hook to skip the rest of the forward pass."""
 
 
 @contextlib.contextmanager
-def registered_hooks(hooks: Iterable[tuple[torch.nn.Module, Any]]) -> Iterator[None]:
-    """Register ``(module, forward_hook)`` pairs; always removed on exit."""
+def registered_hooks(hooks: Iterable[tuple]) -> Iterator[None]:
+    """Register ``(module, forward_hook)`` pairs, or ``(module, forward_pre_hook, "pre")``
+    triples (as ``activation_hook`` returns for input hook points); always removed on exit."""
     handles = []
     try:
-        for module, fn in hooks:
-            handles.append(module.register_forward_hook(fn))
+        for module, fn, *kind in hooks:
+            if kind and kind[0] == "pre":
+                handles.append(module.register_forward_pre_hook(fn))
+            else:
+                handles.append(module.register_forward_hook(fn))
         yield
     finally:
         for handle in handles:
@@ -174,8 +257,7 @@ def normalize_specs(model: torch.nn.Module, specs: Iterable[HookSpec]) -> list[H
     out = []
     for layer, hook in specs:
         layer = int(layer)
-        if hook not in HOOKS:
-            raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}")
+        check_hook_name(hook)
         if not -n_blocks <= layer < n_blocks:
             raise ValueError(f"layer {layer} is out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})")
         out.append((layer % n_blocks, str(hook)))
@@ -200,12 +282,12 @@ def capture_activations(
     store: dict[HookSpec, torch.Tensor] = {}
 
     def recorder(spec: HookSpec):
-        def fn(module, args, output):
-            store[spec] = output_tensor(output).detach()
+        def fn(act):
+            store[spec] = act.detach()
 
         return fn
 
-    hooks = [(hook_module(model, layer, hook), recorder((layer, hook))) for layer, hook in specs]
+    hooks = [activation_hook(model, layer, hook, recorder((layer, hook))) for layer, hook in specs]
     if stop_early:
         last_block = decoder_blocks(model)[max(layer for layer, _ in specs)]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sae_jax.lm.hooks import hook_module, output_tensor, registered_hooks, replace_output_tensor
+from sae_jax.lm.hooks import activation_hook, registered_hooks
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -27,10 +27,9 @@ class _Splice:
         self.transform: Transform | None = None
         self.mask: torch.Tensor | None = None  # bool [B, T]
 
-    def __call__(self, module, args, output):
+    def __call__(self, act: torch.Tensor) -> torch.Tensor | None:
         if self.transform is None:
             return None
-        act = output_tensor(output)
         mask = self.mask if self.mask is not None else torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
         if mask.shape != act.shape[:2]:
             raise ValueError(f"splice mask shape {tuple(mask.shape)} does not match the activation {tuple(act.shape[:2])}")
@@ -40,14 +39,14 @@ class _Splice:
             raise ValueError(f"splice transform returned shape {new_rows.shape}, expected {picked.shape}")
         new = act.clone()
         new[mask] = torch.from_numpy(new_rows).to(device=act.device, dtype=act.dtype)
-        return replace_output_tensor(output, new)
+        return new
 
 
 @contextlib.contextmanager
 def spliced(model: torch.nn.Module, layer: int, hook: str) -> Iterator[_Splice]:
     """Hook ``(layer, hook)``; set ``.transform`` (None = clean) and ``.mask`` before each forward."""
     splice = _Splice()
-    with registered_hooks([(hook_module(model, layer, hook), splice)]):
+    with registered_hooks([activation_hook(model, layer, hook, splice)]):
         yield splice
 
 
@@ -163,10 +162,10 @@ def mean_activation(
     total, count = None, 0
     captured: list[torch.Tensor] = []
 
-    def record(module, args, output):
-        captured.append(output_tensor(output).detach())
+    def record(act):
+        captured.append(act.detach())
 
-    with registered_hooks([(hook_module(model, layer, hook), record)]):
+    with registered_hooks([activation_hook(model, layer, hook, record)]):
         for ids_np, att_np in batches:
             ids = torch.as_tensor(np.asarray(ids_np), dtype=torch.long, device=device)
             att = torch.as_tensor(np.asarray(att_np), dtype=torch.long, device=device)
