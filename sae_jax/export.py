@@ -32,8 +32,13 @@ from sae_jax.whitening import Whitening, fold_into_sae
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 WHITENING_FILE = "whitening.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu", "linear")
+ARCHITECTURES = ("standard", "topk", "jumprelu", "linear", "gated", "transcoder", "skip_transcoder")
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
+# Tensors each architecture needs beyond / instead of _REQUIRED (SAELens names).
+_ARCH_TENSORS = {"jumprelu": _REQUIRED + ("threshold",),
+                 "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
+                 "skip_transcoder": _REQUIRED + ("W_skip",)}
+TRANSCODERS = ("transcoder", "skip_transcoder")
 
 
 def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
@@ -132,6 +137,10 @@ class LoadedSAE:
         self._ln_mu = self._ln_std = None
 
     def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        return self.sae_input(x) @ self.params["W_enc"] + self.params["b_enc"]
+
+    def sae_input(self, x: np.ndarray) -> np.ndarray:
+        """What the encoder matrix multiplies: x whitened / layer-normed / minus b_dec as the cfg says."""
         x = np.asarray(x, np.float32)
         if x.shape[-1] != self.d_in:
             raise ValueError(f"input width {x.shape[-1]} does not match the SAE's d_in={self.d_in}")
@@ -142,12 +151,17 @@ class LoadedSAE:
             x, self._ln_mu, self._ln_std = layer_norm_in(x)
         if self.cfg.get("apply_b_dec_to_input", True):
             x = x - self.params["b_dec"]
-        return x @ self.params["W_enc"] + self.params["b_enc"]
+        return x
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[N, d_sae] latent codes."""
+        if self.architecture == "gated":  # gate decides which, the magnitude path (shared W_enc) how much
+            sae_in = self.sae_input(x)
+            gate = sae_in @ self.params["W_enc"] + self.params["b_gate"]
+            mag = sae_in @ (self.params["W_enc"] * np.exp(self.params["r_mag"])) + self.params["b_mag"]
+            return np.where(gate > 0, np.maximum(mag, 0), 0).astype(np.float32)
         pre = self.pre_activations(x)
-        if self.architecture == "standard":
+        if self.architecture in ("standard",) + TRANSCODERS:
             return np.maximum(pre, 0)
         if self.architecture == "linear":  # a signed shift-autoencoder code
             return pre
@@ -172,7 +186,11 @@ class LoadedSAE:
         return x_hat
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.decode(self.encode(x))
+        """decode(encode(x)); a skip-transcoder adds its linear skip term x W_skipᵀ (as SAELens' forward)."""
+        out = self.decode(self.encode(x))
+        if self.architecture == "skip_transcoder":
+            out = out + np.asarray(x, np.float32) @ self.params["W_skip"].T
+        return out
 
 
 def decoder_directions(sae) -> np.ndarray:
@@ -202,12 +220,15 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
             f"{path}: normalize_activations={cfg['normalize_activations']!r} needs dataset statistics "
             "that the folder does not hold; fold the normalisation into the weights first")
     params = {name: np.asarray(value, np.float32) for name, value in load_file(str(weights_path)).items()}
-    missing = [n for n in _REQUIRED + (("threshold",) if arch == "jumprelu" else ()) if n not in params]
+    missing = [n for n in _ARCH_TENSORS.get(arch, _REQUIRED) if n not in params]
     if missing:
         raise ValueError(f"{weights_path}: missing tensors {missing}")
     if params["W_enc"].shape != (cfg["d_in"], cfg["d_sae"]):
         raise ValueError(f"{weights_path}: W_enc has shape {params['W_enc'].shape}, cfg says "
                          f"({cfg['d_in']}, {cfg['d_sae']})")
+    if arch in TRANSCODERS and params["W_dec"].shape != (cfg["d_sae"], cfg.get("d_out")):
+        raise ValueError(f"{weights_path}: W_dec has shape {params['W_dec'].shape}, cfg says "
+                         f"({cfg['d_sae']}, d_out={cfg.get('d_out')})")
     if arch == "topk" and not cfg.get("k"):
         raise ValueError(f"{cfg_path}: a topk SAE needs 'k'")
     whitening = None
