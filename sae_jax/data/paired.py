@@ -34,13 +34,17 @@ class PairedSource:
 
 def synthetic_pairs(n_rows: int, d: int, n_features: int, k: float, noise: float = 0.01, skip: float = 0.0,
                     seed: int = 0) -> ArraySource:
-    """Rows [x | y] with shared sparse codes s: x = s D_in + z + noise, y = s D_out + x Aᵀ + noise.
+    """Rows [x | y] with shared sparse codes s: x = s D_in + noise, y = s D_out + noise.
 
-    D_in, D_out [n_features, d] are unrelated unit-norm atoms. With ``skip`` > 0, z is a dense
-    Gaussian input component of expected norm ``skip`` and A [d, d] a random linear map (entries
-    N(0, skip²/d)): only a linear skip term can carry z Aᵀ, so a skip-transcoder must learn
-    W_skip ≈ A and its decoder the true D_out. Ground truth in metadata: ``dictionary`` (D_out),
-    ``dictionary_in`` and ``skip_matrix`` (A, zeros without skip).
+    D_in, D_out [n_features, d] are unrelated unit-norm atoms. With ``skip`` > 0 the target also gets
+    a linear part: x = (σ ⊙ s) D_in + z + noise, y = ReLU(σ ⊙ s) D_out + x Aᵀ + noise, with signs σ
+    (+1 with probability 0.4), a dense Gaussian component z of expected norm ``skip`` and a random
+    map A [d, d] (entries N(0, skip²/d)). The cheapest exact fit is then one latent ReLU(σ_i s_i)
+    per atom with decoder row D_out_i plus W_skip = A: the alternative σ s D_out through the skip plus
+    ReLU(−σ s) latents pays 1.5 times the L1 (with non-negative codes the skip would also absorb
+    the linear regression of s D_out on x, and neither W_skip nor the atoms would be identifiable).
+    Ground truth in metadata:
+    ``dictionary`` (D_out), ``dictionary_in`` and ``skip_matrix`` (A, zeros without skip).
     """
     if n_features <= 0 or d <= 0 or n_rows <= 0:
         raise ValueError(f"synthetic pairs need positive sizes, got n_rows={n_rows} d={d} n_features={n_features}")
@@ -53,11 +57,13 @@ def synthetic_pairs(n_rows: int, d: int, n_features: int, k: float, noise: float
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
         s = sparse_codes(stop - start, n_features, k, seed + start)
-        x = s @ d_in_atoms + noise * rng.standard_normal((stop - start, d))
+        signed = s * np.where(rng.random(s.shape) < 0.4, 1.0, -1.0).astype(np.float32) if skip else s
+        x = signed @ d_in_atoms + noise * rng.standard_normal((stop - start, d))
         if skip:
             x = x + rng.standard_normal((stop - start, d)) * skip / np.sqrt(d)
         rows[start:stop, :d] = x
-        rows[start:stop, d:] = s @ d_out_atoms + x @ a.T + noise * rng.standard_normal((stop - start, d))
+        y = np.maximum(signed, 0) @ d_out_atoms + x @ a.T
+        rows[start:stop, d:] = y + noise * rng.standard_normal((stop - start, d))
     return ArraySource(rows, {"source": "synthetic_pairs", SPLIT_KEY: d, "dictionary": d_out_atoms,
                               "dictionary_in": d_in_atoms, "skip_matrix": a, "n_features": n_features, "k": k,
                               "noise": noise, "skip": skip, "seed": seed})
