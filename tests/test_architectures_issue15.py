@@ -191,14 +191,16 @@ def test_odd_row_width_needs_d_out():
 
 # ---------------------------------------------------------------- mesh
 
-@pytest.mark.parametrize("arch", ["matryoshka_batchtopk", "gated", "skip_transcoder"])
+@pytest.mark.parametrize("arch", ["matryoshka_batchtopk", pytest.param("gated", marks=pytest.mark.slow),
+                                  pytest.param("skip_transcoder", marks=pytest.mark.slow)])
 def test_meshes_give_the_same_parameters(arch):
+    """A dictionary-sharded (2, 4) mesh trains the same SAE as one device (gated, skip_transcoder: -m slow)."""
     extra = {"matryoshka_widths": (32, 96)} if arch == "matryoshka_batchtopk" else {"sparsity_coef": 0.05}
-    cfg = tiny_config(architecture=arch, d_sae=256, k=2, dead_tokens=64, **({} if arch != "gated" else {}), **extra)
+    cfg = tiny_config(architecture=arch, d_sae=256, k=2, dead_tokens=64, **extra)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=64))
     src = (synthetic_pairs(4096, 16, 48, 3, skip=0.5) if arch == "skip_transcoder"
            else synthetic_source(4096, 16, 48, 3))
-    results = {shape: run_steps(cfg, src, 8, mesh_shape=shape) for shape in [(1, 1), (4, 2), (2, 4)]}
+    results = {shape: run_steps(cfg, src, 8, mesh_shape=shape) for shape in [(1, 1), (2, 4)]}
     ref_state, ref_metrics, _ = results[(1, 1)]
     if arch == "matryoshka_batchtopk":
         assert ref_metrics["auxk"] > 0  # AuxK and its sharded top-k really ran
