@@ -209,3 +209,25 @@ def test_meshes_give_the_same_parameters(arch):
             np.testing.assert_allclose(np.asarray(state.params[name]), np.asarray(value),
                                        rtol=2e-4, atol=2e-5, err_msg=f"{arch} {shape} {name}")
         np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-4)
+
+
+# ---------------------------------------------------------------- paired data
+
+def test_paired_npy_rows_and_split_check(tmp_path):
+    from sae_jax.data.open import open_source
+    from sae_jax.data.paired import PairedSource
+    from sae_jax.data.source import ArraySource
+    from sae_jax.trainer import train
+
+    x, y = rand(64, 6, seed=1), rand(64, 4, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=0,
+                      data=DataConfig(npy=str(tmp_path / "x.npy"), target=str(tmp_path / "y.npy"), batch_size=16),
+                      sae=SAEConfig(architecture="transcoder", d_sae=8))
+    src = open_source(cfg.data)
+    np.testing.assert_array_equal(src.read(np.array([5, 2])), np.concatenate([x[[5, 2]], y[[5, 2]]], axis=1))
+    with pytest.raises(ValueError, match="aligned row by row"):
+        PairedSource(ArraySource(x), ArraySource(y[:10]))
+    with pytest.raises(ConfigError, match="set --sae.d-out 4"):  # default split (5 | 5) is not the data's
+        train(cfg)
