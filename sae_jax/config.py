@@ -458,7 +458,7 @@ def _validate_issue15_architectures(cfg: TrainConfig, d_in: int | None) -> None:
     if transcoder:
         if sae.d_out < 0:
             raise ConfigError(f"sae.d_out must be >= 0, got {sae.d_out}")
-        if not (data.target or data.synthetic == "transcoder") or data.difference != "none":
+        if (data.store or data.npy) and not data.target or data.difference != "none":
             raise ConfigError(f"architecture {sae.architecture!r} needs [input | target] rows: --data.target with "
                               "--data.store/--data.npy, or --data.synthetic transcoder (and no --data.difference)")
         if data.target and not (data.store or data.npy):

@@ -26,6 +26,7 @@ from sae_jax.config import ConfigError, TrainConfig, validate
 from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.data.paired import SPLIT_KEY
+from sae_jax.sae.transcoder import TranscoderSAE
 from sae_jax.data.source import ActivationSource
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
@@ -173,6 +174,9 @@ def _check_data_width(run_dir: Path, d_in: int) -> None:
 def _check_transcoder_split(arch, source) -> None:
     """A transcoder's [input | target] split must be where the paired source puts it."""
     split = source.metadata.get(SPLIT_KEY)
+    if split is None and isinstance(arch, TranscoderSAE):
+        raise ConfigError("a transcoder trains on [input | target] rows: --data.store/--data.npy with --data.target, "
+                          "--data.synthetic transcoder, or in memory a sae_jax.data.paired.PairedSource")
     if split is not None and getattr(arch, "d_in", split) != split:
         raise ConfigError(f"the data's rows are [input {split} | target {source.d_in - split}] but the transcoder "
                           f"splits them at {arch.d_in}; set --sae.d-out {source.d_in - split}")

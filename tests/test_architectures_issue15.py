@@ -123,23 +123,31 @@ def test_gated_forward_loss_and_gradients_match_numpy():
 @pytest.mark.parametrize("skip", [False, True])
 def test_transcoder_loss_matches_numpy(skip):
     d_out, coef = 7, 0.3
-    rows = np.concatenate([rand(B, D, seed=5, scale=1.0), rand(B, d_out, seed=4, scale=1.0)], axis=1)
+    rows = np.concatenate([rand(B, D, seed=5, scale=1.0), rand(B, d_out, seed=4, scale=0.05)], axis=1)
     sae = TranscoderSAE(d_in=D, d_out=d_out, skip=skip, decoder_unit_norm=False)
     p = sae.init_params(jax.random.key(0), D + d_out, F, rows.mean(0))
     assert p["W_dec"].shape == (F, d_out) and p["b_dec"].shape == (d_out,)
-    np.testing.assert_allclose(np.asarray(p["b_dec"]), rows.mean(0)[D:])  # output bias from the target part
-    p = jax.device_get(p) | {"b_enc": rand(F, seed=3, scale=0.2), "W_dec": rand(F, d_out, seed=2)}
+    p = jax.device_get(p) | {"b_enc": rand(F, seed=3, scale=0.2), "W_dec": rand(F, d_out, seed=2),
+                             "b_dec": rand(d_out, seed=6, scale=0.1)}
     if skip:
         p["W_skip"] = rand(d_out, D, seed=1, scale=0.3)
-    loss, out = sae.loss(p, {}, jnp.asarray(rows), ctx(coef))
-    x, y = rows[:, :D].astype(np.float64), rows[:, D:]
+    x, y = rows[:, :D].astype(np.float64), rows[:, D:].astype(np.float64)
     h = np.maximum(x @ p["W_enc"] + p["b_enc"], 0)  # no input bias: b_dec lives in the output space
-    y_hat = h @ p["W_dec"] + p["b_dec"] + (x @ p["W_skip"].T if skip else 0)
+    pred = h @ p["W_dec"] + p["b_dec"] + (x @ p["W_skip"].T if skip else 0)  # predicts t·y
     l1 = np.mean(np.sum(h * np.linalg.norm(p["W_dec"], axis=1), 1))
-    np.testing.assert_allclose(float(loss), np_fvu(y, y_hat) + coef * l1, rtol=1e-4)
+    for state, t in [(sae.init_state(F), np.sqrt(d_out) / np.linalg.norm(y, axis=1).mean()),  # first batch sets t
+                     ({"target_scale": jnp.float32(3.0)}, 3.0)]:  # later ones keep it
+        loss, out = sae.loss(p, state, jnp.asarray(rows), ctx(coef))
+        np.testing.assert_allclose(float(out.state["target_scale"]), t, rtol=1e-5)
+        np.testing.assert_allclose(float(loss), np_fvu(t * y, pred) + coef * l1, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(sae.encode(p, {}, x)), h, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(sae.encode(p, {}, rows)), h, rtol=1e-4, atol=1e-5)  # target ignored
-    np.testing.assert_allclose(np.asarray(sae.forward(p, x)), y_hat, rtol=1e-4, atol=1e-4)
+    state = {"target_scale": jnp.float32(3.0)}
+    np.testing.assert_allclose(np.asarray(sae.forward(p, state, x)), pred / 3.0, rtol=1e-4, atol=1e-4)
+    exported = sae.export_params(p, state)  # weights that predict y itself
+    y_exp = (h @ np.asarray(exported["W_dec"]) + np.asarray(exported["b_dec"])
+             + (x @ np.asarray(exported["W_skip"]).T if skip else 0))
+    np.testing.assert_allclose(y_exp, pred / 3.0, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- config
@@ -165,7 +173,7 @@ BAD = [
     ({"architecture": "gated", "resample_every": 100}, {}, "b_gate"),
     ({"architecture": "topk", "d_out": 8}, {}, "target width of a transcoder"),
     ({"architecture": "topk"}, {"synthetic": "transcoder"}, "input | target"),
-    ({"architecture": "transcoder"}, {}, "needs \\[input | target\\] rows"),
+    ({"architecture": "transcoder"}, {"npy": "x.npy"}, "needs \\[input | target\\] rows"),
     ({"architecture": "transcoder"}, {"synthetic": "transcoder", "whiten": True}, "no --data.whiten"),
     ({"architecture": "transcoder"}, {"synthetic": "transcoder", "normalize": "layernorm"}, "normalize none"),
     ({"architecture": "transcoder", "resample_every": 10}, {"synthetic": "transcoder"}, "resample"),
@@ -231,3 +239,6 @@ def test_paired_npy_rows_and_split_check(tmp_path):
         PairedSource(ArraySource(x), ArraySource(y[:10]))
     with pytest.raises(ConfigError, match="set --sae.d-out 4"):  # default split (5 | 5) is not the data's
         train(cfg)
+    plain = dataclasses.replace(cfg, data=DataConfig(batch_size=16))
+    with pytest.raises(ConfigError, match="PairedSource"):  # in-memory rows must say where the target starts
+        train(plain, source=ArraySource(np.concatenate([x, y], axis=1)))

@@ -45,12 +45,14 @@ def test_export_matches_training_model_on_raw_inputs(trained, arch):
     assert scale != 1.0  # the fold of the input scale is really exercised
     params = jax.device_get(result.state.params)
     h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, x * scale))
-    out_ref = np.asarray(result.arch.decode(params, h_ref)) / scale
+    t = float(result.state.arch_state.get("target_scale", 1.0))  # transcoders predict t·y
+    out_ref = np.asarray(result.arch.decode(params, h_ref)) / scale / t
     np.testing.assert_allclose(sae.encode(x), h_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(sae.decode(sae.encode(x)), out_ref, rtol=1e-4, atol=1e-4)
     if arch == "skip_transcoder":
         assert np.abs(params["W_skip"]).max() > 0  # the skip term has been trained and is exported
-        np.testing.assert_allclose(sae(x), np.asarray(result.arch.forward(params, x * scale)) / scale,
+        np.testing.assert_allclose(sae(x), np.asarray(result.arch.forward(params, result.state.arch_state,
+                                                                          x * scale)) / scale,
                                    rtol=1e-4, atol=1e-4)
     if arch in ("transcoder", "skip_transcoder"):
         assert sae.cfg["d_out"] == 16 and sae.cfg["apply_b_dec_to_input"] is False

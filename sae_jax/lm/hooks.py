@@ -7,6 +7,8 @@ Hook points, per decoder/encoder block ``layer`` (0-based):
   inside the base model's output, the last one).
 - ``"attn_out"``: what the attention sub-layer adds to the residual stream.
 - ``"mlp_out"``: what the MLP sub-layer adds to the residual stream.
+- ``"mlp_in"``: what the MLP sub-layer reads (the input of its MLP module, after the pre-MLP
+  norm): with ``mlp_out`` of the same pass, the [input | target] pairs a transcoder trains on.
 
 For sandwich-norm models (Gemma 2/3) "added to the residual" means after the post-norms; for
 post-LN encoders (BERT, MiniLM) it means the sub-layer's output projection, before the residual
@@ -22,7 +24,8 @@ from typing import Any
 
 import torch
 
-HOOKS = ("resid", "attn_out", "mlp_out")
+HOOKS = ("resid", "attn_out", "mlp_out", "mlp_in")
+_INPUT_HOOKS = ("mlp_in",)  # read from the module's input, not its output
 
 # Attribute paths of the block list, tried in order.
 _BLOCK_PATHS = (
@@ -110,6 +113,13 @@ def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Modul
     block = blocks[layer]
     if hook == "resid":
         return block
+    if hook == "mlp_in":  # the whole MLP module (BERT's output.dense would read the hidden layer instead)
+        for path in ("mlp", "feed_forward", "ffn"):
+            module = _get_path(block, path)
+            if isinstance(module, torch.nn.Module):
+                return module
+        raise ValueError(f"cannot find the MLP module of block {layer} ({type(block).__name__}) for 'mlp_in'; "
+                         "tried mlp, feed_forward, ffn")
     if all(hasattr(block, p) for p in ("pre_feedforward_layernorm", "post_feedforward_layernorm")):
         return getattr(block, _SANDWICH_PATHS[hook])
     for path in _SUBMODULE_PATHS[hook]:
@@ -132,6 +142,11 @@ def output_tensor(output: Any) -> torch.Tensor:
     if hasattr(output, "last_hidden_state"):
         return output.last_hidden_state
     raise TypeError(f"cannot find an activation tensor in a module output of type {type(output).__name__}")
+
+
+def hook_tensor(hook: str, args: tuple, output: Any) -> torch.Tensor:
+    """The activation of ``hook`` seen by a forward hook on ``hook_module(model, layer, hook)``."""
+    return args[0] if hook in _INPUT_HOOKS else output_tensor(output)
 
 
 def replace_output_tensor(output: Any, new: torch.Tensor) -> Any:
@@ -201,7 +216,7 @@ def capture_activations(
 
     def recorder(spec: HookSpec):
         def fn(module, args, output):
-            store[spec] = output_tensor(output).detach()
+            store[spec] = hook_tensor(spec[1], args, output).detach()
 
         return fn
 
