@@ -477,8 +477,10 @@ def _validate_issue15_architectures(cfg: TrainConfig, d_in: int | None) -> None:
                 raise ConfigError(f"sae.d_out={d_out} leaves no input columns in rows of width {d_in}")
 
 
-GATED_L1 = 1.0  # L1 coefficient of the gated preset (FVU loss, inputs at E||x|| = sqrt(d))
-TRANSCODER_L1 = 1.0  # L1 coefficient of the transcoder presets
+# L1 coefficients of the gated / transcoder presets (FVU loss, inputs at E||x|| = sqrt(d)), set on the
+# presets' synthetic data only roughly: a starting point, sweep it on real activations (L1 is not scale-free).
+GATED_L1 = 0.05
+TRANSCODER_L1 = 0.02
 
 
 def presets() -> dict[str, tuple[str, TrainConfig]]:

@@ -33,8 +33,8 @@ CASES = {
     # arch: (sae settings, steps, optimizer decay)
     "matryoshka_batchtopk": ({"matryoshka_widths": (64, 128), "dead_tokens": 30_000}, 800, "none"),
     "gated": ({"sparsity_coef": 0.3}, 800, "none"),
-    "transcoder": ({"sparsity_coef": 0.1}, 800, "none"),
-    "skip_transcoder": ({"sparsity_coef": 0.1}, 1500, "linear"),
+    "transcoder": ({"sparsity_coef": 0.05}, 1500, "linear"),
+    "skip_transcoder": ({"sparsity_coef": 0.02}, 2500, "linear"),
 }
 
 
