@@ -10,6 +10,10 @@ ZCA whitening (``--data.whiten``) is folded the same way when nothing non-linear
 between it and the encoder (``sae_jax.whitening.fold_into_sae``); behind a per-token
 LayerNorm it cannot be, and ``whitening.safetensors`` is written beside the weights (``load_sae``
 applies it before the LayerNorm and undoes it after decoding; SAELens ignores the file).
+Gated SAEs export SAELens' ``gated`` tensors (``W_enc b_gate r_mag b_mag W_dec b_dec``, no b_enc);
+transcoders ``transcoder`` / ``skip_transcoder`` (``d_out``, ``W_dec`` [d_sae, d_out], ``W_skip`` [d_out, d_in],
+``apply_b_dec_to_input: false``), whose ``__call__`` here includes the skip term as SAELens' forward does.
+Matryoshka BatchTopK exports as a JumpReLU, as SAELens saves it.
 A signed shift-autoencoder code exports as architecture ``linear`` (h = pre-activation; this
 loader reads it, SAELens has no such architecture) or split into a SAELens ``standard`` SAE
 with 2F latents (``split_signed``).
