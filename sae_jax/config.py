@@ -16,7 +16,10 @@ from typing import Any, Literal
 from sae_jax.errors import ConfigError  # noqa: E402  (re-exported: its historical home)
 
 
-Architecture = Literal["topk", "batchtopk", "relu", "jumprelu", "ssae"]
+Architecture = Literal["topk", "batchtopk", "relu", "jumprelu", "ssae", "matryoshka_batchtopk", "gated",
+                       "transcoder", "skip_transcoder"]
+# Architectures whose rows are [input | target] pairs (a transcoder maps one hook's activations to another's).
+TRANSCODERS = ("transcoder", "skip_transcoder")
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,19 @@ class DataConfig:
     second: str = ""
     """With difference='paired': the 'after' source, of the same kind as the first (--data.store or --data.npy),
     aligned row by row."""
+    target: str = ""
+    """Transcoders: the target source (e.g. the mlp_out store of the same extraction as the --data.store
+    mlp input), of the same kind as the first source and aligned row by row; rows become [input | target]."""
     whiten: bool = False
     """ZCA-whiten inputs, fitted on the statistics sample; kept in the checkpoint and folded into the export
     where the input path is affine (otherwise written beside it as whitening.safetensors)."""
     whiten_eps: float = 1e-5
     """Eigenvalue floor of the whitening; keep it above the noise eigenvalues, or whitening blows pure-noise
     directions up to unit variance."""
-    synthetic: Literal["features", "shifts"] = "features"
+    synthetic: Literal["features", "shifts", "transcoder"] = "features"
     """Synthetic data (used when neither store nor npy is given): 'features' = sparse sums of dictionary atoms;
-    'shifts' = multi-concept shifts Δz = Σ_j c_j a_j with signed c (for the shift autoencoder)."""
+    'shifts' = multi-concept shifts Δz = Σ_j c_j a_j with signed c (for the shift autoencoder);
+    'transcoder' = [x | y] pairs with shared sparse codes, x = s D_in, y = s D_out (+ x A^T for skip_transcoder)."""
     synthetic_d_in: int = 64
     """Synthetic data (used when neither store nor npy is given): input width."""
     synthetic_n_features: int = 256
@@ -69,6 +76,9 @@ class DataConfig:
     """Synthetic data: rows generated."""
     synthetic_noise: float = 0.01
     """Synthetic data: std of isotropic Gaussian noise added to each row."""
+    synthetic_skip: float = 0.0
+    """Synthetic transcoder pairs: norm of a dense input component carried to the target by a linear map
+    (what a skip-transcoder's W_skip is for); 0 = none."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,9 @@ class SAEConfig:
 
     architecture: Architecture = "topk"
     """topk (k per token), batchtopk (k*batch over the batch), relu (ReLU + L1), jumprelu (L0),
-    ssae (shift autoencoder: sparsity as a hard constraint, see --sae.ssae.* and --dual.*)."""
+    ssae (shift autoencoder: sparsity as a hard constraint, see --sae.ssae.* and --dual.*),
+    matryoshka_batchtopk (BatchTopK whose nested prefixes each reconstruct), gated (gate/magnitude paths, L1 on
+    the gate), transcoder / skip_transcoder (ReLU + L1 map from input rows to target rows, --data.target)."""
     d_sae: int = 1024
     """Number of latents F."""
     k: int = 32
@@ -173,6 +185,11 @@ class SAEConfig:
     """Initial JumpReLU threshold."""
     batchtopk_threshold_lr: float = 0.01
     """EMA rate of the BatchTopK inference threshold (min positive selected activation)."""
+    matryoshka_widths: tuple[int, ...] = ()
+    """matryoshka_batchtopk: strictly increasing prefix sizes that each reconstruct the input; d_sae is
+    appended as the last level if missing (empty: F/16, F/8, F/4, F/2, F)."""
+    d_out: int = 0
+    """Transcoders: width of the target rows (0: the same as the input rows, e.g. MLP input -> MLP output)."""
     resample_every: int = 0
     """Anthropic-style resampling of dead latents every this many steps (0 disables; usual for relu/jumprelu)."""
     resample_mode: Literal["loss", "random"] = "loss"
@@ -187,6 +204,17 @@ class SAEConfig:
     """TopK kernels: dense matmuls, gathered sparse kernels, or pick by backend."""
     ssae: SSAEConfig = field(default_factory=SSAEConfig)
     """The shift autoencoder's settings (architecture 'ssae' only)."""
+
+    def __post_init__(self):
+        # JSON gives a list back; a tuple keeps configs comparable (resume) and hashable
+        object.__setattr__(self, "matryoshka_widths", tuple(int(w) for w in self.matryoshka_widths))
+
+    @property
+    def matryoshka_levels(self) -> tuple[int, ...]:
+        """The Matryoshka prefix sizes actually trained, ending at d_sae."""
+        widths = self.matryoshka_widths or tuple(self.d_sae // 2**i for i in (4, 3, 2, 1))
+        widths = tuple(w for w in widths if w > 0)
+        return widths if widths and widths[-1] == self.d_sae else widths + (self.d_sae,)
 
 
 @dataclass(frozen=True)
@@ -369,11 +397,14 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
                           f"(rank-deficient covariance); raise --data.n-stat-rows to at least {2 * d_in} "
                           f"(10x d_in, {10 * d_in}, is better)")
     for name, value, allowed in (("data.difference", cfg.data.difference, ("none", "paired", "sequential")),
-                                 ("data.synthetic", cfg.data.synthetic, ("features", "shifts"))):
+                                 ("data.synthetic", cfg.data.synthetic, ("features", "shifts", "transcoder"))):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {allowed}")
     if sae.architecture == "ssae":
         _validate_ssae(cfg)
+    _validate_issue15_architectures(cfg, d_in)
+    if cfg.data.synthetic_skip < 0:
+        raise ConfigError(f"data.synthetic_skip must be >= 0, got {cfg.data.synthetic_skip}")
     if not 0.0 <= cfg.data.holdout_fraction < 1.0:
         raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
     if cfg.data.batch_size <= 0:
@@ -439,6 +470,61 @@ def _validate_ssae(cfg: TrainConfig) -> None:
             raise ConfigError("dual.fixed_multiplier is a fixed L1 penalty: it needs --dual.formulation lagrangian")
 
 
+def _validate_issue15_architectures(cfg: TrainConfig, d_in: int | None) -> None:
+    """Matryoshka, Gated and transcoder settings (and the data they need)."""
+    sae, data = cfg.sae, cfg.data
+    transcoder = sae.architecture in TRANSCODERS
+    if sae.matryoshka_widths and sae.architecture != "matryoshka_batchtopk":
+        raise ConfigError("sae.matryoshka_widths is for --sae.architecture matryoshka_batchtopk")
+    if sae.d_out and not transcoder:
+        raise ConfigError("sae.d_out is the target width of a transcoder; drop it for this architecture")
+    if (data.target or data.synthetic == "transcoder") and not transcoder:
+        raise ConfigError("--data.target and --data.synthetic transcoder are [input | target] rows for "
+                          "--sae.architecture transcoder or skip_transcoder")
+    if sae.architecture == "matryoshka_batchtopk":
+        if not 0 < sae.k <= sae.d_sae:
+            raise ConfigError(f"sae.k={sae.k} must be in [1, d_sae={sae.d_sae}]")
+        widths = sae.matryoshka_widths
+        if any(w <= 0 or w > sae.d_sae for w in widths):
+            raise ConfigError(f"sae.matryoshka_widths={widths} must lie in [1, d_sae={sae.d_sae}]")
+        if any(a >= b for a, b in zip(widths, widths[1:])):
+            raise ConfigError(f"sae.matryoshka_widths={widths} must be strictly increasing")
+        if d_in is not None:
+            per_shard = sae.d_sae // cfg.mesh.dict
+            k_aux = sae.k_aux or d_in // 2
+            if sae.auxk_coef > 0 and k_aux > per_shard:
+                raise ConfigError(f"sae.k_aux={k_aux} exceeds the {per_shard} latents per dictionary shard; "
+                                  "set --sae.k-aux smaller or lower --mesh.dict")
+    if sae.architecture == "gated" and sae.resample_every:
+        raise ConfigError("sae.resample_every does not reset the gated SAE's b_gate/b_mag/r_mag; set it to 0")
+    if transcoder:
+        if sae.d_out < 0:
+            raise ConfigError(f"sae.d_out must be >= 0, got {sae.d_out}")
+        if (data.store or data.npy) and not data.target or data.difference != "none":
+            raise ConfigError(f"architecture {sae.architecture!r} needs [input | target] rows: --data.target with "
+                              "--data.store/--data.npy, or --data.synthetic transcoder (and no --data.difference)")
+        if data.target and not (data.store or data.npy):
+            raise ConfigError("--data.target goes with --data.store or --data.npy (the input side)")
+        if data.whiten or data.normalize == "layernorm":
+            raise ConfigError("transcoders take --data.normalize none or expected_norm (one scale on input and "
+                              "target, folded at export) and no --data.whiten")
+        if sae.resample_every:
+            raise ConfigError("sae.resample_every resamples toward the input reconstruction; transcoders set it to 0")
+        if d_in is not None:
+            d_out = sae.d_out or d_in // 2
+            if sae.d_out == 0 and d_in % 2:
+                raise ConfigError(f"rows of width {d_in} cannot split into equal input and target halves; "
+                                  "set --sae.d-out")
+            if not 0 < d_out < d_in:
+                raise ConfigError(f"sae.d_out={d_out} leaves no input columns in rows of width {d_in}")
+
+
+# L1 coefficients of the gated / transcoder presets (FVU loss, inputs at E||x|| = sqrt(d)), set on the
+# presets' synthetic data only roughly: a starting point, sweep it on real activations (L1 is not scale-free).
+GATED_L1 = 0.05
+TRANSCODER_L1 = 0.02
+
+
 def presets() -> dict[str, tuple[str, TrainConfig]]:
     """Named starting points for the CLI (override any field with --a.b value)."""
     tiny = TrainConfig(
@@ -456,6 +542,12 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
         optim=OptimConfig(lr=1e-3, warmup_steps=0),
         checkpoint=CheckpointConfig(every=1000),
     )
+    transcoder = TrainConfig(
+        run_dir="runs/transcoder",
+        data=DataConfig(synthetic="transcoder"),
+        sae=SAEConfig(architecture="transcoder", d_sae=16384, sparsity_coef=TRANSCODER_L1,
+                      sparsity_warmup_steps=1000),
+    )
     return {
         "tiny": ("TopK on the built-in synthetic ground-truth data (seconds on a CPU)", tiny),
         "topk": ("TopK SAE, k=32, 16k latents", TrainConfig(sae=SAEConfig(d_sae=16384, k=32))),
@@ -469,4 +561,17 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
                                                sparsity_warmup_steps=1000))),
         "ssae": ("sparse shift autoencoder (constrained sparsity) on activation differences; "
                  "default data: synthetic multi-concept shifts", ssae),
+        "matryoshka_batchtopk": ("Matryoshka BatchTopK SAE, k=32, 16k latents, prefixes F/16, F/8, F/4, F/2, F",
+                                 TrainConfig(sae=SAEConfig(architecture="matryoshka_batchtopk", d_sae=16384, k=32))),
+        "gated": ("Gated SAE (L1 on the gate, frozen-decoder auxiliary loss), 16k latents",
+                  TrainConfig(sae=SAEConfig(architecture="gated", d_sae=16384, sparsity_coef=GATED_L1,
+                                            sparsity_warmup_steps=1000))),
+        "transcoder": ("transcoder (ReLU + L1) from --data.store/npy rows to aligned --data.target rows; "
+                       "default data: synthetic pairs", transcoder),
+        "skip_transcoder": ("skip-transcoder (transcoder + linear skip W_skip x); default data: synthetic pairs "
+                            "with a dense linear part",
+                            dataclasses.replace(transcoder, run_dir="runs/skip_transcoder",
+                                                data=dataclasses.replace(transcoder.data, synthetic_skip=0.5),
+                                                sae=dataclasses.replace(transcoder.sae,
+                                                                        architecture="skip_transcoder"))),
     }

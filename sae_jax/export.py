@@ -10,6 +10,10 @@ ZCA whitening (``--data.whiten``) is folded the same way when nothing non-linear
 between it and the encoder (``sae_jax.whitening.fold_into_sae``); behind a per-token
 LayerNorm it cannot be, and ``whitening.safetensors`` is written beside the weights (``load_sae``
 applies it before the LayerNorm and undoes it after decoding; SAELens ignores the file).
+Gated SAEs export SAELens' ``gated`` tensors (``W_enc b_gate r_mag b_mag W_dec b_dec``, no b_enc);
+transcoders ``transcoder`` / ``skip_transcoder`` (``d_out``, ``W_dec`` [d_sae, d_out], ``W_skip`` [d_out, d_in],
+``apply_b_dec_to_input: false``), whose ``__call__`` here includes the skip term as SAELens' forward does.
+Matryoshka BatchTopK exports as a JumpReLU, as SAELens saves it.
 A signed shift-autoencoder code exports as architecture ``linear`` (h = pre-activation; this
 loader reads it, SAELens has no such architecture) or split into a SAELens ``standard`` SAE
 with 2F latents (``split_signed``).
@@ -34,9 +38,14 @@ from sae_jax.whitening import Whitening, fold_into_sae
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 WHITENING_FILE = "whitening.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu", "linear")
+ARCHITECTURES = ("standard", "topk", "jumprelu", "linear", "gated", "transcoder", "skip_transcoder")
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 EXPORT_FILES = (CFG_FILE, WEIGHTS_FILE, WHITENING_FILE)  # all an export writes: what it may replace
+# Tensors each architecture needs beyond / instead of _REQUIRED (SAELens names).
+_ARCH_TENSORS = {"jumprelu": _REQUIRED + ("threshold",),
+                 "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
+                 "skip_transcoder": _REQUIRED + ("W_skip",)}
+TRANSCODERS = ("transcoder", "skip_transcoder")
 
 
 def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
@@ -161,6 +170,10 @@ class LoadedSAE:
         self._ln_mu = self._ln_std = None
 
     def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        return self.sae_input(x) @ self.params["W_enc"] + self.params["b_enc"]
+
+    def sae_input(self, x: np.ndarray) -> np.ndarray:
+        """What the encoder matrix multiplies: x whitened / layer-normed / minus b_dec as the cfg says."""
         x = np.asarray(x, np.float32)
         if x.shape[-1] != self.d_in:
             raise ValueError(f"input width {x.shape[-1]} does not match the SAE's d_in={self.d_in}")
@@ -171,12 +184,17 @@ class LoadedSAE:
             x, self._ln_mu, self._ln_std = layer_norm_in(x)
         if self.cfg.get("apply_b_dec_to_input", True):
             x = x - self.params["b_dec"]
-        return x @ self.params["W_enc"] + self.params["b_enc"]
+        return x
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[N, d_sae] latent codes."""
+        if self.architecture == "gated":  # gate decides which, the magnitude path (shared W_enc) how much
+            sae_in = self.sae_input(x)
+            gate = sae_in @ self.params["W_enc"] + self.params["b_gate"]
+            mag = sae_in @ (self.params["W_enc"] * np.exp(self.params["r_mag"])) + self.params["b_mag"]
+            return np.where(gate > 0, np.maximum(mag, 0), 0).astype(np.float32)
         pre = self.pre_activations(x)
-        if self.architecture == "standard":
+        if self.architecture in ("standard",) + TRANSCODERS:
             return np.maximum(pre, 0)
         if self.architecture == "linear":  # a signed shift-autoencoder code
             return pre
@@ -201,7 +219,11 @@ class LoadedSAE:
         return x_hat
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.decode(self.encode(x))
+        """decode(encode(x)); a skip-transcoder adds its linear skip term x W_skipᵀ (as SAELens' forward)."""
+        out = self.decode(self.encode(x))
+        if self.architecture == "skip_transcoder":
+            out = out + np.asarray(x, np.float32) @ self.params["W_skip"].T
+        return out
 
 
 def decoder_directions(sae) -> np.ndarray:
@@ -230,15 +252,20 @@ def _read_cfg(cfg_path: Path) -> dict[str, Any]:
 def _check_tensors(cfg: dict[str, Any], params: dict[str, np.ndarray], cfg_path: Path, weights_path: Path) -> None:
     """Every tensor's shape, and k, against cfg.json (a mismatch gives wrong numbers, not an error, later)."""
     arch, d_in, d_sae = cfg["architecture"], cfg["d_in"], cfg["d_sae"]
-    missing = [n for n in _REQUIRED + (("threshold",) if arch == "jumprelu" else ()) if n not in params]
+    d_out = cfg.get("d_out", d_in) if arch in TRANSCODERS else d_in
+    if isinstance(d_out, bool) or not isinstance(d_out, int) or d_out <= 0:
+        raise ExportError(f"{cfg_path}: a {arch} needs a positive integer 'd_out', got {d_out!r}")
+    missing = [n for n in _ARCH_TENSORS.get(arch, _REQUIRED) if n not in params]
     if missing:
         raise ExportError(f"{weights_path}: missing tensors {missing}")
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
-              "threshold": (d_sae,)}
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,),
+              "threshold": (d_sae,), "b_gate": (d_sae,), "r_mag": (d_sae,), "b_mag": (d_sae,),
+              "W_skip": (d_out, d_in)}
     for name, shape in shapes.items():
         if name in params and params[name].shape != shape:
             raise ExportError(f"{weights_path}: {name} has shape {params[name].shape} but {cfg_path.name} "
-                              f"(d_in={d_in}, d_sae={d_sae}) needs {shape}")
+                              f"(d_in={d_in}, d_sae={d_sae}{f', d_out={d_out}' if d_out != d_in else ''}) "
+                              f"needs {shape}")
     bad = [name for name, value in params.items() if not np.isfinite(value).all()]
     if bad:
         raise ExportError(f"{weights_path}: tensors {bad} hold NaN/Inf")

@@ -21,6 +21,12 @@ PARAM_SPECS: dict[str, P] = {
     "log_threshold": P("dict"),
     "threshold": P("dict"),
     "tokens_since_fired": P("dict"),
+    # gated SAE: per-latent gate/magnitude parameters
+    "b_gate": P("dict"),
+    "b_mag": P("dict"),
+    "r_mag": P("dict"),
+    # skip-transcoder: [d_out, d_in] linear skip, small and replicated
+    "W_skip": P(),
     # SSAE code normalisation (per latent)
     "code_gamma": P("dict"),
     "code_beta": P("dict"),

@@ -27,6 +27,8 @@ from sae_jax.config import ConfigError, TrainConfig, validate
 from sae_jax.errors import Interrupted, SaeJaxError
 from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
+from sae_jax.data.paired import SPLIT_KEY
+from sae_jax.sae.transcoder import TranscoderSAE
 from sae_jax.data.source import ActivationSource
 from sae_jax.export import export_state
 from sae_jax.geometric_median import geometric_median
@@ -221,6 +223,17 @@ def _check_data_width(run_dir: Path, d_in: int) -> None:
                           f"has d_in={d_in}; point --data.* at the original data or use a new --run-dir")
 
 
+def _check_transcoder_split(arch, source) -> None:
+    """A transcoder's [input | target] split must be where the paired source puts it."""
+    split = source.metadata.get(SPLIT_KEY)
+    if split is None and isinstance(arch, TranscoderSAE):
+        raise ConfigError("a transcoder trains on [input | target] rows: --data.store/--data.npy with --data.target, "
+                          "--data.synthetic transcoder, or in memory a sae_jax.data.paired.PairedSource")
+    if split is not None and getattr(arch, "d_in", split) != split:
+        raise ConfigError(f"the data's rows are [input {split} | target {source.d_in - split}] but the transcoder "
+                          f"splits them at {arch.d_in}; set --sae.d-out {source.d_in - split}")
+
+
 def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     path = run_dir / "config.json"
     if path.exists():  # resuming: the run's data order and model must not change
@@ -287,6 +300,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     d_in, d_sae = source.d_in, cfg.sae.d_sae
     pieces = assemble(cfg, d_in)
     mesh, arch, optimizer = pieces.mesh, pieces.arch, pieces.optimizer
+    _check_transcoder_split(arch, source)
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

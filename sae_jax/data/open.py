@@ -3,6 +3,7 @@ synthetic data)."""
 from __future__ import annotations
 
 from sae_jax.config import DataConfig
+from sae_jax.data.paired import PairedSource, synthetic_pairs
 from sae_jax.data.shifts import DifferenceSource, multi_concept_shifts
 from sae_jax.data.source import ActivationSource, RowRange, npy_source
 from sae_jax.data.synthetic import synthetic_source
@@ -41,6 +42,8 @@ def synthetic_shifts(cfg: DataConfig, n_rows: int | None = None, seed: int | Non
 def open_source(cfg: DataConfig) -> ActivationSource:
     if cfg.store or cfg.npy:
         first = open_path(cfg.store or cfg.npy, store=bool(cfg.store), cast=cfg.cast, verify=cfg.verify)
+        if cfg.target:  # transcoders: [input | target] rows
+            return PairedSource(first, open_path(cfg.target, store=bool(cfg.store), cast=cfg.cast, verify=cfg.verify))
         if cfg.difference == "paired":
             if not cfg.second:
                 raise ValueError("--data.difference paired needs --data.second (the 'after' source)")
@@ -50,5 +53,8 @@ def open_source(cfg: DataConfig) -> ActivationSource:
         return first
     if cfg.synthetic == "shifts":
         return synthetic_shifts(cfg)
+    if cfg.synthetic == "transcoder":
+        return synthetic_pairs(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features, cfg.synthetic_k,
+                               cfg.synthetic_noise, skip=cfg.synthetic_skip, seed=cfg.seed)
     return synthetic_source(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
                             cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.seed)

@@ -229,6 +229,9 @@ class _Context:
                 and meta["steps"] != meta["target_steps"]:
             print(f"warning: {cfg.sae} is step {meta['steps']} of a run whose target is {meta['target_steps']} "
                   "steps (exported from an unfinished run)", file=sys.stderr)
+        if self.sae.architecture in ("transcoder", "skip_transcoder"):
+            raise ValueError(f"{cfg.sae} is a {self.sae.architecture}: `sae-jax eval` scores reconstructions of the "
+                             "input; score a transcoder with sae_jax.evals.splice.evaluate_transcoder_splice")
         self.data_cfg, self.data_from = _resolve_data(cfg, self.sae.cfg)
         start = cfg.heldout_start if cfg.heldout_start is not None else 1.0 - self.data_cfg.holdout_fraction
         if _is_synthetic(self.data_cfg):

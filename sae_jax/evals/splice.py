@@ -146,3 +146,24 @@ def evaluate_splice(model, sae: SAELike, batches: Iterable[tuple[np.ndarray, np.
     }
     losses = lm_splice.splice_losses(model, batches, layer, hook, variants, special_ids)
     return splice_scores(losses)
+
+
+def evaluate_transcoder_splice(model, transcoder: SAELike, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                               layer: int, special_ids: Iterable[int], mean: np.ndarray | None = None,
+                               source_hook: str = "mlp_in", hook: str = "mlp_out") -> SpliceMetrics:
+    """Replace the MLP of block ``layer`` by ``transcoder``: ``mlp_out`` := transcoder(``mlp_in``)
+    (the skip term included), against zero / mean ablation of ``mlp_out``.
+
+    The scores are those of ``evaluate_splice``; ``*_with_error`` fields are NaN (the error
+    term of a transcoder is the whole MLP output minus its prediction: adding it back is the
+    clean model by construction).
+    """
+    from sae_jax.lm import splice as lm_splice  # torch only when a model is run
+
+    batches = list(batches)
+    special_ids = list(special_ids)
+    if mean is None:
+        mean = lm_splice.mean_activation(model, batches, layer, hook, special_ids)
+    variants = {"spliced": transcoder, "zero": zero_ablate(), "mean": mean_ablate(np.asarray(mean))}
+    losses = lm_splice.splice_losses(model, batches, layer, hook, variants, special_ids, source_hook=source_hook)
+    return splice_scores(losses | {"spliced_with_error": lm_splice.VariantLoss()})

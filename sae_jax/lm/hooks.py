@@ -12,6 +12,9 @@ Hook points, per decoder/encoder block ``layer`` (0-based):
   ``intermediate_size``. TransformerLens calls this ``mlp.hook_post``; the issue's "MLP
   pre-activation" means the same point (pre-activation of the down projection). It is the
   down projection's *input*, so it is read and replaced with a forward pre-hook.
+- ``"mlp_in"``: what the MLP sub-layer reads (the input of its MLP module, after the pre-MLP
+  norm), width the hidden size: with ``mlp_out`` of the same pass, the [input | target] pairs a
+  transcoder trains on. Also an input hook point (forward pre-hook on the MLP module).
 
 For sandwich-norm models (Gemma 2/3) "added to the residual" means after the post-norms; for
 post-LN encoders (BERT, MiniLM) it means the sub-layer's output projection, before the residual
@@ -27,9 +30,9 @@ from typing import Any
 
 import torch
 
-HOOKS = ("resid", "attn_out", "mlp_out", "mlp_hidden")
+HOOKS = ("resid", "attn_out", "mlp_out", "mlp_hidden", "mlp_in")
 # Hook points that are a module's first positional input rather than its output.
-INPUT_HOOKS = ("mlp_hidden",)
+INPUT_HOOKS = ("mlp_hidden", "mlp_in")
 
 # Attribute paths of the block list, tried in order.
 _BLOCK_PATHS = (
@@ -111,7 +114,7 @@ def num_blocks(model: torch.nn.Module) -> int:
 def check_hook_name(hook: str) -> None:
     if hook not in HOOKS:
         hint = " (the MLP hidden layer, input of the down projection, is 'mlp_hidden')" if hook in (
-            "mlp_pre", "mlp_post", "mlp_in", "mlp_act") else ""
+            "mlp_pre", "mlp_post", "mlp_act") else ""
         raise ValueError(f"unknown hook point {hook!r}; choose one of {HOOKS}{hint}")
 
 
@@ -128,6 +131,13 @@ def hook_module(model: torch.nn.Module, layer: int, hook: str) -> torch.nn.Modul
     block = blocks[layer]
     if hook == "resid":
         return block
+    if hook == "mlp_in":  # the whole MLP module (BERT's output.dense would read the hidden layer instead)
+        for path in ("mlp", "feed_forward", "ffn"):
+            module = _get_path(block, path)
+            if isinstance(module, torch.nn.Module):
+                return module
+        raise ValueError(f"cannot find the MLP module of block {layer} ({type(block).__name__}) for 'mlp_in'; "
+                         "tried mlp, feed_forward, ffn")
     if hook == "mlp_hidden":
         for path in _DOWN_PROJ_PATHS:
             module = _get_path(block, path)
@@ -164,7 +174,7 @@ def hidden_size(model: torch.nn.Module) -> int:
 def hook_width(model: torch.nn.Module, layer: int, hook: str) -> int:
     """Width of the activation at ``(layer, hook)``: the hidden size, or for ``mlp_hidden`` the
     down projection's input width (read off its weight: nn.Linear is [out, in], GPT-2's Conv1D [in, out])."""
-    if hook not in INPUT_HOOKS:
+    if hook not in INPUT_HOOKS or hook == "mlp_in":
         check_hook_name(hook)
         return hidden_size(model)
     module = hook_module(model, layer, hook)
@@ -185,6 +195,11 @@ def output_tensor(output: Any) -> torch.Tensor:
     if hasattr(output, "last_hidden_state"):
         return output.last_hidden_state
     raise TypeError(f"cannot find an activation tensor in a module output of type {type(output).__name__}")
+
+
+def hook_tensor(hook: str, args: tuple, output: Any) -> torch.Tensor:
+    """The activation of ``hook`` seen by a forward hook on ``hook_module(model, layer, hook)``."""
+    return args[0] if hook in INPUT_HOOKS else output_tensor(output)
 
 
 def replace_output_tensor(output: Any, new: torch.Tensor) -> Any:

@@ -5,6 +5,10 @@ zero / mean ablation, latent ablation, steering — built in ``sae_jax.evals.spl
 SAE's own encode/decode), applied only at positions selected by a mask (real, non-special
 tokens); every other position keeps its clean value. Losses are next-token cross-entropy
 and KL(clean || variant) over the vocabulary, at targets that are real, non-special tokens.
+
+With a ``source_hook`` the transform reads another activation of the same block and its
+output replaces the hooked one: a transcoder splice reads ``mlp_in`` and replaces ``mlp_out``
+(the MLP replaced by the transcoder).
 """
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ class _Splice:
     def __init__(self):
         self.transform: Transform | None = None
         self.mask: torch.Tensor | None = None  # bool [B, T]
+        self.source: torch.Tensor | None = None  # set by the source hook's recorder, if there is one
+
+    def record_source(self, act: torch.Tensor) -> None:
+        self.source = act.detach()
 
     def __call__(self, act: torch.Tensor) -> torch.Tensor | None:
         if self.transform is None:
@@ -33,20 +41,28 @@ class _Splice:
         mask = self.mask if self.mask is not None else torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
         if mask.shape != act.shape[:2]:
             raise ValueError(f"splice mask shape {tuple(mask.shape)} does not match the activation {tuple(act.shape[:2])}")
-        picked = act[mask].detach().to(torch.float32).cpu().numpy()
+        read = act if self.source is None else self.source
+        picked = read[mask].detach().to(torch.float32).cpu().numpy()
         new_rows = np.asarray(self.transform(picked), dtype=np.float32)
-        if new_rows.shape != picked.shape:
-            raise ValueError(f"splice transform returned shape {new_rows.shape}, expected {picked.shape}")
+        if new_rows.shape != (picked.shape[0], act.shape[-1]):
+            raise ValueError(f"splice transform returned shape {new_rows.shape}, expected "
+                             f"{(picked.shape[0], act.shape[-1])}")
         new = act.clone()
         new[mask] = torch.from_numpy(new_rows).to(device=act.device, dtype=act.dtype)
         return new
 
 
 @contextlib.contextmanager
-def spliced(model: torch.nn.Module, layer: int, hook: str) -> Iterator[_Splice]:
-    """Hook ``(layer, hook)``; set ``.transform`` (None = clean) and ``.mask`` before each forward."""
+def spliced(model: torch.nn.Module, layer: int, hook: str, source_hook: str | None = None) -> Iterator[_Splice]:
+    """Hook ``(layer, hook)``; set ``.transform`` (None = clean) and ``.mask`` before each forward.
+
+    ``source_hook``: the transform reads this activation of the block (which must run first,
+    e.g. ``mlp_in`` for ``mlp_out``) instead of the replaced one."""
     splice = _Splice()
-    with registered_hooks([activation_hook(model, layer, hook, splice)]):
+    hooks = [activation_hook(model, layer, hook, splice)]
+    if source_hook is not None:  # registered first: on a shared module it records before the splice
+        hooks.insert(0, activation_hook(model, layer, source_hook, splice.record_source))
+    with registered_hooks(hooks):
         yield splice
 
 
@@ -86,8 +102,10 @@ def splice_losses(
     hook: str,
     variants: Mapping[str, Transform | None],
     special_ids: Iterable[int],
+    source_hook: str | None = None,
 ) -> dict[str, VariantLoss]:
-    """CE and KL(clean || variant) for every variant over ``(input_ids, attention_mask)`` batches.
+    """CE and KL(clean || variant) for every variant over ``(input_ids, attention_mask)`` batches
+    (``source_hook``: transforms read that activation, see ``spliced``).
 
     A variant of ``None`` is the clean model ("clean" is always computed, as KL's reference).
     Targets counted: token t+1 where both t and t+1 are attended and t+1 is not special.
@@ -95,7 +113,7 @@ def splice_losses(
     special_ids = list(special_ids)
     device = next(model.parameters()).device
     results = {"clean": VariantLoss(), **{name: VariantLoss() for name in variants if name != "clean"}}
-    with spliced(model, layer, hook) as splice:
+    with spliced(model, layer, hook, source_hook) as splice:
         for ids_np, att_np in batches:
             ids = torch.as_tensor(np.asarray(ids_np), dtype=torch.long, device=device)
             att = torch.as_tensor(np.asarray(att_np), dtype=torch.long, device=device)
@@ -140,7 +158,7 @@ def target_logprobs(
     att = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
     pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=device)
     tgt = torch.as_tensor(np.asarray(target_ids), dtype=torch.long, device=device)
-    with spliced(model, layer, hook) as splice:
+    with spliced(model, layer, hook, source_hook) as splice:
         splice.mask = splice_mask(ids, att, special_ids)
         splice.transform = transform
         logits = _logits(model, ids, att)
