@@ -230,7 +230,7 @@ def test_paired_npy_rows_and_split_check(tmp_path):
     x, y = rand(64, 6, seed=1), rand(64, 4, seed=2)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=0,
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), steps=1,
                       data=DataConfig(npy=str(tmp_path / "x.npy"), target=str(tmp_path / "y.npy"), batch_size=16),
                       sae=SAEConfig(architecture="transcoder", d_sae=8))
     src = open_source(cfg.data)
