@@ -155,6 +155,7 @@ def _achieved(result, x):
     return float(np.mean(np.abs(load_sae(result.export_dir).encode(x))))
 
 
+@pytest.mark.slow  # ~40 s: two fixed-λ runs next to the constrained one
 def test_ssae_recovers_concepts_at_target_sparsity_where_l1_misses(tmp_path):
     src = multi_concept_shifts(**SMALL, seed=1)
     A = src.metadata["directions"]

@@ -158,7 +158,7 @@ def target_logprobs(
     att = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
     pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=device)
     tgt = torch.as_tensor(np.asarray(target_ids), dtype=torch.long, device=device)
-    with spliced(model, layer, hook, source_hook) as splice:
+    with spliced(model, layer, hook) as splice:
         splice.mask = splice_mask(ids, att, special_ids)
         splice.transform = transform
         logits = _logits(model, ids, att)
