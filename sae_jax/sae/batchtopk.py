@@ -59,6 +59,12 @@ class BatchTopKSAE:
     def decode(self, params, h):
         return base.decode_dense(params, h, self.dtype)
 
+    def next_threshold(self, old: jax.Array, h: jax.Array) -> jax.Array:
+        """The inference threshold after batch codes ``h``: EMA of the smallest positive selected value."""
+        m = self.min_positive_selected(h)
+        new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
+        return jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
+
     def loss(self, params, state, x, ctx: base.LossContext):
         pre = base.pre_activations(params, x, self.dtype)
         h, kth = self.batch_codes(pre)
@@ -66,9 +72,7 @@ class BatchTopKSAE:
         recon = losses.recon_loss(self.recon_loss, x, x_hat)
         aux = (auxk_loss(params, pre, x, x_hat, ctx.dead_mask, self.k_aux, self.topk, self.dtype)
                if self.auxk_coef > 0 else jnp.zeros((), jnp.float32))
-        old, m = state["threshold"], self.min_positive_selected(h)
-        new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
-        new = jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
+        new = self.next_threshold(state["threshold"], h)
         metrics = base.recon_metrics(x, x_hat) | {"l0": losses.l0(h), "auxk": aux, "threshold": new}
         return recon + self.auxk_coef * aux, base.LossOutput(
             fired=base.fired(h), metrics=metrics, state={"threshold": new})

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from sae_jax import losses
 from sae_jax.sae import base
 from sae_jax.sae.auxk import auxk_loss
-from sae_jax.sae.batchtopk import _UNSET, BatchTopKSAE
+from sae_jax.sae.batchtopk import BatchTopKSAE
 
 
 def level_reconstructions(params: base.Params, h, widths: tuple[int, ...], dtype: str = "float32"):
@@ -45,9 +45,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         recon = sum(per_level) / len(per_level)
         aux = (auxk_loss(params, pre, x, x_hat, ctx.dead_mask, self.k_aux, self.topk, self.dtype)
                if self.auxk_coef > 0 else jnp.zeros((), jnp.float32))
-        old, m = state["threshold"], self.min_positive_selected(h)
-        new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
-        new = jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
+        new = self.next_threshold(state["threshold"], h)
         metrics = base.recon_metrics(x, x_hat) | {"l0": losses.l0(h), "auxk": aux, "threshold": new}
         metrics |= {f"fvu_prefix_{w}": losses.fvu(x, levels[i]) for i, w in enumerate(self.widths[:-1])}
         return recon + self.auxk_coef * aux, base.LossOutput(
