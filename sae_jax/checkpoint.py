@@ -29,6 +29,11 @@ from sae_jax.fingerprint import tree_fingerprint
 _COMPLETE = ("_CHECKPOINT_METADATA", "default/_METADATA")
 
 
+def all_finite(tree) -> bool:
+    """True when no array leaf of ``tree`` holds NaN/Inf (what a checkpoint may hold as parameters)."""
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
 def _quiet_abandoned_reads() -> None:
     """When orbax's restore fails on a damaged file, tensorstore later completes the abandoned reads
     on the closed event loop; each reports "Event loop is closed" through sys.unraisablehook. Those
@@ -86,7 +91,7 @@ class Checkpointer:
 
     def damage(self, step: int, state: Any, params: Any) -> str | None:
         """Why the restored ``state`` is not the one saved at ``step`` (None when it is)."""
-        if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
+        if not all_finite(params):
             return "its parameters hold NaN/Inf"
         expected = self._fingerprints().get(str(step))
         if expected is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from sae_jax import distributed
 from sae_jax.assemble import assemble
-from sae_jax.checkpoint import Checkpointer
+from sae_jax.checkpoint import Checkpointer, all_finite
 from sae_jax.config import ConfigError, TrainConfig, validate
 from sae_jax.errors import Interrupted, SaeJaxError
 from sae_jax.data.loader import BatchLoader, global_batch_rows
@@ -251,10 +251,6 @@ def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
         path.write_text(cfg.to_json())
 
 
-def _all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
-
-
 def _host_metrics(step: int, metrics: dict[str, jax.Array], loader: BatchLoader) -> dict[str, float]:
     """Fetch a step's metrics and stop on bad data or divergence."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -366,7 +362,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
             consume()
             # Ctrl-C inside step_fn lands after the state was donated: then keep the last checkpoint.
             alive = not any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array))
-            if alive and int(state.step) != saved_step and _all_finite(state.params):
+            if alive and int(state.step) != saved_step and all_finite(state.params):
                 ckpt.save(int(state.step), state)
                 saved_step = int(state.step)
         finally:
