@@ -1,0 +1,153 @@
+"""A tuned model with a known change: full fine-tuning of a base LM on a labelled slice of text.
+
+Model-diffing studies need a base/tuned pair that shares a tokenizer. Offline there is none, so
+we plant the change: fine-tune the base on one or several labels of the offline text (e.g. a
+Wikipedia topic) and save the result as a local HF folder that ``sae-jax extract --chat-model``
+accepts. The slice's held-out CE must drop while the CE on other labels barely moves; both are
+measured before and after and written to the folder's manifest.
+
+The folder is written to ``OUT.tmp`` and renamed when complete, so a half-written folder is never
+mistaken for a finished one; a finished folder with the same settings is reused as it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_jax.lm import models as lm_models
+from sae_jax.lm.tune import _encode, lm_ce, split_texts, step_texts
+
+MANIFEST = "finetune.json"
+PLANTED = "__planted__"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Which model to tune on which slice, and how."""
+
+    model: str
+    """Base model (short name, HF folder, .gguf)."""
+    out: str
+    """Output HF folder (model, tokenizer, finetune.json)."""
+    domains: tuple[str, ...] = ("Mathematics",)
+    """Labels of the text source that form the planted slice."""
+    text: str = "wikipedia"
+    """Labelled text source: wikipedia, bbc, or a labelled file (see sae_jax.data.text.load_text)."""
+    steps: int = 60
+    batch_size: int = 8
+    context_length: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    n_task_eval: int = 32
+    """Held-out texts of the slice (never trained on; also excluded from later analysis sets)."""
+    n_general_eval: int = 32
+    """Texts of the other labels on which the damage is measured."""
+    eval_batch_size: int = 8
+    seed: int = 0
+    torch_threads: int | None = None
+
+    def key(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for name in ("out", "torch_threads", "eval_batch_size"):
+            d.pop(name)
+        d["domains"] = list(d["domains"])
+        return d
+
+
+def planted_split(texts, labels, domains, n_task_eval: int, n_general_eval: int, seed: int):
+    """``split_texts`` with several labels merged into one planted slice."""
+    if labels is None:
+        raise ValueError("the text source has no labels: a planted domain needs labelled text")
+    labels = np.asarray(labels, dtype=object)
+    missing = sorted(set(domains) - set(labels.tolist()))
+    if missing:
+        raise ValueError(f"planted domain label(s) {missing} not in the text source; labels: {sorted(set(labels.tolist()))}")
+    merged = np.where(np.isin(labels, list(domains)), PLANTED, labels)
+    return split_texts(texts, merged, PLANTED, n_task_eval, n_general_eval, seed)
+
+
+def _ce(model, tok, texts, cfg: FinetuneConfig, special) -> float:
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(texts), cfg.eval_batch_size):
+            ids, att = _encode(tok, texts[i:i + cfg.eval_batch_size], cfg.context_length, device)
+            s, k = lm_ce(model, ids, att, special)
+            total, n = total + float(s.double()), n + k
+    return total / n
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]:
+    """Fine-tune (or reuse a finished folder with the same settings); return the manifest."""
+    out = Path(cfg.out)
+    done = read_manifest(out)
+    if done is not None:
+        if done["config"] != cfg.key():
+            raise ValueError(f"{out} holds a model tuned with other settings ({done['config']}); "
+                             "choose another --out or delete the folder")
+        return done
+    if out.exists():
+        raise ValueError(f"{out} exists but is not a finished fine-tune (no {MANIFEST}); delete it or choose another --out")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ValueError("steps and batch_size must be positive and lr > 0")
+    if texts is None:
+        from sae_jax.data.text import load_text
+        ds = load_text(cfg.text)
+        texts, labels = ds.texts, ds.labels
+    data = planted_split(texts, labels, cfg.domains, cfg.n_task_eval, cfg.n_general_eval, cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    model, tok = lm_models.load_model(cfg.model)
+    model.train()
+    model.requires_grad_(True)  # load_model freezes weights for inference
+    device = next(model.parameters()).device
+    special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
+    before = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),
+              "general_ce": _ce(model, tok, data.general_eval, cfg, special)}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    t0, losses = time.perf_counter(), []
+    for step in range(cfg.steps):
+        batch = [data.train[i] for i in step_texts(len(data.train), cfg.batch_size, step, cfg.seed)]
+        ids, att = _encode(tok, batch, cfg.context_length, device)
+        s, k = lm_ce(model, ids, att, special)
+        loss = s / k
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    wall = time.perf_counter() - t0
+    model.eval()
+    after = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),
+             "general_ce": _ce(model, tok, data.general_eval, cfg, special)}
+    manifest = {
+        "config": cfg.key(),
+        "base_model": lm_models.resolve_model(cfg.model),
+        "before": before, "after": after,
+        "task_ce_drop": before["task_ce"] - after["task_ce"],
+        "general_ce_change": after["general_ce"] - before["general_ce"],
+        "n_train_texts": len(data.train), "train_loss": losses, "wall_s": wall,
+        "task_eval_texts": list(data.task_eval),
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a previous interrupted write: never reused
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out)
+    return manifest
