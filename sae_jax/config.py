@@ -17,7 +17,7 @@ from sae_jax.errors import ConfigError  # noqa: E402  (re-exported: its historic
 
 
 Architecture = Literal["topk", "batchtopk", "relu", "jumprelu", "ssae", "matryoshka_batchtopk", "gated",
-                       "transcoder", "skip_transcoder"]
+                       "transcoder", "skip_transcoder", "crosscoder"]
 # Architectures whose rows are [input | target] pairs (a transcoder maps one hook's activations to another's).
 TRANSCODERS = ("transcoder", "skip_transcoder")
 
@@ -164,7 +164,8 @@ class SAEConfig:
     """topk (k per token), batchtopk (k*batch over the batch), relu (ReLU + L1), jumprelu (L0),
     ssae (shift autoencoder: sparsity as a hard constraint, see --sae.ssae.* and --dual.*),
     matryoshka_batchtopk (BatchTopK whose nested prefixes each reconstruct), gated (gate/magnitude paths, L1 on
-    the gate), transcoder / skip_transcoder (ReLU + L1 map from input rows to target rows, --data.target)."""
+    the gate), transcoder / skip_transcoder (ReLU + L1 map from input rows to target rows, --data.target),
+    crosscoder (BatchTopK crosscoder on [base | tuned] rows: --data.store base, --data.target tuned)."""
     d_sae: int = 1024
     """Number of latents F."""
     k: int = 32
@@ -478,9 +479,22 @@ def _validate_issue15_architectures(cfg: TrainConfig, d_in: int | None) -> None:
         raise ConfigError("sae.matryoshka_widths is for --sae.architecture matryoshka_batchtopk")
     if sae.d_out and not transcoder:
         raise ConfigError("sae.d_out is the target width of a transcoder; drop it for this architecture")
-    if (data.target or data.synthetic == "transcoder") and not transcoder:
-        raise ConfigError("--data.target and --data.synthetic transcoder are [input | target] rows for "
-                          "--sae.architecture transcoder or skip_transcoder")
+    crosscoder = sae.architecture == "crosscoder"
+    if data.target and not (transcoder or crosscoder):
+        raise ConfigError("--data.target makes [input | target] rows for --sae.architecture transcoder or "
+                          "skip_transcoder ([base | tuned] rows for crosscoder)")
+    if data.synthetic == "transcoder" and not transcoder:
+        raise ConfigError("--data.synthetic transcoder makes [input | target] rows for --sae.architecture "
+                          "transcoder or skip_transcoder")
+    if crosscoder:
+        if (data.store or data.npy) and not data.target or data.difference != "none" or data.synthetic == "shifts":
+            raise ConfigError("the crosscoder reads [base | tuned] rows: --data.store/--data.npy (base) with "
+                              "--data.target (tuned, aligned row by row), and no --data.difference")
+        if data.whiten or data.normalize == "layernorm":
+            raise ConfigError("the crosscoder takes --data.normalize none or expected_norm (one scale on both "
+                              "models' rows) and no --data.whiten")
+        if d_in is not None and d_in % 2:
+            raise ConfigError(f"crosscoder rows of width {d_in} cannot be [base | tuned] halves")
     if sae.architecture == "matryoshka_batchtopk":
         if not 0 < sae.k <= sae.d_sae:
             raise ConfigError(f"sae.k={sae.k} must be in [1, d_sae={sae.d_sae}]")
@@ -566,6 +580,9 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
         "gated": ("Gated SAE (L1 on the gate, frozen-decoder auxiliary loss), 16k latents",
                   TrainConfig(sae=SAEConfig(architecture="gated", d_sae=16384, sparsity_coef=GATED_L1,
                                             sparsity_warmup_steps=1000))),
+        "crosscoder": ("BatchTopK crosscoder, k=32, 16k latents, on [base | tuned] rows (--data.store base, "
+                       "--data.target tuned)",
+                       TrainConfig(sae=SAEConfig(architecture="crosscoder", d_sae=16384, k=32))),
         "transcoder": ("transcoder (ReLU + L1) from --data.store/npy rows to aligned --data.target rows; "
                        "default data: synthetic pairs", transcoder),
         "skip_transcoder": ("skip-transcoder (transcoder + linear skip W_skip x); default data: synthetic pairs "

@@ -7,6 +7,7 @@ from jax.sharding import Mesh
 
 from sae_jax.config import TRANSCODERS, ConfigError, SAEConfig
 from sae_jax.sae.batchtopk import BatchTopKSAE
+from sae_jax.sae.crosscoder import CrosscoderSAE
 from sae_jax.sae.gated import GatedSAE
 from sae_jax.sae.jumprelu import JumpReluSAE
 from sae_jax.sae.matryoshka import MatryoshkaBatchTopKSAE
@@ -37,6 +38,9 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
         return BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
                             threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh),
                             batch_kth=make_batch_kth(mesh), **common)
+    if cfg.architecture == "crosscoder":
+        return CrosscoderSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef, threshold_lr=cfg.batchtopk_threshold_lr,
+                             topk=make_topk(mesh), batch_kth=make_batch_kth(mesh), d_model=d_in // 2, **common)
     if cfg.architecture == "relu":
         return ReluSAE(decoder_unit_norm=cfg.decoder_unit_norm, **common)
     if cfg.architecture == "jumprelu":
@@ -55,7 +59,7 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
     if cfg.architecture == "ssae":
         return SSAE(**dataclasses.asdict(cfg.ssae), dtype=cfg.compute_dtype)
     raise ValueError(f"unknown architecture {cfg.architecture!r}; use topk, batchtopk, relu, jumprelu, ssae, "
-                     "matryoshka_batchtopk, gated, transcoder or skip_transcoder")
+                     "matryoshka_batchtopk, gated, transcoder, skip_transcoder or crosscoder")
 
 
 __all__ = ["BatchTopKSAE", "GatedSAE", "JumpReluSAE", "MatryoshkaBatchTopKSAE", "ReluSAE", "SSAE", "TopKSAE",

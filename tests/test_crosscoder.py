@@ -1,0 +1,118 @@
+"""BatchTopK crosscoder: loss against NumPy, one-device vs dictionary-sharded mesh, export round trip, and
+recovery of a planted base-only / tuned-only / shared split on synthetic paired activations."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from sae_jax.config import ConfigError, DataConfig, SAEConfig, validate
+from sae_jax.data.source import ArraySource
+from sae_jax.evals.crosscoder import BASE_ONLY, SHARED, TUNED_ONLY, classify_crosscoder_latents
+from sae_jax.export import load_sae
+from sae_jax.sae import base
+from sae_jax.sae.crosscoder import CrosscoderSAE
+from sae_jax.trainer import train
+from tests.helpers_train import run_steps, tiny_config
+
+D = 16
+N_SHARED, N_BASE, N_TUNED = 8, 6, 6
+
+
+def planted_pairs(n_rows=16384, seed=0):
+    """[x_base | x_tuned]: shared atoms in both models, base-only atoms in x_base, tuned-only in x_tuned."""
+    rng = np.random.default_rng(seed)
+    n_atoms = N_SHARED + N_BASE + N_TUNED
+    atoms = rng.standard_normal((n_atoms, D))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    in_base = np.r_[np.ones(N_SHARED + N_BASE), np.zeros(N_TUNED)]
+    in_tuned = np.r_[np.ones(N_SHARED), np.zeros(N_BASE), np.ones(N_TUNED)]
+    codes = np.zeros((n_rows, n_atoms))
+    for i in range(n_rows):
+        j = rng.choice(n_atoms, 2, replace=False)
+        codes[i, j] = rng.exponential(1.0, 2) + 0.5
+    rows = np.concatenate([(codes * in_base) @ atoms, (codes * in_tuned) @ atoms], axis=1)
+    rows += 0.01 * rng.standard_normal(rows.shape)
+    truth = np.r_[[SHARED] * N_SHARED, [BASE_ONLY] * N_BASE, [TUNED_ONLY] * N_TUNED]
+    full = np.concatenate([atoms * in_base[:, None], atoms * in_tuned[:, None]], axis=1)
+    return ArraySource(rows.astype(np.float32)), full, truth
+
+
+def xc_config(run_dir, steps=300, **sae):
+    cfg = tiny_config(run_dir, architecture="crosscoder", **({"d_sae": 48, "k": 2, "auxk_coef": 1 / 32} | sae))
+    return dataclasses.replace(cfg, steps=steps, data=dataclasses.replace(cfg.data, batch_size=256))
+
+
+def test_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    arch = CrosscoderSAE(k=2, k_aux=4, auxk_coef=0.0, recon_loss="mse", d_model=3)
+    params = base.init_tied_params(jax.random.PRNGKey(0), 6, 5, np.zeros(6, np.float32))
+    params["W_dec"] = params["W_dec"] * np.array([1.0, 0.3, 2.0, 1.0, 0.5], np.float32)[:, None]  # unequal norms
+    params["b_enc"] = params["b_enc"] + 0.1
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    ctx = base.LossContext(dead_mask=np.zeros(5, bool), sparsity_coef=np.float32(0))
+    loss, out = arch.loss(params, arch.init_state(5), x, ctx)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    acts = np.maximum((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0)
+    w = np.linalg.norm(p["W_dec"][:, :3], axis=1) + np.linalg.norm(p["W_dec"][:, 3:], axis=1)
+    v = acts * w
+    kth = np.sort(v.ravel())[::-1][2 * 4 - 1]  # k·B-th largest weighted value of the batch
+    h = np.where((v >= kth) & (v > 0), acts, 0)
+    x_hat = h @ p["W_dec"] + p["b_dec"]
+    assert float(loss) == pytest.approx(((x - x_hat) ** 2).sum(1).mean(), rel=1e-5)
+    assert float(out.metrics["l0"]) == pytest.approx((h != 0).sum(1).mean())
+    assert float(out.state["threshold"]) == pytest.approx(v[h != 0].min(), rel=1e-5)
+
+
+def test_dictionary_sharded_mesh_equals_one_device(tmp_path):
+    source, _, _ = planted_pairs(4096)
+    cfg = xc_config(tmp_path)
+    one, m1, _ = run_steps(cfg, source, 6, mesh_shape=(1, 1))
+    two, m2, _ = run_steps(cfg, source, 6, mesh_shape=(2, 2))
+    assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-4)
+    np.testing.assert_allclose(np.asarray(one.params["W_dec"]), np.asarray(two.params["W_dec"]), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_recovers_the_planted_split(tmp_path):
+    source, atoms, truth = planted_pairs()
+    result = train(xc_config(tmp_path, steps=600), source=source)
+    sae = load_sae(result.export_dir)
+    W = np.asarray(sae.params["W_dec"])
+    lat = classify_crosscoder_latents(W, sae.cfg["crosscoder_d_model"])
+    unit = W / np.linalg.norm(W, axis=1, keepdims=True)
+    cos = (atoms / np.linalg.norm(atoms, axis=1, keepdims=True)) @ unit.T  # [atoms, latents]
+    best = cos.argmax(1)
+    assert (cos.max(1) > 0.9).mean() >= 0.85  # atoms are learned
+    recovered = [lat.classes[best[i]] == truth[i] for i in range(len(truth)) if cos[i, best[i]] > 0.9]
+    assert np.mean(recovered) >= 0.9, (lat.counts(), recovered)
+
+
+def test_export_round_trip_equals_the_training_model(tmp_path):
+    result = train(xc_config(tmp_path, steps=20), source=planted_pairs(4096)[0])
+    sae = load_sae(result.export_dir)
+    assert sae.architecture == "jumprelu" and sae.cfg["crosscoder_d_model"] == D
+    x = np.random.default_rng(1).standard_normal((50, 2 * D)).astype(np.float32)
+    scale = float(result.state.input_scale)
+    params = jax.device_get(result.state.params)
+    h_ref = np.asarray(result.arch.encode(params, result.state.arch_state, x * scale))
+    np.testing.assert_allclose(sae.encode(x), h_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sae.decode(sae.encode(x)), np.asarray(result.arch.decode(params, h_ref)) / scale,
+                               rtol=1e-4, atol=1e-4)
+    assert (h_ref > 0).any() and (h_ref == 0).any()
+
+
+def test_classification_thresholds_and_bad_input():
+    W = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0.6, 0, 0.8, 0], [0.05, 0, 1, 0]])
+    lat = classify_crosscoder_latents(W, 2)
+    assert lat.classes.tolist() == [BASE_ONLY, TUNED_ONLY, SHARED, TUNED_ONLY]
+    np.testing.assert_allclose(lat.relative_norm, [0, 1, 0.8 / 1.4, 1 / 1.05])
+    assert lat.cosine[2] == pytest.approx(1.0) and np.isnan(lat.cosine[0])  # same direction in both models
+    with pytest.raises(ValueError, match="width 6"):
+        classify_crosscoder_latents(W, 3)
+    cfg = tiny_config("/tmp/unused", architecture="crosscoder")
+    with pytest.raises(ConfigError, match=r"\[base \| tuned\]"):
+        validate(dataclasses.replace(cfg, data=DataConfig(npy="base.npy")))
+    with pytest.raises(ConfigError, match="data.target"):
+        validate(dataclasses.replace(cfg, sae=SAEConfig(architecture="topk"),
+                                     data=DataConfig(npy="a.npy", target="b.npy")))
