@@ -137,6 +137,30 @@ def test_themes_choose_k_by_silhouette():
     assert all(len(set(r)) == 1 for r in ids) and len({r[0] for r in ids}) == 3
 
 
+def test_top_activating_rows_match_a_full_sort():
+    rng = np.random.default_rng(0)
+    X = np.maximum(rng.normal(size=(300, 5)), 0)
+    X[:, 4] = 0
+    X[7, 4] = 2.0  # fires once
+    rows = np.arange(20, 320)
+    top, vals = labels.top_activating_rows(lambda x: x, lambda r: X[r - 20], rows, top_n=3, batch_size=64)
+    for j in range(4):
+        order = np.argsort(-X[:, j], kind="stable")[:3]
+        assert top[j].tolist() == (order + 20).tolist()
+        np.testing.assert_allclose(vals[j], X[order, j])
+    assert top[4].tolist() == [27, -1, -1] and vals[4].tolist() == [2.0, 0, 0]
+
+
+def test_token_contexts_follow_the_extractors_tokenisation():
+    pytest.importorskip("torch")
+    from sae_jax.lm.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()  # one token per byte after <bos>
+    ctx = labels.token_contexts(tok, ["hello world", "abc"], np.array([0, 0, 1]), np.array([5, 1, 3]),
+                                np.array([0, 2, -1]), context_length=32, before=2, after=1)
+    assert ctx == ["llo ", "abc", ""]  # row 0: "l" (pos 5) with 2 before, 1 after; row 2: "c" of "abc"
+
+
 def test_llm_labeller_wiring_on_a_tiny_model(tmp_path):
     pytest.importorskip("torch")
     from sae_jax.lm.models import tiny_random_model

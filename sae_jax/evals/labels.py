@@ -5,6 +5,9 @@
   A = mean words per latent document, so words frequent for one latent but rare overall win.
 - ``LLMLabeller``: asks a local HF chat model for a short label (any model folder; no downloads).
 - ``themes``: TF-IDF of the labels + k-means, k chosen by the silhouette score.
+
+``top_activating_rows`` streams codes over store rows and keeps each latent's strongest rows;
+``token_contexts`` turns rows of an extraction store (text, token position) into text windows.
 """
 from __future__ import annotations
 
@@ -38,6 +41,47 @@ def keyword_labels(contexts_per_latent: Sequence[Sequence[str]], n_words: int = 
         top = [i for i in np.argsort(-row, kind="stable")[:n_words] if row[i] > 0]
         labels.append(" / ".join(vocab[i] for i in top))
     return labels
+
+
+def top_activating_rows(encode, read, rows: np.ndarray, top_n: int = 10, batch_size: int = 4096,
+                        latents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per latent, the ``top_n`` rows (store row ids) with the largest activation, strongest first,
+    and those activations; -1 / 0 where a latent fired on fewer rows. Memory O(F · (top_n + batch))."""
+    rows = np.asarray(rows, np.int64)
+    best_v = best_r = None
+    for i in range(0, len(rows), batch_size):
+        r = rows[i:i + batch_size]
+        h = np.asarray(encode(read(r)), np.float32)
+        if latents is not None:
+            h = h[:, latents]
+        if best_v is None:
+            best_v = np.zeros((h.shape[1], 0), np.float32)
+            best_r = np.zeros((h.shape[1], 0), np.int64)
+        v = np.concatenate([best_v, h.T], axis=1)
+        rr = np.concatenate([best_r, np.broadcast_to(r, (h.shape[1], len(r)))], axis=1)
+        keep = np.argsort(-v, axis=1, kind="stable")[:, :top_n]
+        best_v, best_r = np.take_along_axis(v, keep, 1), np.take_along_axis(rr, keep, 1)
+    if best_v is None:
+        raise ValueError("no rows to rank")
+    best_r = np.where(best_v > 0, best_r, -1)
+    return best_r, np.where(best_v > 0, best_v, 0)
+
+
+def token_contexts(tokenizer, texts: Sequence[str], doc_ids: np.ndarray, token_pos: np.ndarray, rows: np.ndarray,
+                   context_length: int, before: int = 8, after: int = 2) -> list[str]:
+    """The text window around each store row's token (tokenised as the extractor did; '' for row -1)."""
+    cache: dict[int, list[int]] = {}
+    out = []
+    for r in np.asarray(rows).ravel():
+        if r < 0:
+            out.append("")
+            continue
+        doc, pos = int(doc_ids[r]), int(token_pos[r])
+        if doc not in cache:
+            cache[doc] = tokenizer(texts[doc], truncation=True, max_length=context_length)["input_ids"]
+        ids = cache[doc]
+        out.append(tokenizer.decode(ids[max(0, pos - before):pos + after + 1], skip_special_tokens=True))
+    return out
 
 
 class LLMLabeller:
