@@ -173,6 +173,19 @@ def test_llm_labeller_wiring_on_a_tiny_model(tmp_path):
     assert isinstance(lab.label(["snippet one", "two"]), str)
 
 
+def test_base_rate_enrichment_matches_scipy_bootstrap():
+    from sae_jax.evals.enrichment import base_rate_enrichment
+
+    shares = np.r_[np.random.default_rng(0).random(60), np.nan]
+    e = base_rate_enrichment(shares, 0.2, n_boot=4000)
+    a = shares[:-1]
+    assert e.n_latents == 60 and e.ratio == pytest.approx(a.mean() / 0.2)
+    ref = stats.bootstrap((a / 0.2,), np.mean, n_resamples=4000, method="percentile", random_state=1).confidence_interval
+    assert abs(e.ci_low - ref.low) < 0.05 and abs(e.ci_high - ref.high) < 0.05
+    with pytest.raises(ValueError, match="base_rate"):
+        base_rate_enrichment(a, 0.0)
+
+
 # ---------------------------------------------------------------- corruptions
 
 def test_corruptions_on_hand_made_texts():

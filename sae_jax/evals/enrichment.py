@@ -4,6 +4,9 @@ Per latent, the share of its top-activating contexts that come from texts with t
 label; the chosen latents' mean share against randomly drawn latents' mean share, with a
 bootstrap CI of the difference (latents resampled within each group) and a one-sided
 permutation p-value (group labels shuffled over the pooled latents).
+
+``base_rate_enrichment``: the chosen latents' mean share over the share of the slice in the
+corpus itself (1 = no enrichment), with a bootstrap CI over latents.
 """
 from __future__ import annotations
 
@@ -57,3 +60,33 @@ def enrichment(chosen: np.ndarray, random: np.ndarray, n_boot: int = 5000, n_per
     ratio = a.mean() / b.mean() if b.mean() > 0 else float("inf")
     return Enrichment(len(a), len(b), float(a.mean()), float(b.mean()), float(diff), float(lo), float(hi), ci,
                       float(ratio), float(p))
+
+
+@dataclass
+class BaseRateEnrichment:
+    n_latents: int
+    mean_share: float
+    base_rate: float
+    ratio: float
+    """mean_share / base_rate."""
+    ci_low: float
+    ci_high: float
+    ci: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def base_rate_enrichment(shares: np.ndarray, base_rate: float, n_boot: int = 5000, ci: float = 0.95,
+                         seed: int = 0) -> BaseRateEnrichment:
+    """Mean per-latent share of top contexts from the slice / the slice's share of the corpus (NaNs dropped)."""
+    a = np.asarray(shares, np.float64)
+    a = a[np.isfinite(a)]
+    if not 0 < base_rate <= 1:
+        raise ValueError(f"base_rate must be in (0, 1], got {base_rate}")
+    if len(a) == 0:
+        raise ValueError("no latent with top contexts to score")
+    boots = np.random.default_rng(seed).choice(a, (n_boot, len(a))).mean(1) / base_rate
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2])
+    return BaseRateEnrichment(len(a), float(a.mean()), float(base_rate), float(a.mean() / base_rate),
+                              float(lo), float(hi), ci)

@@ -1,0 +1,31 @@
+"""The model-diffing experiment's smoke preset end to end (tiny random Llama): wiring, not science."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_preset_writes_finite_results(tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/model_diffing/run.py"), "--preset", "smoke",
+                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "results.json").read_text())["domains"]["Mathematics"]
+    assert (tmp_path / r["plot"]).stat().st_size > 1000
+    assert (tmp_path / "preregistered.json").exists()
+    assert r["finetune"]["task_ce_drop"] > 0  # the planted change is learned even by the tiny model
+    saes = r["validate"]["saes"]
+    assert len(saes) == 15 and all(np.isfinite(s["fvu"]) for s in saes.values())
+    assert [f["n_left"] for f in r["funnel"]] == sorted((f["n_left"] for f in r["funnel"]), reverse=True)
+    c = r["causal"]
+    assert c["candidates"] and np.isfinite(c["mean_drop"]).all() and set(c["d"]) == {
+        "string_replacement", "paraphrase_substitution", "counterfactual_swap"}
+    assert sum(x["n"] for x in r["crosscoder"]["classes"].values()) == 64
+    assert r["llm_labels"] and isinstance(r["llm_labels"][0]["llm"], str)
