@@ -312,6 +312,21 @@ def test_delta_sae_reads_the_difference_to_the_reference_model(tiny):
     assert np.all(eff == 0)
 
 
+def test_bad_input_is_refused_before_any_forward(tiny):
+    from sae_jax.lm.models import tiny_random_model
+
+    model, tok = tiny
+    clean = _batch(tok, ["the cat"])
+    with pytest.raises(ValueError, match="width 24"):
+        causal.latent_effects(model, NumpySAE(24, 8), 1, "resid", [clean], {"m": [clean]}, [0], tok.all_special_ids)
+    with pytest.raises(ValueError, match="out of range"):
+        causal.ablation_damage(model, NumpySAE(32, 8), 5, "resid", [clean], [0], tok.all_special_ids)
+    other, _ = tiny_random_model("llama", n_layers=2, d_model=48)
+    with pytest.raises(ValueError, match="width 48"):
+        causal.latent_effects(model, NumpySAE(32, 8), 1, "resid", [clean], {"m": [clean]}, [0], tok.all_special_ids,
+                              reference_model=other)
+
+
 def test_effect_sizes_p_values_and_consistency_gate_match_scipy():
     rng = np.random.default_rng(0)
     drops = {"a": rng.normal([[1.0], [0.0], [0.3]], 1, (3, 40)), "b": rng.normal([[1.0], [0.1], [0.3]], 1, (3, 40))}

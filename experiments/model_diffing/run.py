@@ -67,14 +67,9 @@ def log(msg):
 
 def tiny_model(out: pathlib.Path) -> str:
     """A tiny random Llama saved to a folder (smoke preset: proves the wiring, not the science)."""
-    from sae_jax.lm.models import tiny_random_model
+    from sae_jax.lm.models import tiny_model_folder
 
-    path = out / "tiny_model"
-    if not (path / "config.json").exists():
-        model, tok = tiny_random_model("llama", n_layers=3, d_model=32, seed=0)
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-    return str(path)
+    return tiny_model_folder(out / "tiny_model", n_layers=3)
 
 
 # ---------------------------------------------------------------- 1-2: tuned model, stores
@@ -559,6 +554,68 @@ def tables(res) -> str:
     return "\n".join(L)
 
 
+README_HEAD = """# Model diffing on a tuned model whose change we planted
+
+**Question.** When a model is fine-tuned, which of its features does the change create, suppress or
+amplify, and can a triple-SAE pipeline (base, tuned and delta = tuned − base SAEs, feature types,
+identifiability gates, causal validation) find them? Offline there is no base/chat pair that shares a
+tokenizer, so we **plant** the change: SmolLM2-135M-Instruct is fully fine-tuned on one Wikipedia topic, and
+the pipeline is scored against that known answer (precision of planted-domain latents in its final causal
+set, planted-domain enrichment among delta latents), with a BatchTopK crosscoder on the same data as the
+field's current baseline.
+
+**Command** (each domain is one run; a finished stage is reused):
+
+    python experiments/model_diffing/run.py --preset cpu --domain Mathematics
+    python experiments/model_diffing/run.py --preset cpu --domain "Philosophy and religion"
+    python experiments/model_diffing/run.py --preset cpu --stages readme   # this file, from results.json
+
+`--preset smoke` (tiny random Llama, ~40 s) runs in CI; `--preset full` holds the original study's sizes
+(Qwen1.5-1.8B vs -Chat, layers 6/12/18, TopK k=256, F=8192, AuxK) and runs unchanged on a host with those
+weights (not run here; its memory plan is below).
+
+**Method.** Stage by stage, see the docstring of `run.py`; the analysis lives in `sae_jax/evals/`
+(`feature_types`, `gates`, `labels`, `corruptions`, `causal`, `crosscoder`, `enrichment`) and
+`sae_jax/lm/finetune.py`, each tested against an independent computation. Definitions used below:
+
+- *planted-domain latent*: at least half of its top-activating contexts (over the whole corpus) come from
+  texts of the planted topic; the corpus is topic-stratified (the planted topic over-sampled), so the
+  planted topic's share of corpus tokens is the base rate of an enrichment;
+- *types*: A/B = base-SAE latents whose Cohen's d (tuned − base activations of the same tokens) is ≤ −0.5 /
+  ≥ +0.5 with the 95% paired-bootstrap CI excluding 0; C = delta-SAE latents without a base- or tuned-SAE
+  decoder row at |cos| ≥ 0.7;
+- *funnel* (delta SAE, mid depth, held-out 10% of rows as the probe set): alive → top decile of η² (share
+  of the latent's variance explained by the text's topic) → rare but strong (fires on ≤ 5% of tokens,
+  mean activation ≥ the median) → the 20 with the largest η² (cost) → causal: patching the latent's
+  contribution in the tuned model to its value on a corrupted text lowers the mean log-prob of held-out
+  planted-topic texts (never trained on) by more than the threshold, averaged over three corruptions
+  (keyword string replacement, paraphrase-like substitution by frequent general words, counterfactual swap
+  to a text of another topic) → consistency: mean d > 0.8 and SD < 0.3 across the three corruptions.
+  Settings are written to `preregistered.json` before the causal stage; a re-run with other settings is
+  refused.
+- *score* (like the study's CCIS): max(mean d, 0) × η² / (damage + 0.001), damage = CE increase on
+  general text with the latent zero-ablated; p-values: one-sided t-tests per corruption, the largest of
+  the three, Benjamini–Hochberg across candidates.
+"""
+
+
+def write_readme(results, here: pathlib.Path):
+    lines = [README_HEAD]
+    for domain, res in results.get("domains", {}).items():
+        w = res["wall_s"]
+        lines += [f"## Planted domain: {domain}", "",
+                  f"Run {res['date']} at commit `{res['commit']}` on the 2-core CPU machine (no GPU): "
+                  f"{res['total_wall_s'] / 60:.1f} min end to end ("
+                  + ", ".join(f"{k} {v / 60:.1f}" for k, v in w.items()) + " min).", "",
+                  tables(res), "", f"![{domain}]({res['plot']})", ""]
+    if "full_plan" in results:
+        fp = results["full_plan"]
+        lines += ["## Full preset: memory plan", "", f"`{fp['command']}` (exit {fp['rc']}):", "", "```",
+                  fp["output"].strip(), "```", ""]
+    disc = here / "discussion.md"  # the hand-written reading of the tables above
+    (here / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
+
+
 def full_plan(p):
     """``sae-jax plan`` for the full preset's SAE (Qwen1.5-1.8B: d_model 2048)."""
     proc = subprocess.run([sys.executable, "-m", "sae_jax.cli", "plan", "--d-in", "2048", "--n-latents", str(p["d_sae"]),
@@ -574,7 +631,7 @@ def main():
     ap.add_argument("--domain", default="Mathematics", help="planted domain: a Wikipedia topic label")
     ap.add_argument("--out", default=None, help="work folder (default runs/model_diffing/PRESET/DOMAIN)")
     ap.add_argument("--results", default=None, help="results.json (default: beside this script for cpu)")
-    ap.add_argument("--stages", default="run", help="run (the study for --domain) and/or plan (the full preset's plan)")
+    ap.add_argument("--stages", default="run", help="run (the study for --domain), plan (the full preset's memory plan), readme")
     args = ap.parse_args()
     p = dict(PRESETS[args.preset])
     here = pathlib.Path(__file__).parent
@@ -605,6 +662,8 @@ def main():
         res["plot"] = plot(res, here if args.preset == "cpu" else out)
         results.setdefault("domains", {})[args.domain] = res
         log(tables(res))
+    if "readme" in stages:
+        write_readme(results, here)
     tmp = results_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=float))
     tmp.replace(results_path)

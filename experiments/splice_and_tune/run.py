@@ -50,14 +50,9 @@ PRESETS = {
 
 def tiny_model(out: pathlib.Path) -> str:
     """A tiny random Llama saved to a folder (smoke preset: proves the wiring, not the science)."""
-    from sae_jax.lm.models import tiny_random_model
+    from sae_jax.lm.models import tiny_model_folder
 
-    path = out / "tiny_model"
-    if not (path / "config.json").exists():
-        model, tok = tiny_random_model("llama", n_layers=2, d_model=32, seed=0)
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-    return str(path)
+    return tiny_model_folder(out / "tiny_model", n_layers=2)
 
 
 def stage_extract(p, out, model):

@@ -50,8 +50,22 @@ def latent_directions(sae: SAELike, latents: Sequence[int]) -> np.ndarray:
 class _Reader:
     """Forward passes with one hooked activation rewritten (or just recorded)."""
 
-    def __init__(self, model, layer: int, hook: str, special_ids: Sequence[int], reference_model=None):
+    def __init__(self, model, layer: int, hook: str, special_ids: Sequence[int], reference_model=None, sae=None):
         import torch
+
+        from sae_jax.lm.hooks import hook_module, hook_width
+
+        for m in (model, reference_model):  # bad input fails here, before any forward pass
+            if m is not None:
+                hook_module(m, layer, hook)
+                width = hook_width(m, layer, hook)
+                if sae is not None and sae.d_in != width:
+                    raise ValueError(f"the SAE reads width {sae.d_in} but {type(m).__name__} has width {width} at "
+                                     f"layer {layer} {hook}: use the SAE trained on this model, layer and hook")
+        if reference_model is not None and reference_model.get_input_embeddings().weight.shape != \
+                model.get_input_embeddings().weight.shape:
+            raise ValueError("the reference (base) model has another vocabulary than the model: a delta SAE needs "
+                             "the same tokenizer in both")
 
         self.torch, self.model, self.reference = torch, model, reference_model
         self.layer, self.hook, self.special = layer, hook, list(special_ids)
@@ -113,7 +127,7 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
     """
     latents = np.asarray(latents, np.int64)
     W = latent_directions(sae, latents)
-    reader = _Reader(model, layer, hook, special_ids, reference_model)
+    reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
     out = {m: [] for m in corrupted}
     for m, batches in corrupted.items():
         if len(batches) != len(clean) or any(len(a[0]) != len(b[0]) for a, b in zip(clean, batches)):
@@ -140,7 +154,7 @@ def ablation_damage(model, sae: SAELike, layer: int, hook: str, batches: Sequenc
     """Per latent: CE per token on ``batches`` with the latent zero-ablated minus clean CE (nats)."""
     latents = np.asarray(latents, np.int64)
     W = latent_directions(sae, latents)
-    reader = _Reader(model, layer, hook, special_ids, reference_model)
+    reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
     clean_sum, patched_sum, n_tok = 0.0, np.zeros(len(latents)), 0
     for batch in batches:
         x, _ = reader.rows(batch)

@@ -129,7 +129,7 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     wall = time.perf_counter() - t0
     model.eval()
     after = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),

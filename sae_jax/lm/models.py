@@ -239,3 +239,13 @@ def tiny_random_model(
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return _finish(model, tokenizer)
+
+
+def tiny_model_folder(path: str | Path, n_layers: int = 2, d_model: int = 32, seed: int = 0) -> str:
+    """``tiny_random_model("llama")`` saved as an HF folder (reused when present): smoke runs load it by path."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, tok = tiny_random_model("llama", n_layers=n_layers, d_model=d_model, seed=seed)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return str(path)

@@ -65,14 +65,19 @@ class BatchTopKSAE:
         new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
         return jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
 
+    def select(self, params, pre: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Training codes and the values whose smallest kept one the inference threshold tracks."""
+        h, _ = self.batch_codes(pre)
+        return h, h
+
     def loss(self, params, state, x, ctx: base.LossContext):
         pre = base.pre_activations(params, x, self.dtype)
-        h, kth = self.batch_codes(pre)
+        h, tracked = self.select(params, pre)
         x_hat = self.decode(params, h)
         recon = losses.recon_loss(self.recon_loss, x, x_hat)
         aux = (auxk_loss(params, pre, x, x_hat, ctx.dead_mask, self.k_aux, self.topk, self.dtype)
                if self.auxk_coef > 0 else jnp.zeros((), jnp.float32))
-        new = self.next_threshold(state["threshold"], h)
+        new = self.next_threshold(state["threshold"], tracked)
         metrics = base.recon_metrics(x, x_hat) | {"l0": losses.l0(h), "auxk": aux, "threshold": new}
         return recon + self.auxk_coef * aux, base.LossOutput(
             fired=base.fired(h), metrics=metrics, state={"threshold": new})

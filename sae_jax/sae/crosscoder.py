@@ -26,9 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sae_jax import losses
 from sae_jax.sae import base
-from sae_jax.sae.auxk import auxk_loss
 from sae_jax.sae.batchtopk import BatchTopKSAE
 
 
@@ -53,20 +51,11 @@ class CrosscoderSAE(BatchTopKSAE):
         threshold = jnp.maximum(state["threshold"], 0.0)
         return jnp.where(acts * self.norm_weights(params) > threshold, acts, 0.0)
 
-    def loss(self, params, state, x, ctx: base.LossContext):
-        pre = base.pre_activations(params, x, self.dtype)
+    def select(self, params, pre: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """BatchTopK on value × decoder-norm sum; the threshold tracks the weighted values."""
         acts = jax.nn.relu(pre)
-        weighted = acts * jax.lax.stop_gradient(self.norm_weights(params))
-        v, _ = self.batch_codes(weighted)  # BatchTopK on the weighted values
-        h = jnp.where(v > 0, acts, 0.0)
-        x_hat = self.decode(params, h)
-        recon = losses.recon_loss(self.recon_loss, x, x_hat)
-        aux = (auxk_loss(params, pre, x, x_hat, ctx.dead_mask, self.k_aux, self.topk, self.dtype)
-               if self.auxk_coef > 0 else jnp.zeros((), jnp.float32))
-        new = self.next_threshold(state["threshold"], v)
-        metrics = base.recon_metrics(x, x_hat) | {"l0": losses.l0(h), "auxk": aux, "threshold": new}
-        return recon + self.auxk_coef * aux, base.LossOutput(
-            fired=base.fired(h), metrics=metrics, state={"threshold": new})
+        v, _ = self.batch_codes(acts * jax.lax.stop_gradient(self.norm_weights(params)))
+        return jnp.where(v > 0, acts, 0.0), v
 
     def export_params(self, params, state) -> dict[str, Any]:
         theta = jnp.maximum(state["threshold"], 0.0)
