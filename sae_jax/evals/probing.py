@@ -3,8 +3,8 @@
 - accuracy of a probe on a held-out split;
 - selectivity (Hewitt & Liang): accuracy minus the accuracy on control tasks whose labels
   are shuffled at the same class frequencies, averaged over several controls;
-- k-sparse probing: the k units with the largest class-mean difference on the training split,
-  a probe on those k only, swept over k.
+- k-sparse probing: the k units with the largest standardised class difference (Cohen's d) on the
+  training split, a probe on those k only, swept over k.
 
 Features may be dense NumPy or ``scipy.sparse`` (SAE codes are mostly zeros).
 """
@@ -74,9 +74,39 @@ def mean_difference(X, y) -> np.ndarray:
     return np.max(diffs, axis=0)
 
 
+def _column_sq_means(X, mask) -> np.ndarray:
+    sub = X[mask]
+    return np.asarray(sub.multiply(sub).mean(axis=0) if sp.issparse(sub) else (sub * sub).mean(axis=0)).ravel()
+
+
+def standardised_difference(X, y) -> np.ndarray:
+    """Per unit, the largest |Cohen's d| (pooled SD) of one class against the rest (inf for a unit that
+    separates the classes with no spread, 0 for a constant one).
+
+    Scale-free: a unit's rank does not depend on its magnitude (raw mean differences favour the
+    few large-magnitude SAE latents, whatever they encode)."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    X = X.astype(np.float64) if not sp.issparse(X) else X.astype(np.float64).tocsr()
+    out = np.zeros(X.shape[1])
+    for c in classes[: 1 if classes.size == 2 else None]:
+        stats_ = []
+        for mask in (y == c, y != c):
+            n = int(mask.sum())
+            m = _column_means(X, mask)
+            ss = np.maximum(_column_sq_means(X, mask) - m * m, 0) * n  # sum of squared deviations
+            stats_.append((n, m, ss))
+        (n1, m1, s1), (n0, m0, s0) = stats_
+        pooled = np.sqrt((s1 + s0) / max(n1 + n0 - 2, 1))
+        diff = np.abs(m1 - m0)
+        d = np.divide(diff, pooled, out=np.where(diff > 0, np.inf, 0.0), where=pooled > 0)  # no spread: a perfect split
+        out = np.maximum(out, d)
+    return out
+
+
 def top_k_units(X_train, y_train, k: int) -> np.ndarray:
-    """Indices of the k units with the largest class-mean difference (ties: lower index first)."""
-    diff = mean_difference(X_train, y_train)
+    """Indices of the k units with the largest standardised class difference (ties: lower index first)."""
+    diff = standardised_difference(X_train, y_train)
     return np.argsort(-diff, kind="stable")[:k]
 
 

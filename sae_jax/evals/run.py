@@ -411,7 +411,7 @@ def _probing(ctx: _Context, report: Report) -> dict[str, Any] | None:
                                                                    "neurons": r.sparse_activations},
                                                      {"all neurons": r.activations["accuracy"]})),
                note(f"{ctx.label_note}; {r.n_train:,} train / {r.n_test:,} test held-out tokens; selectivity = "
-                    "accuracy - accuracy on shuffled-label controls; k-sparse: top-k units by class-mean difference."))
+                    "accuracy - accuracy on shuffled-label controls; k-sparse: top-k units by standardised class difference (Cohen's d)."))
     return {**r.to_dict(), "label": ctx.label_note}
 
 
@@ -432,7 +432,7 @@ def _patching(ctx: _Context, report: Report) -> dict[str, Any] | None:
                table(rows, ["method", "mean_effect", "d_z", "cohens_d"]),
                table({"latents": ", ".join(map(str, r.latents)), "same direction for all methods": r.same_sign,
                       **{f"corr {k}": v for k, v in r.effect_correlation.items()}}),
-               note(f"{ctx.label_note}. A logistic probe on the activations; the {len(latents)} latents with the largest "
+               note(f"{ctx.label_note}. A logistic probe on the activations; the {len(latents)} latents with the largest standardised "
                     f"class-mean difference are set to 0 (zero) or their mean (mean) in the positive-class rows "
                     "(error term kept), and the change of the probe's logit is measured."))
     out = r.to_dict()
