@@ -76,6 +76,8 @@ class DataConfig:
     """Synthetic data: rows generated."""
     synthetic_noise: float = 0.01
     """Synthetic data: std of isotropic Gaussian noise added to each row."""
+    synthetic_seed: int = 0
+    """Synthetic data: seed of the dataset (dictionary, codes, noise); --data.seed only orders the batches."""
     synthetic_skip: float = 0.0
     """Synthetic transcoder pairs: norm of a dense input component carried to the target by a linear map
     (what a skip-transcoder's W_skip is for); 0 = none."""
@@ -344,6 +346,7 @@ def _ranges(cfg: TrainConfig) -> list[tuple[str, Any, bool, str]]:
         ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1 (a checkpoint to resume from)"),
         ("data.n_stat_rows", d.n_stat_rows, d.n_stat_rows >= 1, ">= 1"),
         ("data.seed", d.seed, d.seed >= 0, ">= 0"),
+        ("data.synthetic_seed", d.synthetic_seed, d.synthetic_seed >= 0, ">= 0"),
         ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
         ("data.synthetic_d_in", d.synthetic_d_in, d.synthetic_d_in >= 1, ">= 1"),
         ("data.synthetic_n_features", d.synthetic_n_features, d.synthetic_n_features >= 1, ">= 1"),

@@ -190,7 +190,7 @@ def test_run_eval_base_vs_chat_shift_and_clustering(workspace, tmp_path):
 def test_synthetic_data_is_evaluated_on_a_fresh_draw_with_the_same_dictionary(tmp_path):
     from sae_jax.data.synthetic import ground_truth_dictionary, synthetic_source
 
-    d = DataConfig(synthetic_d_in=16, synthetic_n_features=32, synthetic_k=3, synthetic_n_rows=2000, seed=3)
+    d = DataConfig(synthetic_d_in=16, synthetic_n_features=32, synthetic_k=3, synthetic_n_rows=2000, synthetic_seed=3)
     D = ground_truth_dictionary(32, 16, seed=3)
     perm = np.random.default_rng(0).permutation(32)
     write_sae(tmp_path / "sae", {"W_enc": D[perm].T.copy(), "b_enc": np.zeros(32, np.float32), "W_dec": D[perm],

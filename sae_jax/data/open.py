@@ -35,7 +35,7 @@ def synthetic_shifts(cfg: DataConfig, n_rows: int | None = None, seed: int | Non
     (a fresh draw of the same concepts)."""
     return multi_concept_shifts(n_rows or cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
                                 p_active=min(cfg.synthetic_k / cfg.synthetic_n_features, 1.0),
-                                noise=cfg.synthetic_noise, seed=cfg.seed if seed is None else seed,
+                                noise=cfg.synthetic_noise, seed=cfg.synthetic_seed if seed is None else seed,
                                 directions=directions)
 
 
@@ -55,6 +55,6 @@ def open_source(cfg: DataConfig) -> ActivationSource:
         return synthetic_shifts(cfg)
     if cfg.synthetic == "transcoder":
         return synthetic_pairs(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features, cfg.synthetic_k,
-                               cfg.synthetic_noise, skip=cfg.synthetic_skip, seed=cfg.seed)
+                               cfg.synthetic_noise, skip=cfg.synthetic_skip, seed=cfg.synthetic_seed)
     return synthetic_source(cfg.synthetic_n_rows, cfg.synthetic_d_in, cfg.synthetic_n_features,
-                            cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.seed)
+                            cfg.synthetic_k, cfg.synthetic_noise, seed=cfg.synthetic_seed)

@@ -149,13 +149,13 @@ def fresh_synthetic_source(d: DataConfig, n_rows: int):
         from sae_jax.data.open import synthetic_shifts
 
         directions = synthetic_shifts(d, n_rows=1).metadata["directions"]
-        fresh = synthetic_shifts(d, n_rows, seed=1_000_003 + d.seed, directions=directions)
+        fresh = synthetic_shifts(d, n_rows, seed=1_000_003 + d.synthetic_seed, directions=directions)
         return ArraySource(fresh.read(np.arange(n_rows)), {
             "source": "synthetic shifts (fresh held-out draw)", "dictionary": directions,
             "codes": fresh.metadata["codes"]})
-    dictionary = ground_truth_dictionary(d.synthetic_n_features, d.synthetic_d_in, d.seed)
-    rng = np.random.default_rng([d.seed, 7919])
-    seed = 1_000_003 + d.seed  # codes from a seed the training rows never use
+    dictionary = ground_truth_dictionary(d.synthetic_n_features, d.synthetic_d_in, d.synthetic_seed)
+    rng = np.random.default_rng([d.synthetic_seed, 7919])
+    seed = 1_000_003 + d.synthetic_seed  # codes from a seed the training rows never use
     x = np.empty((n_rows, d.synthetic_d_in), np.float32)
     for start in range(0, n_rows, 16384):
         stop = min(start + 16384, n_rows)
