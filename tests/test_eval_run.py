@@ -237,3 +237,26 @@ def test_default_split_is_exactly_the_training_holdout(tmp_path):
     trained = training_rows(open_source(d), d).n_rows
     assert trained == held_out_start_row(n, 0.1) == 16
     np.testing.assert_array_equal(ctx.rows, np.arange(trained, n))
+
+
+def test_stats_alpha_is_settable_and_significant_units_are_written(workspace, tmp_path):
+    """Issue 12: `--alpha` (e.g. 1e-5 as in the original study) and the indices of significant units."""
+    from scipy import stats as sps
+
+    root, acts = workspace
+    labels = np.load(root / "labels.npy")
+    for alpha in (1e-5, 0.05):
+        run_eval(EvalConfig(sae=str(root / "run" / "export"), data=DataConfig(npy=str(root / "acts.npy")),
+                            heldout_start=0.5, labels=str(root / "labels.npy"), out_dir=str(tmp_path / str(alpha)),
+                            evals=("stats",), alpha=alpha))
+        res = json.loads((tmp_path / str(alpha) / "eval.json").read_text())["stats"]["neurons"]
+        rows = split_rows(len(acts), 0.5, 1.0)
+        X, y = acts[rows], labels[rows]
+        p = sps.ttest_ind(X[y == 1], X[y == 0], equal_var=False).pvalue
+        assert res["alpha"] == alpha
+        assert res["significant"]["uncorrected"] == np.flatnonzero(p <= alpha).tolist()
+        assert res["significant"]["bonferroni"] == np.flatnonzero(p <= alpha / p.size).tolist()
+        bh = sps.false_discovery_control(p, method="bh") <= alpha
+        assert res["significant"]["benjamini_hochberg"] == np.flatnonzero(bh).tolist()
+    with pytest.raises(ValueError, match="alpha"):
+        EvalConfig(sae="x", alpha=1.5)

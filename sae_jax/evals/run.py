@@ -86,6 +86,8 @@ class EvalConfig:
     """SAE trained on the chat store (with --delta-sae: latents found only by the delta SAE)."""
     delta_sae: str = ""
     """SAE trained on chat - base activations."""
+    alpha: float = 0.05
+    """Significance level of the per-unit t-tests (uncorrected, Bonferroni and BH); the original study used 1e-5."""
     shift_threshold: float = 0.5
     """|Cohen's d| at which a latent counts as suppressed / amplified in chat."""
     n_clusters: int = 16
@@ -103,6 +105,8 @@ class EvalConfig:
             raise ValueError(f"unknown evaluations {unknown}; choose from {EVALS}")
         if not self.sae:
             raise ValueError("no SAE given: pass --sae <exported SAE folder>")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
 
 def _resolve_data(cfg: EvalConfig, sae_cfg: dict[str, Any]) -> tuple[DataConfig, str]:
@@ -442,7 +446,7 @@ def _patching(ctx: _Context, report: Report) -> dict[str, Any] | None:
 
 
 def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
-    from sae_jax.evals.stats import ClassMoments, significance_counts
+    from sae_jax.evals.stats import ClassMoments, significance_counts, significant_units
 
     labels = ctx.labels(ctx.rows)
     if labels is None:
@@ -455,12 +459,16 @@ def _stats(ctx: _Context, report: Report) -> dict[str, Any] | None:
         neurons.update(x, y)
         latents.update(ctx.sae.encode(x), y)
     p_n, p_l = neurons.ttest()[1], latents.ttest()[1]
-    out = {"neurons": significance_counts(p_n).to_dict(), "latents": significance_counts(p_l).to_dict()}
+    alpha = ctx.cfg.alpha
+    out = {"neurons": significance_counts(p_n, alpha).to_dict(), "latents": significance_counts(p_l, alpha).to_dict()}
     report.add("Per-unit t-tests between classes",
                table([{"units": k, **v} for k, v in out.items()],
                      ["units", "n_units", "n_uncorrected", "n_bonferroni", "n_benjamini_hochberg", "alpha"]),
                figure_png(plots.pvalue_histograms({"neurons": p_n, "SAE latents": p_l})),
-               note(f"{ctx.label_note}; Welch t-tests per unit over {len(ctx.rows):,} held-out tokens."))
+               note(f"{ctx.label_note}; Welch t-tests per unit over {len(ctx.rows):,} held-out tokens, α = {alpha:g}; "
+                    "the significant units' indices are in eval.json."))
+    for key, p in (("neurons", p_n), ("latents", p_l)):
+        out[key]["significant"] = significant_units(p, alpha)
     return {**out, "label": ctx.label_note}
 
 

@@ -80,3 +80,11 @@ def significance_counts(p: np.ndarray, alpha: float = 0.05) -> SignificanceCount
     p = np.asarray(p)
     return SignificanceCounts(int(p.size), int((p <= alpha).sum()), int(bonferroni(p, alpha).sum()),
                               int(benjamini_hochberg(p, alpha).sum()), alpha)
+
+
+def significant_units(p: np.ndarray, alpha: float = 0.05) -> dict[str, list[int]]:
+    """Indices of the units significant at ``alpha``: uncorrected, Bonferroni and Benjamini-Hochberg."""
+    p = np.asarray(p)
+    return {"uncorrected": np.flatnonzero(p <= alpha).tolist(),
+            "bonferroni": np.flatnonzero(bonferroni(p, alpha)).tolist(),
+            "benjamini_hochberg": np.flatnonzero(benjamini_hochberg(p, alpha)).tolist()}
