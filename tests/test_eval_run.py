@@ -260,3 +260,25 @@ def test_stats_alpha_is_settable_and_significant_units_are_written(workspace, tm
         assert res["significant"]["benjamini_hochberg"] == np.flatnonzero(bh).tolist()
     with pytest.raises(ValueError, match="alpha"):
         EvalConfig(sae="x", alpha=1.5)
+
+
+def test_pooled_store_labels_are_read_by_eval(tmp_path):
+    """Issue 12: one-row-per-text (pooled) stores' labels.json was ignored, so probing and t-tests were
+    silently skipped unless --labels was passed."""
+    from sae_jax.lm.extract import ExtractConfig, run_extract
+    from sae_jax.lm.models import tiny_model_folder
+
+    model = tiny_model_folder(tmp_path / "m")
+    texts = [(f"the cat number {i} sat on the mat" if i % 2 else f"a theorem {i} has a proof by induction", i % 2)
+             for i in range(40)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t, "label": ["math", "cats"][y]}) + "\n"
+                                              for t, y in texts))
+    run_extract(ExtractConfig(model=model, out=str(tmp_path / "store"), text=str(tmp_path / "t.jsonl"),
+                              label_field="label", layers=(0,), pooling="mean", context_length=16, progress=False))
+    _topk_sae(tmp_path / "sae", 32, 16, seed=0)
+    run_eval(EvalConfig(sae=str(tmp_path / "sae"), data=DataConfig(store=str(tmp_path / "store" / "layer0_resid")),
+                        heldout_start=0.0, out_dir=str(tmp_path / "ev"), evals=("stats", "probing"), label_class="math"))
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert "stats" not in res["skipped"] and "probing" not in res["skipped"], res["skipped"]
+    assert res["stats"]["label"] == "label: text class 'math' vs the rest"
+    assert res["stats"]["neurons"]["n_units"] == 32

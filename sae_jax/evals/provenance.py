@@ -47,9 +47,11 @@ def store_provenance(source: Any) -> StoreProvenance | None:
     if not isinstance(ex, dict):
         return None
     role = meta.get("role", "base")
-    model = None if role == "delta" else meta.get("model")
+    pooled = ex.get("pooling", "none") != "none"
+    # a pooled store's rows are texts, not a hook's tokens: there is nothing to splice into a model
+    model = None if role == "delta" or pooled else meta.get("model")
     texts = labels = doc_ids = None
-    if ex.get("mode") == "tokens" and ex.get("pooling", "none") == "none":
+    if ex.get("mode") == "tokens":  # one row per token, or per text when pooled
         from sae_jax.data.text import load_text
 
         try:
@@ -58,10 +60,12 @@ def store_provenance(source: Any) -> StoreProvenance | None:
             texts, labels = data.texts, data.labels
         except (FileNotFoundError, ValueError):
             pass  # the corpus is not installed here: no texts, the caller says so
-        root = _root_of(getattr(source, "path", "")) if texts is not None else None
+        root = _root_of(getattr(source, "path", ""))
         if root is not None:
-            from sae_jax.data.store import read_positions
+            from sae_jax.data.store import read_labels, read_positions
 
+            if labels is None:  # the store keeps its texts' labels (labels.json) even without the corpus
+                labels = read_labels(root)
             doc_ids = np.asarray(read_positions(root)[0])
             if doc_ids.shape != (source.n_rows,):
                 doc_ids = None
