@@ -1,6 +1,8 @@
 """BatchTopK crosscoder: loss against NumPy, one-device vs dictionary-sharded mesh, export round trip, and
 recovery of a planted base-only / tuned-only / shared split on synthetic paired activations."""
 import dataclasses
+import json
+import shutil
 
 import jax
 import numpy as np
@@ -9,11 +11,14 @@ import pytest
 from sae_jax.config import ConfigError, DataConfig, SAEConfig, validate
 from sae_jax.data.source import ArraySource
 from sae_jax.evals.crosscoder import BASE_ONLY, SHARED, TUNED_ONLY, classify_crosscoder_latents
-from sae_jax.export import load_sae
+from sae_jax.data.paired import PairedSource
+from sae_jax.errors import ExportError
+from sae_jax.export import load_crosscoder, load_sae
 from sae_jax.sae import base
 from sae_jax.sae.crosscoder import CrosscoderSAE
 from sae_jax.trainer import train
 from tests.helpers_train import run_steps, tiny_config
+from tests.test_resume import assert_same_export
 
 D = 16
 N_SHARED, N_BASE, N_TUNED = 8, 6, 6
@@ -89,7 +94,9 @@ def test_recovers_the_planted_split(tmp_path):
 
 
 def test_export_round_trip_equals_the_training_model(tmp_path):
-    result = train(xc_config(tmp_path, steps=20), source=planted_pairs(4096)[0])
+    """Trained from two stores (base, tuned) as `sae-jax train` reads them; the export encodes as training did."""
+    result = train(dataclasses.replace(xc_config(tmp_path, steps=20), data=planted_stores(tmp_path)))
+    assert result.arch.d_model == D
     sae = load_sae(result.export_dir)
     assert sae.architecture == "jumprelu" and sae.cfg["crosscoder_d_model"] == D
     x = np.random.default_rng(1).standard_normal((50, 2 * D)).astype(np.float32)
@@ -100,6 +107,54 @@ def test_export_round_trip_equals_the_training_model(tmp_path):
     np.testing.assert_allclose(sae.decode(sae.encode(x)), np.asarray(result.arch.decode(params, h_ref)) / scale,
                                rtol=1e-4, atol=1e-4)
     assert (h_ref > 0).any() and (h_ref == 0).any()
+    assert load_crosscoder(result.export_dir).cfg["crosscoder_d_model"] == D
+    for bad, match in ((D + 1, "half of d_in"), (None, "not a crosscoder")):  # a damaged / a plain SAE's cfg.json
+        folder = tmp_path / f"bad{bad}"
+        shutil.copytree(result.export_dir, folder)
+        cfg = json.loads((folder / "cfg.json").read_text())
+        cfg.pop("crosscoder_d_model") if bad is None else cfg.update(crosscoder_d_model=bad)
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        with pytest.raises(ExportError, match=match):
+            load_crosscoder(folder)
+
+
+def two_stores(tmp_path, base_rows, tuned_rows):
+    """Base and tuned activations as two .npy files: the `--data.npy base --data.target tuned` path."""
+    np.save(tmp_path / "base.npy", base_rows)
+    np.save(tmp_path / "tuned.npy", tuned_rows)
+    return DataConfig(npy=str(tmp_path / "base.npy"), target=str(tmp_path / "tuned.npy"), batch_size=256,
+                      n_stat_rows=2048)
+
+
+def planted_stores(tmp_path, n_rows=4096):
+    rows = planted_pairs(n_rows)[0].read(np.arange(n_rows))
+    return two_stores(tmp_path, rows[:, :D], rows[:, D:])
+
+
+@pytest.mark.slow  # 8 s: three short trainings
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+    full = dataclasses.replace(xc_config(tmp_path / "full", steps=20), data=planted_stores(tmp_path))
+    ref = train(full)
+    assert ref.arch.d_model == D and np.isfinite(ref.metrics["loss"])
+    part = dataclasses.replace(full, run_dir=str(tmp_path / "part"), steps=13)  # stops between checkpoints
+    train(part)
+    resumed = train(dataclasses.replace(part, steps=full.steps))
+    assert int(resumed.state.step) == full.steps
+    assert_same_export(tmp_path / "full" / "export", tmp_path / "part" / "export")
+    # the inference threshold (training state beyond the parameters) came back from the checkpoint
+    assert float(resumed.state.arch_state["threshold"]) == float(ref.state.arch_state["threshold"]) > 0
+
+
+def test_mismatched_stores_are_refused_before_training(tmp_path):
+    rows = planted_pairs(1024)[0].read(np.arange(1024))
+    cfg = xc_config(tmp_path / "w", steps=5)
+    data = two_stores(tmp_path, rows[:, :D], rows[:, D - 2:])  # widths 16 and 18
+    with pytest.raises(ConfigError, match="width 16 and its tuned rows 18"):
+        train(dataclasses.replace(cfg, data=data))
+    src = lambda layer: ArraySource(rows[:, :D], metadata={"layer": layer, "hook": "resid"})  # noqa: E731
+    with pytest.raises(ConfigError, match="layer 3 but its tuned store is layer 5"):
+        train(dataclasses.replace(cfg, run_dir=str(tmp_path / "l")), source=PairedSource(src(3), src(5)))
+    assert not (tmp_path / "l" / "checkpoints").exists()
 
 
 def test_classification_thresholds_and_bad_input():
