@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from sae_jax.config import ConfigError, DataConfig, SAEConfig, validate
+from sae_jax.config import CheckpointConfig, ConfigError, DataConfig, OptimConfig, SAEConfig, validate
 from sae_jax.data.source import ArraySource
 from sae_jax.evals.crosscoder import BASE_ONLY, SHARED, TUNED_ONLY, classify_crosscoder_latents
 from sae_jax.data.paired import PairedSource
@@ -78,19 +78,25 @@ def test_dictionary_sharded_mesh_equals_one_device(tmp_path):
     np.testing.assert_allclose(np.asarray(one.params["W_dec"]), np.asarray(two.params["W_dec"]), atol=2e-5)
 
 
-@pytest.mark.slow
 def test_recovers_the_planted_split(tmp_path):
-    source, atoms, truth = planted_pairs()
-    result = train(xc_config(tmp_path, steps=600), source=source)
-    sae = load_sae(result.export_dir)
+    """Every planted atom is learned, and the decoder-norm classes match the planted partition: each
+    base-only / tuned-only latent is a planted atom of that kind (precision), each planted one-model atom is
+    learned by a latent of its kind (recall). Four seeds gave 1.0 for both at these settings."""
+    source, atoms, truth = planted_pairs(4096)
+    cfg = dataclasses.replace(xc_config(tmp_path, steps=200), optim=OptimConfig(lr=1e-2, warmup_steps=5),
+                              checkpoint=CheckpointConfig(every=10**6))
+    sae = load_crosscoder(train(cfg, source=source).export_dir)
     W = np.asarray(sae.params["W_dec"])
     lat = classify_crosscoder_latents(W, sae.cfg["crosscoder_d_model"])
-    unit = W / np.linalg.norm(W, axis=1, keepdims=True)
-    cos = (atoms / np.linalg.norm(atoms, axis=1, keepdims=True)) @ unit.T  # [atoms, latents]
-    best = cos.argmax(1)
-    assert (cos.max(1) > 0.9).mean() >= 0.85  # atoms are learned
-    recovered = [lat.classes[best[i]] == truth[i] for i in range(len(truth)) if cos[i, best[i]] > 0.9]
-    assert np.mean(recovered) >= 0.9, (lat.counts(), recovered)
+    cos = (atoms / np.linalg.norm(atoms, axis=1, keepdims=True)) @ (W / np.linalg.norm(W, axis=1, keepdims=True)).T
+    assert (cos.max(1) > 0.9).mean() >= 0.9  # [atoms, latents]: atoms are learned
+    nearest, close = cos.argmax(0), cos.max(0) > 0.9
+    for kind in (BASE_ONLY, TUNED_ONLY):
+        mine = np.flatnonzero(lat.classes == kind)
+        assert len(mine) >= 0.9 * (truth == kind).sum(), lat.counts()
+        assert np.mean(close[mine] & (truth[nearest[mine]] == kind)) >= 0.9, kind  # precision
+        planted = np.flatnonzero(truth == kind)
+        assert np.mean(lat.classes[cos[planted].argmax(1)] == kind) >= 0.9, kind  # recall
 
 
 def test_export_round_trip_equals_the_training_model(tmp_path):
