@@ -78,6 +78,7 @@ def test_dictionary_sharded_mesh_equals_one_device(tmp_path):
     np.testing.assert_allclose(np.asarray(one.params["W_dec"]), np.asarray(two.params["W_dec"]), atol=2e-5)
 
 
+@pytest.mark.slow  # ~4 s alone, 6-10 s on this loaded 2-core machine (compile + 200 steps)
 def test_recovers_the_planted_split(tmp_path):
     """Every planted atom is learned, and the decoder-norm classes match the planted partition: each
     base-only / tuned-only latent is a planted atom of that kind (precision), each planted one-model atom is
