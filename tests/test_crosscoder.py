@@ -10,7 +10,8 @@ import pytest
 
 from sae_jax.config import CheckpointConfig, ConfigError, DataConfig, OptimConfig, SAEConfig, validate
 from sae_jax.data.source import ArraySource
-from sae_jax.evals.crosscoder import BASE_ONLY, SHARED, TUNED_ONLY, classify_crosscoder_latents
+from sae_jax.evals.crosscoder import (BASE_ONLY, SHARED, TUNED_ONLY, activation_norms,
+                                      classify_crosscoder_latents)
 from sae_jax.data.paired import PairedSource
 from sae_jax.errors import ExportError
 from sae_jax.export import load_crosscoder, load_sae
@@ -172,6 +173,14 @@ def test_classification_thresholds_and_bad_input():
     assert lat.cosine[2] == pytest.approx(1.0) and np.isnan(lat.cosine[0])  # same direction in both models
     with pytest.raises(ValueError, match="width 6"):
         classify_crosscoder_latents(W, 3)
+    # a shared latent of a tuned model whose activations are twice as large: r = 2/3 raw, 1/2 per model
+    W2 = np.array([[0.6, 0.0, 1.2, 0.0]])
+    rows = np.array([[3.0, 4.0, 6.0, 8.0], [1.0, 0.0, 2.0, 0.0]])
+    assert activation_norms(rows, 2) == pytest.approx((3.0, 6.0))
+    assert classify_crosscoder_latents(W2, 2).relative_norm[0] == pytest.approx(2 / 3)
+    assert classify_crosscoder_latents(W2, 2, model_norms=(3.0, 6.0)).relative_norm[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="model_norms"):
+        classify_crosscoder_latents(W2, 2, model_norms=(0.0, 1.0))
     cfg = tiny_config("/tmp/unused", architecture="crosscoder")
     with pytest.raises(ConfigError, match=r"\[base \| tuned\]"):
         validate(dataclasses.replace(cfg, data=DataConfig(npy="base.npy")))
