@@ -14,6 +14,10 @@ Gated SAEs export SAELens' ``gated`` tensors (``W_enc b_gate r_mag b_mag W_dec b
 transcoders ``transcoder`` / ``skip_transcoder`` (``d_out``, ``W_dec`` [d_sae, d_out], ``W_skip`` [d_out, d_in],
 ``apply_b_dec_to_input: false``), whose ``__call__`` here includes the skip term as SAELens' forward does.
 Matryoshka BatchTopK exports as a JumpReLU, as SAELens saves it.
+A BatchTopK crosscoder (no SAELens format exists) exports as a JumpReLU on [base | tuned] rows of width
+d_in = 2·``crosscoder_d_model``: W_enc [2d, F] stacks the per-model encoders, W_dec [F, 2d] is
+[W_dec_base | W_dec_tuned], b_dec [2d] is [b_dec_base | b_dec_tuned], threshold [F] is per latent;
+``load_crosscoder`` reads it (``sae_jax.evals.crosscoder.split_decoder`` splits the decoder).
 A signed shift-autoencoder code exports as architecture ``linear`` (h = pre-activation; this
 loader reads it, SAELens has no such architecture) or split into a SAELens ``standard`` SAE
 with 2F latents (``split_signed``).
@@ -269,6 +273,11 @@ def _check_tensors(cfg: dict[str, Any], params: dict[str, np.ndarray], cfg_path:
     bad = [name for name, value in params.items() if not np.isfinite(value).all()]
     if bad:
         raise ExportError(f"{weights_path}: tensors {bad} hold NaN/Inf")
+    if "crosscoder_d_model" in cfg:
+        half = cfg["crosscoder_d_model"]
+        if isinstance(half, bool) or not isinstance(half, int) or 2 * half != d_in:
+            raise ExportError(f"{cfg_path}: a crosscoder's 'crosscoder_d_model' must be half of d_in={d_in} "
+                              f"([base | tuned] rows), got {half!r}")
     if arch == "topk":
         k = cfg.get("k")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
@@ -305,3 +314,13 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
                                     f"{path / WHITENING_FILE} is missing; re-export the run (`sae-jax export`)")
         whitening = Whitening.from_arrays(load_file(str(path / WHITENING_FILE)))
     return LoadedSAE(cfg, params, whitening)
+
+
+def load_crosscoder(path: str | os.PathLike) -> LoadedSAE:
+    """Read a crosscoder export (``load_sae`` plus the check that it is one); its cfg's
+    ``crosscoder_d_model`` is the width of one model's activations."""
+    sae = load_sae(path)
+    if "crosscoder_d_model" not in sae.cfg:
+        raise ExportError(f"{path} is a {sae.architecture} SAE, not a crosscoder (its cfg.json has no "
+                          "'crosscoder_d_model'); train one with --sae.architecture crosscoder")
+    return sae

@@ -28,6 +28,7 @@ from sae_jax.errors import Interrupted, SaeJaxError
 from sae_jax.data.loader import BatchLoader, global_batch_rows
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.data.paired import SPLIT_KEY
+from sae_jax.sae.crosscoder import CrosscoderSAE
 from sae_jax.sae.transcoder import TranscoderSAE
 from sae_jax.data.source import ActivationSource
 from sae_jax.export import export_state
@@ -234,6 +235,24 @@ def _check_transcoder_split(arch, source) -> None:
                           f"splits them at {arch.d_in}; set --sae.d-out {source.d_in - split}")
 
 
+
+def _check_crosscoder_pair(arch, source) -> None:
+    """A crosscoder's two stores must be the same site (layer, hook, width) of two models: otherwise the
+    [base | tuned] halves are split in the wrong place or compare unrelated activations."""
+    split = source.metadata.get(SPLIT_KEY)
+    if not isinstance(arch, CrosscoderSAE) or split is None:
+        return  # in-memory [base | tuned] rows: only their even width was checked
+    if split != arch.d_model:
+        raise ConfigError(f"the crosscoder's base rows have width {split} and its tuned rows {source.d_in - split}: "
+                          "--data.store and --data.target must be the same layer and hook of two models of one "
+                          "hidden size (one `sae-jax extract --chat-model` pass writes such a pair)")
+    meta = source.metadata.get("input", {}), source.metadata.get("target", {})
+    for key in ("layer", "hook", "context_length"):
+        if key in meta[0] and key in meta[1] and meta[0][key] != meta[1][key]:
+            raise ConfigError(f"the crosscoder's base store is {key} {meta[0][key]!r} but its tuned store is "
+                              f"{key} {meta[1][key]!r}: pass the same layer and hook of both models "
+                              "(base/layerL_hook and chat/layerL_hook of one extraction)")
+
 def _check_config(run_dir: Path, cfg: TrainConfig) -> None:
     path = run_dir / "config.json"
     if path.exists():  # resuming: the run's data order and model must not change
@@ -297,6 +316,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     pieces = assemble(cfg, d_in)
     mesh, arch, optimizer = pieces.mesh, pieces.arch, pieces.optimizer
     _check_transcoder_split(arch, source)
+    _check_crosscoder_pair(arch, source)
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
