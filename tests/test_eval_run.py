@@ -277,8 +277,18 @@ def test_pooled_store_labels_are_read_by_eval(tmp_path):
                               label_field="label", layers=(0,), pooling="mean", context_length=16, progress=False))
     _topk_sae(tmp_path / "sae", 32, 16, seed=0)
     run_eval(EvalConfig(sae=str(tmp_path / "sae"), data=DataConfig(store=str(tmp_path / "store" / "layer0_resid")),
-                        heldout_start=0.0, out_dir=str(tmp_path / "ev"), evals=("stats", "probing"), label_class="math"))
+                        heldout_start=0.0, out_dir=str(tmp_path / "ev"), evals=("core", "stats", "probing", "browser"),
+                        label_class="math", n_browser_latents=3))
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert "stats" not in res["skipped"] and "probing" not in res["skipped"], res["skipped"]
+    assert not {"stats", "probing", "browser"} & set(res["skipped"]), res["skipped"]
+    # the browser ranks texts (one row each), strongest first, by a brute-force ranking of the rows
+    from sae_jax.data.store import open_store
+    from sae_jax.export import load_sae
+
+    h = load_sae(tmp_path / "sae").encode(open_store(str(tmp_path / "store" / "layer0_resid")).read(np.arange(40)))
+    j = res["browser"]["latents"][0]
+    assert res["browser"]["top_texts"][str(j)][:3] == [texts[i][0] for i in np.argsort(-h[:, j], kind="stable")[:3]]
+    assert "the cat number" in (tmp_path / "ev" / "browser.html").read_text() or "theorem" in (
+        tmp_path / "ev" / "browser.html").read_text()
     assert res["stats"]["label"] == "label: text class 'math' vs the rest"
     assert res["stats"]["neurons"]["n_units"] == 32

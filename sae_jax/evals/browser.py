@@ -15,6 +15,7 @@ import numpy as np
 from sae_jax.evals.core import SAELike
 from sae_jax.export import decoder_directions
 from sae_jax.evals.splice import real_tokens
+from sae_jax.evals.labels import top_activating_rows
 
 
 def pick_latents(frequency: np.ndarray, n: int) -> list[int]:
@@ -167,3 +168,25 @@ def build_browser(model, tokenizer, sae: SAELike, batches: list[tuple[np.ndarray
     page = BrowserPage(cards, tokens)
     page.html = render(cards, tokens, latent_acts, title)
     return page
+
+
+def text_browser(sae: SAELike, source, rows: np.ndarray, texts, doc_ids: np.ndarray, latents: list[int],
+                 top_n: int = 5, title: str = "Feature browser (texts)", max_chars: int = 400) -> tuple[dict[int, list[str]], str]:
+    """For a store with one row per text (pooled): each latent's top ``top_n`` texts, strongest first,
+    and a static HTML page. Returns ({latent: [texts]}, html)."""
+    cols = np.asarray(latents, dtype=np.int64)
+    top, vals = top_activating_rows(sae.encode, source.read, np.asarray(rows), top_n=top_n, latents=cols)
+    fired = np.zeros(len(cols))
+    for i in range(0, len(rows), 4096):
+        fired += (sae.encode(source.read(np.asarray(rows)[i:i + 4096]))[:, cols] != 0).sum(0)
+    out, parts = {}, [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+                      f"<h1>{html.escape(title)}</h1>"]
+    for c, j in enumerate(latents):
+        picked = [(float(v), texts[int(doc_ids[r])]) for r, v in zip(top[c], vals[c]) if r >= 0]
+        out[int(j)] = [t for _, t in picked]
+        status = "dead on these texts: not interpreted" if not picked else f"fires on {fired[c] / len(rows):.1%} of texts"
+        parts.append(f"<section id='latent-{j}'><h2>latent {j}</h2><p>{status}</p><ol>")
+        parts += [f"<li><b>{v:.3f}</b> {html.escape(t[:max_chars])}</li>" for v, t in picked]
+        parts.append("</ol></section>")
+    parts.append("</body></html>")
+    return out, "\n".join(parts)

@@ -28,6 +28,8 @@ class StoreProvenance:
     text_labels: tuple[str, ...] | None
     doc_ids: np.ndarray | None
     """Source-text index of every row (None when the extraction root is not found)."""
+    pooled: bool = False
+    """One row per text (mean/last pooling), not per token."""
 
 
 def _root_of(path: str) -> str | None:
@@ -69,7 +71,7 @@ def store_provenance(source: Any) -> StoreProvenance | None:
             doc_ids = np.asarray(read_positions(root)[0])
             if doc_ids.shape != (source.n_rows,):
                 doc_ids = None
-    return StoreProvenance(model, meta.get("model_path") if model else None, meta.get("layer"), meta.get("hook"), ex.get("context_length"), texts, labels, doc_ids)
+    return StoreProvenance(model, meta.get("model_path") if model else None, meta.get("layer"), meta.get("hook"), ex.get("context_length"), texts, labels, doc_ids, pooled)
 
 
 def heldout_docs(doc_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:

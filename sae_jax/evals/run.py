@@ -520,11 +520,12 @@ def _clustering(ctx: _Context, report: Report) -> dict[str, Any] | None:
 
 
 def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
-    if ctx.lm is None:
+    p = ctx.prov
+    per_text = ctx.lm is None and p is not None and p.pooled and p.texts is not None and p.doc_ids is not None
+    if ctx.lm is None and not per_text:
         return None
     from sae_jax.evals import browser
 
-    model, tok, batches, layer, hook = ctx.lm
     latents = list(ctx.cfg.browser_latents)
     how = "listed"
     if not latents and ctx.shifted is not None and ctx.shifted.any():
@@ -534,11 +535,18 @@ def _browser(ctx: _Context, report: Report) -> dict[str, Any] | None:
         latents, how = browser.pick_latents(ctx.core.frequency, ctx.cfg.n_browser_latents), "most frequent"
     if not latents:
         latents, how = list(range(min(ctx.cfg.n_browser_latents, ctx.sae.d_sae))), "first ids"
-    page = browser.build_browser(model, tok, ctx.sae, batches, layer, hook, latents)
     path = Path(_out_dir(ctx.cfg)) / "browser.html"
-    path.write_text(page.html, encoding="utf-8")
-    report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents ({how})</p>")
-    return {"path": str(path), "latents": [int(l) for l in latents], "chosen_by": how}
+    extra = {}
+    if per_text:  # a pooled store: rank whole texts, not tokens
+        top_texts, page_html = browser.text_browser(ctx.sae, ctx.source, ctx.rows, p.texts, p.doc_ids, latents)
+        extra = {"top_texts": {str(j): t for j, t in top_texts.items()}}
+    else:
+        model, tok, batches, layer, hook = ctx.lm
+        page_html = browser.build_browser(model, tok, ctx.sae, batches, layer, hook, latents).html
+    path.write_text(page_html, encoding="utf-8")
+    report.add("Feature browser", f"<p><a href='browser.html'>browser.html</a>: {len(latents)} latents ({how})"
+               f"{', top texts' if per_text else ''}</p>")
+    return {"path": str(path), "latents": [int(l) for l in latents], "chosen_by": how, **extra}
 
 
 def _out_dir(cfg: EvalConfig) -> Path:
