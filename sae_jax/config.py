@@ -539,6 +539,7 @@ def _validate_issue15_architectures(cfg: TrainConfig, d_in: int | None) -> None:
 # L1 coefficients of the gated / transcoder presets (FVU loss, inputs at E||x|| = sqrt(d)), set on the
 # presets' synthetic data only roughly: a starting point, sweep it on real activations (L1 is not scale-free).
 GATED_L1 = 0.05
+RELU_L1 = 5.0  # usual units (see the relu preset); papers' λ carry over when inputs are at E‖x‖ = √d
 TRANSCODER_L1 = 0.02
 
 
@@ -570,9 +571,12 @@ def presets() -> dict[str, tuple[str, TrainConfig]]:
         "topk": ("TopK SAE, k=32, 16k latents", TrainConfig(sae=SAEConfig(d_sae=16384, k=32))),
         "batchtopk": ("BatchTopK SAE, k=32, 16k latents",
                       TrainConfig(sae=SAEConfig(architecture="batchtopk", d_sae=16384, k=32))),
-        "relu": ("ReLU + L1 SAE, 16k latents",
-                 TrainConfig(sae=SAEConfig(architecture="relu", d_sae=16384, sparsity_coef=5.0,
-                                           sparsity_warmup_steps=1000))),
+        # λ in the usual units (SAELens 'standard' l1_coefficient, Anthropic's April 2024 update): loss =
+        # Σ_d (x − x̂)² per token on inputs at E‖x‖ = √d, + λ Σ_i |h_i| ‖W_dec,i‖ with free decoder norms.
+        "relu": ("ReLU + L1 SAE, 16k latents, λ=5 in SAELens/Anthropic units (MSE on inputs at E‖x‖=√d)",
+                 TrainConfig(sae=SAEConfig(architecture="relu", d_sae=16384, sparsity_coef=RELU_L1,
+                                           sparsity_warmup_steps=1000, recon_loss="mse",
+                                           decoder_unit_norm=False))),
         "jumprelu": ("JumpReLU SAE (L0 penalty), 16k latents",
                      TrainConfig(sae=SAEConfig(architecture="jumprelu", d_sae=16384, sparsity_coef=0.01,
                                                sparsity_warmup_steps=1000))),

@@ -137,3 +137,23 @@ def test_bfloat16_matmuls_track_float32():
     assert g16["W_enc"].dtype == jnp.float32  # master weights and their gradients stay float32
     np.testing.assert_allclose(float(l16), float(l32), rtol=3e-2)
     assert float(l16) != float(l32)  # the bf16 path really ran at lower precision
+
+
+def test_relu_preset_loss_is_in_the_usual_units():
+    """Issue 12: the ReLU+L1 preset's λ was on FVU (project units): 5.0 collapsed SmolLM2 SAEs and papers' λ
+    did not carry over. Now loss = Σ_d (x − x̂)² averaged over tokens (inputs at E‖x‖ = √d) + λ Σ_i |h_i|‖W_dec,i‖,
+    the units of SAELens' 'standard' l1_coefficient and Anthropic's April 2024 update."""
+    from sae_jax.config import presets
+    from sae_jax.sae import make_architecture
+
+    cfg = presets()["relu"][1]
+    assert cfg.data.normalize == "expected_norm"
+    sae = make_architecture(cfg.sae, D)
+    p, x = random_params(4)
+    coef = cfg.sae.sparsity_coef
+    loss, _ = sae.loss(p, {}, jnp.asarray(x), ctx(coef=coef))
+    h = np.maximum(np_pre(p, x), 0)
+    x_hat = h @ p["W_dec"] + p["b_dec"]
+    norms = np.linalg.norm(p["W_dec"], axis=1)
+    expected = np.mean(np.sum((x - x_hat) ** 2, 1)) + coef * np.mean(np.sum(h * norms, 1))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
