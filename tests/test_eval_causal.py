@@ -45,7 +45,8 @@ def _manual_score(model, tok, text, targets=None, edit=None):
 
 
 def _direction(sae, j):
-    return sae.decode(np.eye(sae.d_sae, dtype=np.float32)[j:j + 1])[0] - sae.decode(np.zeros((1, sae.d_sae), np.float32))[0]
+    one, zero = np.eye(sae.d_sae, dtype=np.float32)[j:j + 1], np.zeros((1, sae.d_sae), np.float32)
+    return sae.decode(one)[0] - sae.decode(zero)[0]
 
 
 # ---------------------------------------------------------------- behaviour score
@@ -77,13 +78,14 @@ def test_ablation_effects_equal_a_manual_hook_edit(tiny):
     model, tok = tiny
     sae = NumpySAE(32, 16, seed=1, dead=[5])
     texts = ["the cat sat", "a longer sentence here"]
-    latents = [3, 5, 9]
+    latents = [3, 5, 2]
     targets = tok("aet", add_special_tokens=False)["input_ids"]
     for tgt in (None, targets):
         eff = causal.ablation_effects(model, sae, LAYER, "resid", [_batch(tok, texts)], latents,
                                       tok.all_special_ids, target_ids=tgt)
         assert eff.shape == (3, 2)
         assert np.all(eff[1] == 0)  # a latent that never fires: exactly zero effect
+        assert np.all(np.abs(eff[[0, 2]]) > 3e-4)  # the live ones do something
         for t, text in enumerate(texts):
             clean = _manual_score(model, tok, text, tgt)
             for i, j in enumerate(latents):
@@ -103,12 +105,14 @@ def test_patch_effects_on_domain_tokens_equal_a_manual_hook_edit(tiny):
                                 {"m": [_batch(tok, corrupt_texts)]}, latents, tok.all_special_ids,
                                 target_ids=targets)["m"]
     assert np.all(eff[0, :1] == 0) and np.isnan(eff[:, 1]).all()  # dead latent; a text with no domain token
+    assert abs(eff[1, 0]) > 1e-4  # the live latent's patch does something (the comparison below is not 0 = 0)
     import torch
     for i, j in enumerate(latents):
         w = _direction(sae, j)
         ids_c = torch.tensor([tok(corrupt_texts[0])["input_ids"]])
         store = {}
-        h = model.model.layers[LAYER].register_forward_hook(lambda m, a, o: store.setdefault("x", o[0] if isinstance(o, tuple) else o))
+        h = model.model.layers[LAYER].register_forward_hook(
+            lambda m, a, o: store.setdefault("x", o[0] if isinstance(o, tuple) else o))
         with torch.no_grad():
             model(input_ids=ids_c)
         h.remove()
@@ -155,7 +159,8 @@ def test_consistency_gate_on_absolute_d():
     assert signed["pass"].tolist() == [False, False, False]
     assert absolute["pass"].tolist() == [True, False, False]
     np.testing.assert_allclose(absolute["mean_d"], [1.0, 3.2 / 3, 0.7])
-    np.testing.assert_allclose(absolute["sd_d"], [np.std([-1, -1.1, -0.9]), np.std([1, -1, 1.2]), np.std([0.9, 1, 0.2])])
+    np.testing.assert_allclose(absolute["sd_d"],
+                               [np.std([-1, -1.1, -0.9]), np.std([1, -1, 1.2]), np.std([0.9, 1, 0.2])])
 
 
 def test_damage_gate_and_ranking_on_hand_made_effects():

@@ -1,11 +1,17 @@
 """Causal validation of candidate latents with anti-illusion controls (model diffing).
 
-Behaviour score of a text: the mean log-probability of its real tokens under the model (for a
-planted domain, the tuned model's fit to domain text). For a candidate latent j and a corruption
+Behaviour score of a text (``behaviour_scores``): the mean log-probability of its real tokens
+under the model (for a planted domain, the tuned model's fit to domain text), optionally of the
+domain's tokens only (``target_ids``) or as the tuned − base difference. For a candidate latent j and a corruption
 method m, every position of a clean text gets j's value replaced by j's mean over the corrupted
 text's real tokens (the corruption removes the domain signal; positions of the two texts need not
 align), keeping the SAE's error term: x' = x + (v − h_j)·w_j with w_j = decode(e_j) − decode(0).
-The effect is the drop of the score, clean − patched, per text.
+The effect is the drop of the score, clean − patched, per text. ``ablation_effects`` is the
+corruption-free control: j zero-ablated on the clean run.
+
+(The opposite direction, restoring j's clean value into the corrupted run, is left out: the
+score is the log-prob of the text's own tokens, and a corrupted text no longer has the domain's
+tokens to score.)
 
 A delta SAE (trained on tuned − base activations) reads ``x − x_ref`` where ``x_ref`` is the
 reference (base) model's activation of the same token; its patch still edits the tuned model's
@@ -16,7 +22,8 @@ methods > 0.8 and SD across methods < 0.3); one-sided t-test p-values per method
 their maximum (intersection-union: every method must show the effect) and BH-adjusted across
 latents; the damage (CE on unrelated text with j zero-ablated, minus clean CE); a combined score
 effect × identifiability / damage (like the original study's CCIS); and a pre-registration file
-written before the run that later runs may not silently change.
+written before the run that later runs may not silently change. ``causal_ranking`` puts it all in
+one table.
 """
 from __future__ import annotations
 
@@ -320,11 +327,13 @@ def damage_gate(damage: np.ndarray, bound: float) -> np.ndarray:
     return np.isfinite(d) & (d <= bound)
 
 
-def combined_score(effect: np.ndarray, identifiability: np.ndarray, damage: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+def combined_score(effect: np.ndarray, identifiability: np.ndarray, damage: np.ndarray,
+                   eps: float = 1e-3) -> np.ndarray:
     """effect × identifiability / (max(damage, 0) + eps): large, specific, harmless effects rank first."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    return np.asarray(effect, float) * np.asarray(identifiability, float) / (np.maximum(np.asarray(damage, float), 0) + eps)
+    harm = np.maximum(np.asarray(damage, float), 0) + eps
+    return np.asarray(effect, float) * np.asarray(identifiability, float) / harm
 
 
 def causal_ranking(latents: Sequence[int], drops_by_method: Mapping[str, np.ndarray], identifiability: np.ndarray,
