@@ -1,11 +1,17 @@
 """Causal validation of candidate latents with anti-illusion controls (model diffing).
 
-Behaviour score of a text: the mean log-probability of its real tokens under the model (for a
-planted domain, the tuned model's fit to domain text). For a candidate latent j and a corruption
+Behaviour score of a text (``behaviour_scores``): the mean log-probability of its real tokens
+under the model (for a planted domain, the tuned model's fit to domain text), optionally of the
+domain's tokens only (``target_ids``) or as the tuned − base difference. For a candidate latent j and a corruption
 method m, every position of a clean text gets j's value replaced by j's mean over the corrupted
 text's real tokens (the corruption removes the domain signal; positions of the two texts need not
 align), keeping the SAE's error term: x' = x + (v − h_j)·w_j with w_j = decode(e_j) − decode(0).
-The effect is the drop of the score, clean − patched, per text.
+The effect is the drop of the score, clean − patched, per text. ``ablation_effects`` is the
+corruption-free control: j zero-ablated on the clean run.
+
+(The opposite direction, restoring j's clean value into the corrupted run, is left out: the
+score is the log-prob of the text's own tokens, and a corrupted text no longer has the domain's
+tokens to score.)
 
 A delta SAE (trained on tuned − base activations) reads ``x − x_ref`` where ``x_ref`` is the
 reference (base) model's activation of the same token; its patch still edits the tuned model's
@@ -16,7 +22,8 @@ methods > 0.8 and SD across methods < 0.3); one-sided t-test p-values per method
 their maximum (intersection-union: every method must show the effect) and BH-adjusted across
 latents; the damage (CE on unrelated text with j zero-ablated, minus clean CE); a combined score
 effect × identifiability / damage (like the original study's CCIS); and a pre-registration file
-written before the run that later runs may not silently change.
+written before the run that later runs may not silently change. ``causal_ranking`` puts it all in
+one table.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import numpy as np
 from scipy import stats
 
 from sae_jax.evals.core import SAELike
+from sae_jax.evals.stats import bh_adjusted
 
 Batch = tuple[np.ndarray, np.ndarray]  # (input_ids, attention_mask)
 
@@ -88,19 +96,78 @@ class _Reader:
             x = x - next(hooked_activations(self.reference, [batch], self.layer, self.hook))[mask]
         return x, mask
 
-    def scores(self, batch: Batch, transform=None) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
         """Per text: summed log-prob of real target tokens and their count, under ``transform``."""
-        from sae_jax.lm.splice import _logits, splice_mask, spliced
+        from sae_jax.lm.splice import splice_mask, spliced
 
-        t = self.torch
         ids, att = self.tensors(batch)
-        with t.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
+        with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
             splice.mask = splice_mask(ids, att, self.special)
             splice.transform = transform
-            lp = t.log_softmax(_logits(self.model, ids, att)[:, :-1], dim=-1)
-        ok = splice_mask(ids, att, self.special)[:, 1:] & att[:, :-1].bool()
-        tok = lp.gather(2, ids[:, 1:, None]).squeeze(2) * ok
-        return tok.sum(1).double().cpu().numpy(), ok.sum(1).cpu().numpy()
+            return _summed_logprobs(self.model, ids, att, self.special, target_ids)
+
+
+def _summed_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: summed next-token log-prob of its counted targets and their count (float64, int).
+
+    Counted: token t+1 where t and t+1 are attended and t+1 is not special (as ``splice_losses``),
+    and, with ``target_ids``, only tokens in that set (e.g. the planted domain's tokens)."""
+    import torch
+
+    from sae_jax.lm.splice import _logits, splice_mask
+
+    with torch.no_grad():
+        lp = torch.log_softmax(_logits(model, ids, att)[:, :-1], dim=-1)
+    ok = splice_mask(ids, att, special_ids)[:, 1:] & att[:, :-1].bool()
+    if target_ids is not None:
+        ok &= torch.isin(ids[:, 1:], torch.as_tensor(np.asarray(list(target_ids)), dtype=ids.dtype, device=ids.device))
+    tok = lp.gather(2, ids[:, 1:, None]).squeeze(2) * ok
+    return tok.sum(1).double().cpu().numpy(), ok.sum(1).cpu().numpy()
+
+
+def _check_targets(target_ids, model) -> np.ndarray | None:
+    if target_ids is None:
+        return None
+    t = np.unique(np.asarray(list(target_ids), np.int64))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if t.size == 0 or t.min() < 0 or t.max() >= vocab:
+        raise ValueError(f"target_ids must be a non-empty set of token ids in [0, {vocab}) (e.g. the tokens of the "
+                         f"domain keywords), got {t.tolist()[:10]}")
+    return t
+
+
+def _mean(total: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Mean per text; NaN for a text with no counted token (it carries no evidence)."""
+    return np.divide(total, n, out=np.full(len(total), np.nan), where=n > 0)
+
+
+def behaviour_scores(model, batches: Sequence[Batch], special_ids: Sequence[int], target_ids=None,
+                     reference_model=None) -> np.ndarray:
+    """Behaviour score per text: mean next-token log-prob of its real tokens under ``model``.
+
+    ``target_ids``: count only these tokens (the planted domain's tokens); a text with none gets
+    NaN. ``reference_model``: the score is the difference model − reference (the tuned-vs-base
+    log-prob difference of the same tokens: how much the fine-tune raised the text's likelihood).
+    """
+    import torch
+
+    if reference_model is not None and reference_model.get_input_embeddings().weight.shape[0] != \
+            model.get_input_embeddings().weight.shape[0]:
+        raise ValueError("the reference (base) model has another vocabulary than the model: a tuned-vs-base "
+                         "difference needs the same tokenizer in both")
+    targets = _check_targets(target_ids, model)
+    out = []
+    for ids_np, att_np in batches:
+        parts = []
+        for m in (model, reference_model):
+            if m is None:
+                continue
+            dev = next(m.parameters()).device
+            ids = torch.as_tensor(np.asarray(ids_np), dtype=torch.long, device=dev)
+            att = torch.as_tensor(np.asarray(att_np), dtype=torch.long, device=dev)
+            parts.append(_mean(*_summed_logprobs(m, ids, att, list(special_ids), targets)))
+        out.append(parts[0] - parts[1] if len(parts) == 2 else parts[0])
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _patch(direction: np.ndarray, delta_rows: np.ndarray):
@@ -119,15 +186,17 @@ def _per_text_means(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[Batch],
                    corrupted: Mapping[str, Sequence[Batch]], latents: Sequence[int], special_ids: Sequence[int],
-                   reference_model=None) -> dict[str, np.ndarray]:
+                   reference_model=None, target_ids=None) -> dict[str, np.ndarray]:
     """Per method: drop of the behaviour score (mean log-prob per token), [n_latents, n_texts].
 
     ``clean`` and each ``corrupted[m]`` are batches of the same texts in the same order (text i of
     a corrupted batch is the corruption of clean text i); the batches need not share token lengths.
+    ``target_ids``: score only these tokens (see ``behaviour_scores``); NaN for a text with none.
     """
     latents = np.asarray(latents, np.int64)
     W = latent_directions(sae, latents)
     reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
+    targets = _check_targets(target_ids, model)
     out = {m: [] for m in corrupted}
     for m, batches in corrupted.items():
         if len(batches) != len(clean) or any(len(a[0]) != len(b[0]) for a, b in zip(clean, batches)):
@@ -135,18 +204,41 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
     for b, batch in enumerate(clean):
         x, mask = reader.rows(batch)
         h = sae.encode(x)[:, latents]
-        s0, n = reader.scores(batch)
-        base = s0 / np.maximum(n, 1)
+        s0, n = reader.scores(batch, target_ids=targets)
+        base = _mean(s0, n)
         text_of_row = np.nonzero(mask)[0]
         for m, batches in corrupted.items():
             xc, mc = reader.rows(batches[b])
             target = _per_text_means(sae.encode(xc)[:, latents], mc)  # [n_texts, L]
             drops = np.empty((len(latents), len(base)))
             for i in range(len(latents)):
-                s, _ = reader.scores(batch, _patch(W[i], target[text_of_row, i] - h[:, i]))
-                drops[i] = base - s / np.maximum(n, 1)
+                s, _ = reader.scores(batch, _patch(W[i], target[text_of_row, i] - h[:, i]), targets)
+                drops[i] = base - _mean(s, n)
             out[m].append(drops)
     return {m: np.concatenate(v, axis=1) for m, v in out.items()}
+
+
+def ablation_effects(model, sae: SAELike, layer: int, hook: str, batches: Sequence[Batch], latents: Sequence[int],
+                     special_ids: Sequence[int], reference_model=None, target_ids=None) -> np.ndarray:
+    """Drop of the behaviour score per text when each latent is zero-ablated, [n_latents, n_texts].
+
+    The corruption-free control: x' = x − h_j·w_j on every real token (the SAE's error kept), so a
+    latent that never fires on a text has exactly zero effect on it.
+    """
+    latents = np.asarray(latents, np.int64)
+    W = latent_directions(sae, latents)
+    reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
+    targets = _check_targets(target_ids, model)
+    out = []
+    for batch in batches:
+        x, _ = reader.rows(batch)
+        h = sae.encode(x)[:, latents]
+        s0, n = reader.scores(batch, target_ids=targets)
+        drops = np.empty((len(latents), len(n)))
+        for i in range(len(latents)):
+            drops[i] = _mean(s0, n) - _mean(reader.scores(batch, _patch(W[i], -h[:, i]), targets)[0], n)
+        out.append(drops)
+    return np.concatenate(out, axis=1) if out else np.zeros((len(latents), 0))
 
 
 def ablation_damage(model, sae: SAELike, layer: int, hook: str, batches: Sequence[Batch], latents: Sequence[int],
@@ -167,36 +259,111 @@ def ablation_damage(model, sae: SAELike, layer: int, hook: str, batches: Sequenc
     return (clean_sum - patched_sum) / max(n_tok, 1)
 
 
-def effect_sizes(drops: np.ndarray) -> np.ndarray:
-    """d = mean / SD (ddof=1) of per-text drops, per latent (rows); 0 where the SD is 0."""
+def _moments(drops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, NaN texts left out: count, mean (0 if none) and SD (ddof=1; 0 if fewer than 2)."""
     e = np.asarray(drops, np.float64)
-    sd = e.std(axis=1, ddof=1)
-    mean = e.mean(axis=1)
+    if e.ndim != 2:
+        raise ValueError(f"drops must be [n_latents, n_texts], got shape {e.shape}")
+    n = np.sum(~np.isnan(e), axis=1)
+    mean = np.divide(np.nansum(e, axis=1), n, out=np.zeros(len(e)), where=n > 0)
+    ss = np.nansum((e - mean[:, None]) ** 2, axis=1)
+    return n, mean, np.sqrt(np.divide(ss, n - 1, out=np.zeros(len(e)), where=n > 1))
+
+
+def effect_sizes(drops: np.ndarray) -> np.ndarray:
+    """d = mean / SD (ddof=1) of per-text drops, per latent (rows), NaN texts left out; 0 where the SD is 0."""
+    _, mean, sd = _moments(drops)
     return np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0)
 
 
-def consistency_gate(d_by_method: Mapping[str, np.ndarray], min_mean: float = 0.8, max_sd: float = 0.3) -> dict[str, np.ndarray]:
-    """Per latent: mean and SD (ddof=0) of d across methods, and pass = mean > min_mean and SD < max_sd."""
+def _ttest_p(drops: np.ndarray, alternative: str) -> np.ndarray:
+    """One-sample t-test of each row against 0 (NaN texts left out); p = 1 where it is undefined."""
+    e = np.asarray(drops, np.float64)
+    if e.ndim != 2:
+        raise ValueError(f"drops must be [n_latents, n_texts], got shape {e.shape}")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.asarray(stats.ttest_1samp(e, 0.0, axis=1, alternative=alternative, nan_policy="omit").pvalue, float)
+    return np.nan_to_num(p, nan=1.0)
+
+
+def effect_size(drops: np.ndarray, alternative: str = "greater") -> dict[str, np.ndarray]:
+    """Per latent (rows of ``drops`` [n_latents, n_texts]): Cohen's d of the per-text effects
+    (mean / SD, ddof=1), the one-sample t-test p-value against 0 (SciPy; ``alternative`` as
+    there, default: the latent supports the behaviour), and BH-adjusted p across latents."""
+    n, mean, sd = _moments(drops)
+    p = _ttest_p(drops, alternative)
+    return {"d": np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0), "mean": mean, "sd": sd, "n": n,
+            "p": p, "p_bh": bh_adjusted(p)}
+
+
+def consistency_gate(d_by_method: Mapping[str, np.ndarray], min_mean: float = 0.8, max_sd: float = 0.3,
+                     absolute: bool = False) -> dict[str, np.ndarray]:
+    """Per latent: mean and SD (ddof=0) of d across methods, and pass = mean > min_mean and SD < max_sd.
+
+    ``absolute``: the mean is of |d| (a latent whose removal consistently *raises* the score also
+    passes); the SD is always of the signed d, so effects of opposite signs never look consistent.
+    """
     if len(d_by_method) < 2:
         raise ValueError("the consistency gate needs at least two corruption methods")
     D = np.stack([np.asarray(v, np.float64) for v in d_by_method.values()])
-    mean, sd = D.mean(0), D.std(0)
+    mean, sd = (np.abs(D) if absolute else D).mean(0), D.std(0)
     return {"mean_d": mean, "sd_d": sd, "pass": (mean > min_mean) & (sd < max_sd)}
 
 
-def p_values(drops_by_method: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def p_values(drops_by_method: Mapping[str, np.ndarray], alternative: str = "greater") -> dict[str, np.ndarray]:
     """One-sided one-sample t-test (drop > 0) per method; combined = max over methods; BH-adjusted."""
-    per = {m: stats.ttest_1samp(np.asarray(v, np.float64), 0.0, axis=1, alternative="greater").pvalue
-           for m, v in drops_by_method.items()}
-    combined = np.nan_to_num(np.max(np.stack(list(per.values())), axis=0), nan=1.0)
-    return {"per_method": per, "combined": combined, "bh": stats.false_discovery_control(combined, method="bh")}
+    per = {m: _ttest_p(v, alternative) for m, v in drops_by_method.items()}
+    combined = np.max(np.stack(list(per.values())), axis=0)
+    return {"per_method": per, "combined": combined, "bh": bh_adjusted(combined)}
 
 
-def combined_score(effect: np.ndarray, identifiability: np.ndarray, damage: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+def damage_gate(damage: np.ndarray, bound: float) -> np.ndarray:
+    """Per latent: does ablating it raise CE on unrelated text by at most ``bound`` nats/token?"""
+    if not np.isfinite(bound) or bound < 0:
+        raise ValueError(f"the damage bound is a CE increase in nats per token, >= 0; got {bound}")
+    d = np.asarray(damage, np.float64)
+    return np.isfinite(d) & (d <= bound)
+
+
+def combined_score(effect: np.ndarray, identifiability: np.ndarray, damage: np.ndarray,
+                   eps: float = 1e-3) -> np.ndarray:
     """effect × identifiability / (max(damage, 0) + eps): large, specific, harmless effects rank first."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    return np.asarray(effect, float) * np.asarray(identifiability, float) / (np.maximum(np.asarray(damage, float), 0) + eps)
+    harm = np.maximum(np.asarray(damage, float), 0) + eps
+    return np.asarray(effect, float) * np.asarray(identifiability, float) / harm
+
+
+def causal_ranking(latents: Sequence[int], drops_by_method: Mapping[str, np.ndarray], identifiability: np.ndarray,
+                   damage: np.ndarray, min_mean: float = 0.8, max_sd: float = 0.3, damage_bound: float | None = None,
+                   eps: float = 1e-3) -> list[dict[str, Any]]:
+    """The final table: one row per latent, best combined score first.
+
+    Effect = mean d across methods (the expected sign only: negative counts as 0); score =
+    effect × identifiability / damage (``combined_score``); p = the combined one-sided p-value
+    (every method must show the effect) and its BH adjustment across these latents; ``final``
+    = consistent across methods, BH p <= 0.05, and damage within ``damage_bound`` (if given).
+    """
+    latents = [int(j) for j in latents]
+    n = len(latents)
+    ident, dmg = np.asarray(identifiability, np.float64), np.asarray(damage, np.float64)
+    for name, v in [("identifiability", ident), ("damage", dmg),
+                    *((f"drops[{m!r}]", np.asarray(v)) for m, v in drops_by_method.items())]:
+        if len(v) != n:
+            raise ValueError(f"{name} has {len(v)} entries but there are {n} latents: give one row per latent")
+    d = {m: effect_sizes(v) for m, v in drops_by_method.items()}
+    gate = consistency_gate(d, min_mean, max_sd)
+    p = p_values(drops_by_method)
+    harmless = damage_gate(dmg, damage_bound) if damage_bound is not None else np.isfinite(dmg)
+    score = combined_score(np.maximum(gate["mean_d"], 0), ident, dmg, eps)
+    rows = [{"latent": j, "score": float(score[i]), "mean_d": float(gate["mean_d"][i]), "sd_d": float(gate["sd_d"][i]),
+             **{f"d_{m}": float(v[i]) for m, v in d.items()}, "identifiability": float(ident[i]),
+             "damage": float(dmg[i]), "p": float(p["combined"][i]), "p_bh": float(p["bh"][i]),
+             "consistent": bool(gate["pass"][i]), "harmless": bool(harmless[i]),
+             "final": bool(gate["pass"][i] and p["bh"][i] <= 0.05 and harmless[i])} for i, j in enumerate(latents)]
+    return sorted(rows, key=lambda r: -r["score"])
 
 
 def _settings_hash(settings: Mapping[str, Any]) -> str:

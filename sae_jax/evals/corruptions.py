@@ -1,7 +1,7 @@
 """Corruptions of domain texts for causal validation: remove the domain signal three different ways.
 
-- ``string_replacement``: fixed word → word replacements (e.g. a domain's keywords mapped to
-  another domain's), whole words, case kept for capitalised words;
+- ``string_replacement``: fixed word/phrase → word replacements (e.g. a domain's keywords mapped
+  to another domain's), whole words only, case kept (ALL CAPS, Capitalised);
 - ``paraphrase_substitution``: each domain keyword replaced by a word drawn from a neutral pool
   (frequent words of general text), paraphrase-like but meaning-destroying for the domain;
 - ``counterfactual_swap``: the whole text swapped for a text of another domain of similar length.
@@ -52,6 +52,13 @@ def domain_keywords(texts: Sequence[str], labels: Sequence[str], domain: str | S
     return [vocab[i] for i in order[:n] if z[i] > 0]
 
 
+def _match_case(source: str, new: str) -> str:
+    """``new`` written in the case of ``source``: ALL CAPS, Capitalised or as given."""
+    if len(source) > 1 and source.isupper():
+        return new.upper()
+    return new[:1].upper() + new[1:] if source[:1].isupper() else new
+
+
 def _replace_words(text: str, pick) -> tuple[str, bool]:
     changed = False
 
@@ -62,18 +69,39 @@ def _replace_words(text: str, pick) -> tuple[str, bool]:
         if new is None:
             return word
         changed = True
-        return new.capitalize() if word[:1].isupper() else new
+        return _match_case(word, new)
 
     return _WORD.sub(sub, text), changed
 
 
+def _phrase_pattern(keys: Sequence[str]) -> re.Pattern:
+    """Whole-word (or whole-phrase) matches of any key, case-insensitive, longest key first.
+
+    Word boundaries are letters, digits and underscores: ``theorem`` matches in "theorem-like"
+    but not in "theorems"; a phrase matches across any run of whitespace."""
+    alts = [r"\s+".join(re.escape(part) for part in k.split()) for k in sorted(keys, key=len, reverse=True)]
+    return re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(alts) + r")(?![A-Za-z0-9_])", re.IGNORECASE)
+
+
 def string_replacement(texts: Sequence[str], replacements: Mapping[str, str]) -> Corruption:
-    """Replace whole words (case-insensitive) by fixed replacements."""
-    table = {k.lower(): v for k, v in replacements.items()}
+    """Replace whole words or phrases (case-insensitive) by fixed replacements, keeping their case.
+
+    Keys may be multi-word phrases ("new york"); overlapping keys prefer the longest match.
+    """
+    table = {}
+    for k, v in replacements.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k.strip():
+            raise ValueError(f"replacements map non-empty strings to strings, got {k!r} -> {v!r}")
+        table[" ".join(k.lower().split())] = v
     if not table:
-        raise ValueError("string replacement needs at least one replacement")
-    out = [_replace_words(t, table.get) for t in texts]
-    return Corruption([t for t, _ in out], np.array([c for _, c in out], bool))
+        raise ValueError("string replacement needs at least one replacement, e.g. {'theorem': 'painting'}")
+    pattern = _phrase_pattern(list(table))
+    out, changed = [], []
+    for t in texts:
+        new, n = pattern.subn(lambda m: _match_case(m.group(0), table[" ".join(m.group(0).lower().split())]), t)
+        out.append(new)
+        changed.append(n > 0 and new != t)
+    return Corruption(out, np.array(changed, bool))
 
 
 def paraphrase_substitution(texts: Sequence[str], domain_words: Sequence[str], pool_words: Sequence[str],

@@ -59,9 +59,15 @@ def bonferroni(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     return p <= alpha / p.size
 
 
+def bh_adjusted(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (via SciPy); a NaN p-value counts as 1 (no evidence)."""
+    p = np.nan_to_num(np.asarray(p, dtype=np.float64), nan=1.0)
+    return stats.false_discovery_control(p, method="bh") if p.size else p
+
+
 def benjamini_hochberg(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Rejections controlling the false discovery rate at ``alpha`` (BH step-up, via SciPy)."""
-    return stats.false_discovery_control(np.asarray(p), method="bh") <= alpha
+    return bh_adjusted(p) <= alpha
 
 
 @dataclass
