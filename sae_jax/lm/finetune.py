@@ -42,6 +42,8 @@ class FinetuneConfig:
     """Labels of the text source that form the planted slice."""
     text: str = "wikipedia"
     """Labelled text source: wikipedia, bbc, or a labelled file (see sae_jax.data.text.load_text)."""
+    label_field: str = "label"
+    """The label's field in a JSON-lines/CSV text file (the named sources carry their own labels)."""
     steps: int = 60
     batch_size: int = 8
     context_length: int = 64
@@ -54,12 +56,16 @@ class FinetuneConfig:
     eval_batch_size: int = 8
     seed: int = 0
     torch_threads: int | None = None
+    progress: bool = True
+    """Print the CE before/after when done (the settings that do not change the model are not part of key())."""
 
     def key(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("out", "torch_threads", "eval_batch_size"):
+        for name in ("out", "torch_threads", "eval_batch_size", "progress"):
             d.pop(name)
         d["domains"] = list(d["domains"])
+        if not Path(self.text.removeprefix("file:")).exists():
+            d.pop("label_field")  # a named source (wikipedia, bbc) ignores it
         return d
 
 
@@ -91,14 +97,26 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def base_fingerprint(model: str) -> dict[str, str]:
+    """Name, path and a fingerprint of the base model's weight files (the extractor's provenance)."""
+    from sae_jax.lm.extract import _model_revision
+
+    info = lm_models.resolve_model(model)
+    return info | {"revision": _model_revision(info)}
+
+
 def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]:
-    """Fine-tune (or reuse a finished folder with the same settings); return the manifest."""
+    """Fine-tune (or reuse a finished folder with the same settings and base model); return the manifest."""
     out = Path(cfg.out)
     done = read_manifest(out)
     if done is not None:
         if done["config"] != cfg.key():
             raise ValueError(f"{out} holds a model tuned with other settings ({done['config']}); "
                              "choose another --out or delete the folder")
+        old = done.get("base_model", {}).get("revision")  # manifests before the fingerprint have none
+        if old is not None and old != base_fingerprint(cfg.model)["revision"]:
+            raise ValueError(f"{out} was tuned from another version of base model {cfg.model!r} (its weight files "
+                             "changed since); delete the folder to tune again")
         return done
     if out.exists():
         raise ValueError(f"{out} exists but is not a finished fine-tune (no {MANIFEST}); delete it or choose another --out")
@@ -106,7 +124,7 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
         raise ValueError("steps and batch_size must be positive and lr > 0")
     if texts is None:
         from sae_jax.data.text import load_text
-        ds = load_text(cfg.text)
+        ds = load_text(cfg.text, label_field=cfg.label_field)
         texts, labels = ds.texts, ds.labels
     data = planted_split(texts, labels, cfg.domains, cfg.n_task_eval, cfg.n_general_eval, cfg.seed)
     if cfg.torch_threads:
@@ -136,7 +154,7 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
              "general_ce": _ce(model, tok, data.general_eval, cfg, special)}
     manifest = {
         "config": cfg.key(),
-        "base_model": lm_models.resolve_model(cfg.model),
+        "base_model": base_fingerprint(cfg.model),
         "before": before, "after": after,
         "task_ce_drop": before["task_ce"] - after["task_ce"],
         "general_ce_change": after["general_ce"] - before["general_ce"],
@@ -150,4 +168,8 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
     tok.save_pretrained(tmp)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out)
+    if cfg.progress:
+        print(f"fine-tuned {cfg.model} on {list(cfg.domains)} ({cfg.steps} steps, {wall:.0f} s): held-out task CE "
+              f"{before['task_ce']:.3f} -> {after['task_ce']:.3f}, general CE {before['general_ce']:.3f} -> "
+              f"{after['general_ce']:.3f}; saved {out}", flush=True)
     return manifest
