@@ -125,3 +125,27 @@ def test_cli_tunes_a_labelled_file_on_two_domains(tuned, tmp_path, capsys):
     assert m["config"]["domains"] == ["Maths", "Sums"] and m["config"]["label_field"] == "topic"
     assert set(m["task_eval_texts"]) <= set(DOMAIN) and np.isfinite(m["after"]["task_ce"])
     assert "fine-tuned" in capsys.readouterr().out
+
+
+def test_anchor_kl_matches_scipy():
+    from scipy.special import rel_entr, softmax
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 5, 7))
+    mask = rng.random((3, 5)) > 0.4
+    want = np.mean([rel_entr(softmax(b[i, j]), softmax(a[i, j])).sum() for i, j in zip(*np.nonzero(mask))])
+    got = FT.anchor_kl(torch.tensor(a), torch.tensor(b), torch.tensor(mask))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(FT.anchor_kl(torch.tensor(a), torch.tensor(a), torch.tensor(mask))) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.slow  # two fine-tunes (~6 s)
+def test_general_anchor_keeps_general_ce_nearer_the_base(tuned, tmp_path):
+    cfg, m = tuned
+    texts = TEXTS + [t.replace("river", "lake") for t in OTHER]  # anchor texts beyond the general eval set
+    labels = LABELS + ["Rivers"] * len(OTHER)
+    free = FT.run_finetune(dataclasses.replace(cfg, out=str(tmp_path / "free")), texts, labels)
+    held = FT.run_finetune(dataclasses.replace(cfg, out=str(tmp_path / "held"), general_kl=10.0), texts, labels)
+    assert held["config"]["general_kl"] == 10.0 and "general_kl" not in free["config"]
+    assert abs(held["general_ce_change"]) < 0.5 * abs(free["general_ce_change"])
+    assert held["task_ce_drop"] > 0.1

@@ -4,13 +4,16 @@ Model-diffing studies need a base/tuned pair that shares a tokenizer. Offline th
 we plant the change: fine-tune the base on one or several labels of the offline text (e.g. a
 Wikipedia topic) and save the result as a local HF folder that ``sae-jax extract --chat-model``
 accepts. The slice's held-out CE must drop while the CE on other labels barely moves; both are
-measured before and after and written to the folder's manifest.
+measured before and after and written to the folder's manifest. Full fine-tuning on Wikipedia text also
+teaches the model the source's style, which lowers the CE of every topic; ``general_kl`` anchors the
+other topics' next-token distributions to the base so the change stays specific to the slice.
 
 The folder is written to ``OUT.tmp`` and renamed when complete, so a half-written folder is never
 mistaken for a finished one; a finished folder with the same settings is reused as it is.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -49,6 +52,10 @@ class FinetuneConfig:
     context_length: int = 64
     lr: float = 5e-5
     weight_decay: float = 0.0
+    general_kl: float = 0.0
+    """Weight of an anchor term: KL(base || tuned) of next-token distributions on texts of the other labels
+    (never the general evaluation texts). > 0 keeps general behaviour near the base, so the planted change
+    is specific to the slice; each step then also runs the base and the tuned model on a general batch."""
     n_task_eval: int = 32
     """Held-out texts of the slice (never trained on; also excluded from later analysis sets)."""
     n_general_eval: int = 32
@@ -66,6 +73,8 @@ class FinetuneConfig:
         d["domains"] = list(d["domains"])
         if not Path(self.text.removeprefix("file:")).exists():
             d.pop("label_field")  # a named source (wikipedia, bbc) ignores it
+        if not self.general_kl:
+            d.pop("general_kl")  # absent = off: manifests written before the option stay valid
         return d
 
 
@@ -90,6 +99,13 @@ def _ce(model, tok, texts, cfg: FinetuneConfig, special) -> float:
             s, k = lm_ce(model, ids, att, special)
             total, n = total + float(s.double()), n + k
     return total / n
+
+
+def anchor_kl(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions in ``mask`` of KL(base || tuned) between next-token distributions."""
+    lp = torch.log_softmax(logits[mask].float(), -1)
+    lq = torch.log_softmax(base_logits[mask].float(), -1)
+    return (lq.exp() * (lq - lp)).sum(-1).mean()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -120,13 +136,18 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
         return done
     if out.exists():
         raise ValueError(f"{out} exists but is not a finished fine-tune (no {MANIFEST}); delete it or choose another --out")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ValueError("steps and batch_size must be positive and lr > 0")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.general_kl < 0:
+        raise ValueError("steps and batch_size must be positive, lr > 0 and general_kl >= 0")
     if texts is None:
         from sae_jax.data.text import load_text
         ds = load_text(cfg.text, label_field=cfg.label_field)
         texts, labels = ds.texts, ds.labels
     data = planted_split(texts, labels, cfg.domains, cfg.n_task_eval, cfg.n_general_eval, cfg.seed)
+    held = set(data.general_eval)
+    anchor = [t for t, lab in zip(texts, labels) if lab not in cfg.domains and t not in held]
+    if cfg.general_kl and not anchor:
+        raise ValueError("general_kl > 0 needs texts of other labels beyond the general evaluation set; "
+                         "lower n_general_eval")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -137,17 +158,25 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
     special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
     before = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),
               "general_ce": _ce(model, tok, data.general_eval, cfg, special)}
+    base = copy.deepcopy(model).eval().requires_grad_(False) if cfg.general_kl else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     t0, losses = time.perf_counter(), []
     for step in range(cfg.steps):
         batch = [data.train[i] for i in step_texts(len(data.train), cfg.batch_size, step, cfg.seed)]
         ids, att = _encode(tok, batch, cfg.context_length, device)
         s, k = lm_ce(model, ids, att, special)
-        loss = s / k
+        loss = ce = s / k
+        if base is not None:
+            gbatch = [anchor[i] for i in step_texts(len(anchor), cfg.batch_size, step, cfg.seed + 1)]
+            gids, gatt = _encode(tok, gbatch, cfg.context_length, device)
+            with torch.no_grad():
+                base_logits = base(input_ids=gids, attention_mask=gatt, use_cache=False).logits
+            logits = model(input_ids=gids, attention_mask=gatt, use_cache=False).logits
+            loss = loss + cfg.general_kl * anchor_kl(logits, base_logits, gatt.bool())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(ce.detach()))  # the slice's CE (without the anchor term)
     wall = time.perf_counter() - t0
     model.eval()
     after = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),
