@@ -33,6 +33,8 @@ _COMMANDS = {
              "dry-run memory planner: compile the train step for a mesh too large for this machine"),
     "tune": ("sae_jax.lm.tune", "TuneConfig", "run_tune",
              "splice an SAE into its model and fine-tune c,d (vs one MLP, full) on a labelled text slice"),
+    "finetune": ("sae_jax.lm.finetune", "FinetuneConfig", "run_finetune",
+                 "fine-tune a base LM on labelled topic(s) (a planted change), save an HF folder for extract --chat-model"),
     "demo": ("sae_jax.demo", "DemoConfig", "run_demo", "the README main job: extract -> train -> eval"),
 }
 

@@ -82,7 +82,8 @@ def stage_finetune(p, out, model, domain):
     m = run_finetune(FinetuneConfig(model=model, out=str(out / "tuned"), domains=(domain,), steps=p["ft_steps"],
                                     batch_size=p["ft_batch"], context_length=p["context_length"], lr=p["ft_lr"],
                                     n_task_eval=p["n_task_eval"], n_general_eval=p["n_general_eval"],
-                                    torch_threads=p["torch_threads"]))
+                                    general_kl=p.get("ft_general_kl", 0.0), torch_threads=p["torch_threads"],
+                                    progress=False))
     log(f"  task CE {m['before']['task_ce']:.3f} -> {m['after']['task_ce']:.3f}, general CE "
         f"{m['before']['general_ce']:.3f} -> {m['after']['general_ce']:.3f} ({m['wall_s']:.0f} s)")
     return {k: m[k] for k in ("before", "after", "task_ce_drop", "general_ce_change", "n_train_texts", "wall_s")}
