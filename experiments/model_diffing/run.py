@@ -462,7 +462,9 @@ def plot(res, folder: pathlib.Path):
     ax[1].set_ylabel("planted-domain enrichment (95% CI)")
     ax[1].set_title("planted domain among latents")
     fun = res["funnel"]
-    ax[2].barh(range(len(fun))[::-1], [max(r["n_left"], 0.8) for r in fun], log=True)
+    ax[2].barh(range(len(fun))[::-1], [max(r["n_left"], 0.8) for r in fun], log=True)  # log axis: 0 drawn at 0.8
+    for i, r in enumerate(fun):
+        ax[2].text(1.0, len(fun) - 1 - i, f" {r['n_left']}", va="center", fontsize=7, color="white" if r["n_left"] > 3 else "k")
     ax[2].set_yticks(range(len(fun))[::-1], [r["gate"] for r in fun], fontsize=7)
     ax[2].set_title("gate funnel (delta SAE, mid depth)")
     c = res["causal"]
@@ -664,6 +666,9 @@ def main():
         results.setdefault("domains", {})[args.domain] = res
         log(tables(res))
     if "readme" in stages:
+        if args.preset == "cpu":
+            for res in results.get("domains", {}).values():
+                res["plot"] = plot(res, here)
         write_readme(results, here)
     tmp = results_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=float))
