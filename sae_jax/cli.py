@@ -70,13 +70,16 @@ class ExportArgs:
     """Run directory holding config.json and checkpoints/."""
     out: str = ""
     """Output folder (default: RUN_DIR/export)."""
+    unit_norm_decoder: bool = False
+    """Unit-norm decoder rows (SAEBench-ready), their norms moved into the encoder and codes: same
+    reconstructions, codes scaled per latent (ReLU, JumpReLU, TopK)."""
 
 
 def _export(args: Sequence[str]) -> None:
     from sae_jax.reexport import export_run
 
     a = tyro.cli(ExportArgs, args=list(args), prog="sae-jax export")
-    print(export_run(a.run_dir, a.out or None))
+    print(export_run(a.run_dir, a.out or None, unit_norm=a.unit_norm_decoder))
 
 
 def _lazy(name: str, spec) -> Callable[[Sequence[str]], None]:

@@ -61,6 +61,37 @@ def fold_input_scale(params: dict[str, np.ndarray], scale: float) -> dict[str, n
     return out
 
 
+# Architectures whose codes survive a positive per-latent rescaling (ReLU, JumpReLU with its threshold
+# scaled alike, TopK when the scale is the same for every latent): SAEBench-ready unit-norm exports.
+UNIT_NORM_ARCHITECTURES = ("standard", "jumprelu", "topk")
+
+
+def unit_norm_decoder(params: dict[str, np.ndarray], architecture: str, rtol: float = 1e-4) -> dict[str, np.ndarray]:
+    """Raw-space weights with unit-norm decoder rows and the same reconstruction (SAEBench's SCR, TPP and
+    absorption evals need unit rows).
+
+    Row i's norm c_i moves into the code: W_dec_i / c_i, W_enc[:, i] · c_i, b_enc_i · c_i, threshold_i · c_i,
+    so h_i becomes c_i · h_i, which ReLU and JumpReLU keep; a TopK SAE keeps its top-k order only when
+    every c_i is the same (the folded input scale of a unit-norm-trained decoder), so other cases are refused.
+    """
+    if architecture not in UNIT_NORM_ARCHITECTURES:
+        raise ExportError(f"a unit-norm decoder export is available for {UNIT_NORM_ARCHITECTURES}, not "
+                          f"{architecture!r}: export without --unit-norm-decoder")
+    c = np.linalg.norm(np.asarray(params["W_dec"], np.float64), axis=1)
+    if (c <= 0).any():
+        raise ExportError(f"{int((c <= 0).sum())} decoder rows are zero: they have no unit-norm direction")
+    if architecture == "topk" and not np.allclose(c, c.mean(), rtol=rtol):
+        raise ExportError("this TopK SAE's decoder rows have different norms: moving them into the code would change "
+                          "which latents are in the top k; export without --unit-norm-decoder")
+    out = dict(params)
+    out["W_dec"] = (params["W_dec"] / c[:, None]).astype(np.float32)
+    out["W_enc"] = (params["W_enc"] * c[None, :]).astype(np.float32)
+    out["b_enc"] = (params["b_enc"] * c).astype(np.float32)
+    if "threshold" in params:
+        out["threshold"] = (params["threshold"] * c).astype(np.float32)
+    return out
+
+
 def split_signed(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A linear (signed) code as a ReLU SAE with 2F latents: h = relu(pre) − relu(−pre).
 
@@ -130,8 +161,9 @@ def _check_replaceable(path: Path) -> None:
 
 
 def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] | None = None,
-                 layer_norm: bool = False) -> Path:
-    """Export a TrainState's SAE (input scale folded in) to an SAELens folder.
+                 layer_norm: bool = False, unit_norm: bool = False) -> Path:
+    """Export a TrainState's SAE (input scale folded in) to an SAELens folder; ``unit_norm``: decoder rows
+    of unit norm, their norms moved into the codes (``unit_norm_decoder``).
 
     Call it on every process: arrays sharded across hosts are gathered first; process 0 writes.
     """
@@ -156,6 +188,11 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
             cfg["metadata"]["whitening"] = WHITENING_FILE + " (applied before the layer norm)"
     if cfg["architecture"] == "linear" and getattr(arch, "export_as", "linear") == "split":
         params, cfg = split_signed(params), cfg | {"architecture": "standard", "signed_split": True}
+    if unit_norm:
+        if whitening is not None or layer_norm:
+            raise ExportError("a unit-norm decoder export needs an affine input path (no layer norm or stored whitening)")
+        params = unit_norm_decoder(params, cfg["architecture"])
+        cfg["metadata"]["unit_norm_decoder"] = True
     return write_sae(path, params, cfg, whitening)
 
 

@@ -14,7 +14,7 @@ from sae_jax.train_state import restore_state
 from sae_jax.trainer import IN_MEMORY
 
 
-def export_run(run_dir: str, out: str | None = None) -> Path:
+def export_run(run_dir: str, out: str | None = None, unit_norm: bool = False) -> Path:
     run = Path(run_dir)
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run} has no config.json: is it a sae-jax run directory?")
@@ -32,4 +32,4 @@ def export_run(run_dir: str, out: str | None = None) -> Path:
     return export_state(Path(out) if out else run / "export", pieces.arch, state,
                         {"config": cfg.to_dict(), "steps": step, "target_steps": cfg.steps}
                         | (IN_MEMORY if info.get("in_memory_source") else {}),
-                        layer_norm=cfg.data.normalize == "layernorm")
+                        layer_norm=cfg.data.normalize == "layernorm", unit_norm=unit_norm)
