@@ -83,6 +83,11 @@ def unit_norm_decoder(params: dict[str, np.ndarray], architecture: str, rtol: fl
     if architecture == "topk" and not np.allclose(c, c.mean(), rtol=rtol):
         raise ExportError("this TopK SAE's decoder rows have different norms: moving them into the code would change "
                           "which latents are in the top k; export without --unit-norm-decoder")
+    return _row_norms_into_codes(params, c)
+
+
+def _row_norms_into_codes(params: dict[str, np.ndarray], c: np.ndarray) -> dict[str, np.ndarray]:
+    """W_dec_i / c_i, W_enc[:, i] · c_i, b_enc_i · c_i, threshold_i · c_i: latent i's code times c_i."""
     out = dict(params)
     out["W_dec"] = (params["W_dec"] / c[:, None]).astype(np.float32)
     out["W_enc"] = (params["W_enc"] * c[None, :]).astype(np.float32)
@@ -90,6 +95,21 @@ def unit_norm_decoder(params: dict[str, np.ndarray], architecture: str, rtol: fl
     if "threshold" in params:
         out["threshold"] = (params["threshold"] * c).astype(np.float32)
     return out
+
+
+def fold_decoder_norm_rescaling(cfg: dict[str, Any], params: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
+    """SAELens TopK's ``rescale_acts_by_decoder_norm``: encode = TopK(pre · ‖W_dec‖), decode = (h / ‖W_dec‖) W_dec
+    + b_dec. Folded: the same codes and reconstructions from plain TopK weights (and the flag cleared)."""
+    if cfg.get("architecture") != "topk":
+        raise ExportError(f"{path}: rescale_acts_by_decoder_norm is supported for SAELens 'topk' SAEs only, not "
+                          f"{cfg.get('architecture')!r}; fold it in SAELens first (sae.fold_W_dec_norm()) and save again")
+    c = np.linalg.norm(np.asarray(params["W_dec"], np.float64), axis=1)
+    if (c <= 0).any():
+        raise ExportError(f"{path}: {int((c <= 0).sum())} decoder rows are zero, so rescale_acts_by_decoder_norm "
+                          "divides by zero; these latents cannot be loaded")
+    cfg["rescale_acts_by_decoder_norm"] = False
+    cfg["metadata"] = dict(cfg.get("metadata") or {}) | {"rescale_acts_by_decoder_norm": "folded on load"}
+    return _row_norms_into_codes(params, c)
 
 
 def split_signed(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -344,6 +364,8 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise ExportError(f"{weights_path} cannot be read ({err}); re-export the SAE") from None
     _check_tensors(cfg, params, cfg_path, weights_path)
+    if cfg.get("rescale_acts_by_decoder_norm"):  # SAELens TopK's training default: decoder norms not folded
+        params = fold_decoder_norm_rescaling(cfg, params, path)
     whitening = None
     if str((cfg.get("metadata") or {}).get("whitening", "")).startswith(WHITENING_FILE):
         if not (path / WHITENING_FILE).exists():

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from sae_jax.errors import ExportError
 from sae_jax.export import fold_input_scale, load_sae, write_sae
 from sae_jax.trainer import train
 from tests.helpers_train import tiny_config
@@ -105,5 +106,50 @@ def test_sae_lens_loads_and_computes_the_same(trained, arch, tmp_path):
                           str(tmp_path / "h.npy"), str(tmp_path / "r.npy")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     ours = load_sae(result.export_dir)
+    np.testing.assert_allclose(np.load(tmp_path / "h.npy"), ours.encode(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), ours.decode(ours.encode(x)), rtol=1e-4, atol=1e-4)
+
+
+def _rescaled_topk(path, seed=0):
+    """An SAELens-style TopK SAE saved with rescale_acts_by_decoder_norm (decoder norms not folded)."""
+    rng = np.random.default_rng(seed)
+    W_dec = rng.standard_normal((24, 16)).astype(np.float32) * rng.uniform(0.2, 3.0, (24, 1)).astype(np.float32)
+    params = {"W_enc": rng.standard_normal((16, 24)).astype(np.float32), "b_enc": rng.normal(0, 0.1, 24).astype(np.float32),
+              "W_dec": W_dec, "b_dec": rng.normal(0, 0.1, 16).astype(np.float32)}
+    write_sae(path, params, {"architecture": "topk", "k": 4, "rescale_acts_by_decoder_norm": True})
+    return params
+
+
+def test_rescale_acts_by_decoder_norm_is_folded_on_load(tmp_path):
+    """Issue 15 item 5: the flag was silently ignored (other active sets, worse FVU). SAELens' formula by hand:
+    h = TopK(ReLU)(pre · ‖W_dec‖), x̂ = (h / ‖W_dec‖) W_dec + b_dec."""
+    p = _rescaled_topk(tmp_path / "sae")
+    sae = load_sae(tmp_path / "sae")
+    x = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    c = np.linalg.norm(p["W_dec"], axis=1)
+    pre = ((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]) * c
+    idx = np.argsort(-pre, axis=1)[:, :4]
+    h = np.zeros_like(pre)
+    np.put_along_axis(h, idx, np.maximum(np.take_along_axis(pre, idx, 1), 0), 1)
+    np.testing.assert_allclose(sae.encode(x), h, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sae.decode(sae.encode(x)), (h / c) @ p["W_dec"] + p["b_dec"], rtol=1e-4, atol=1e-4)
+    assert sae.cfg["rescale_acts_by_decoder_norm"] is False
+    write_sae(tmp_path / "jr", {**p, "threshold": np.zeros(24, np.float32)},
+              {"architecture": "jumprelu", "rescale_acts_by_decoder_norm": True})
+    with pytest.raises(ExportError, match="topk"):
+        load_sae(tmp_path / "jr")
+
+
+def test_rescale_acts_by_decoder_norm_matches_real_sae_lens(tmp_path):
+    python = _sae_lens_python()
+    if python is None:
+        pytest.skip("sae_lens not importable; set SAE_LENS_PYTHON to a venv that has it")
+    _rescaled_topk(tmp_path / "sae", seed=3)
+    x = np.random.default_rng(2).standard_normal((40, 16)).astype(np.float32) * 2
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([python, "-c", SAE_LENS_CHECK, str(tmp_path / "sae"), str(tmp_path / "x.npy"),
+                          str(tmp_path / "h.npy"), str(tmp_path / "r.npy")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours = load_sae(tmp_path / "sae")
     np.testing.assert_allclose(np.load(tmp_path / "h.npy"), ours.encode(x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), ours.decode(ours.encode(x)), rtol=1e-4, atol=1e-4)
