@@ -302,6 +302,63 @@ def test_latent_effects_equal_a_brute_force_hook(tiny):
     assert damage[1] == 0 and np.isfinite(damage).all()
 
 
+def test_latent_effects_at_active_positions_equal_a_brute_force_hook(tiny):
+    """at="active": patch only where the latent fires, score only the tokens that follow those positions."""
+    import torch
+
+    model, tok = tiny
+    sae = NumpySAE(32, 16, seed=3, dead=[4])
+    sae.params["b_enc"][[2, 7]] = -0.01  # fire on some positions only (pre-activations here are ~0.02)
+    special = tok.all_special_ids
+    clean_texts, corrupt_texts = ["the cat sat on a mat", "a longer sentence here and more"], ["dogs run", "none of it"]
+    clean, corrupt = _batch(tok, clean_texts), _batch(tok, corrupt_texts)
+    latents = [2, 4, 7]
+    eff = causal.latent_effects(model, sae, 1, "resid", [clean], {"m": [corrupt]}, latents, special, at="active")["m"]
+    assert np.isnan(eff[1]).all()  # never fires: no evidence, not a zero effect
+    block = model.model.layers[1]
+
+    def run(ids, edit=None):
+        store = {}
+
+        def hook(m, a, o):
+            out = o[0] if isinstance(o, tuple) else o
+            store.setdefault("x", out[0].detach().numpy().copy())
+            if edit is None:
+                return None
+            new = out.clone()
+            new[0] += torch.from_numpy(edit(out[0].detach().numpy()).astype(np.float32))
+            return (new,) + tuple(o[1:]) if isinstance(o, tuple) else new
+
+        h = block.register_forward_hook(hook)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0].numpy()
+        h.remove()
+        return store["x"], lp
+
+    checked = 0
+    for t, (ct, xt) in enumerate(zip(clean_texts, corrupt_texts)):
+        ids = torch.tensor([tok(ct)["input_ids"]])
+        real = ~np.isin(ids[0].numpy(), special)
+        x, lp0 = run(ids)
+        idc = torch.tensor([tok(xt)["input_ids"]])
+        xc, _ = run(idc)
+        realc = ~np.isin(idc[0].numpy(), special)
+        for i, j in enumerate(latents):
+            fires = real & (sae.encode(x)[:, j] > 0)
+            counted = fires[:-1] & real[1:]
+            if not counted.any():
+                assert np.isnan(eff[i, t])
+                continue
+            v = sae.encode(xc[realc])[:, j].mean()
+            w = sae.decode(np.eye(16, dtype=np.float32)[j:j + 1])[0] - sae.decode(np.zeros((1, 16), np.float32))[0]
+            _, lp = run(ids, lambda out, v=v, w=w, fires=fires: np.where(fires, v - sae.encode(out)[:, j], 0.0)[:, None] * w)
+            assert eff[i, t] == pytest.approx(lp0[counted].mean() - lp[counted].mean(), abs=2e-5)
+            checked += 1
+    assert checked >= 2
+    with pytest.raises(ValueError, match="at must be"):
+        causal.latent_effects(model, sae, 1, "resid", [clean], {"m": [corrupt]}, latents, special, at="some")
+
+
 def test_delta_sae_reads_the_difference_to_the_reference_model(tiny):
     model, tok = tiny
     sae = NumpySAE(32, 8, seed=2)

@@ -96,7 +96,7 @@ class _Reader:
             x = x - next(hooked_activations(self.reference, [batch], self.layer, self.hook))[mask]
         return x, mask
 
-    def scores(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, batch: Batch, transform=None, target_ids=None, after=None) -> tuple[np.ndarray, np.ndarray]:
         """Per text: summed log-prob of real target tokens and their count, under ``transform``."""
         from sae_jax.lm.splice import splice_mask, spliced
 
@@ -104,14 +104,15 @@ class _Reader:
         with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
             splice.mask = splice_mask(ids, att, self.special)
             splice.transform = transform
-            return _summed_logprobs(self.model, ids, att, self.special, target_ids)
+            return _summed_logprobs(self.model, ids, att, self.special, target_ids, after)
 
 
-def _summed_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+def _summed_logprobs(model, ids, att, special_ids, target_ids=None, after=None) -> tuple[np.ndarray, np.ndarray]:
     """Per text: summed next-token log-prob of its counted targets and their count (float64, int).
 
     Counted: token t+1 where t and t+1 are attended and t+1 is not special (as ``splice_losses``),
-    and, with ``target_ids``, only tokens in that set (e.g. the planted domain's tokens)."""
+    with ``target_ids`` only tokens in that set (e.g. the planted domain's tokens), and with
+    ``after`` (bool [B, T]) only tokens that follow a marked position t."""
     import torch
 
     from sae_jax.lm.splice import _logits, splice_mask
@@ -121,6 +122,8 @@ def _summed_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.
     ok = splice_mask(ids, att, special_ids)[:, 1:] & att[:, :-1].bool()
     if target_ids is not None:
         ok &= torch.isin(ids[:, 1:], torch.as_tensor(np.asarray(list(target_ids)), dtype=ids.dtype, device=ids.device))
+    if after is not None:
+        ok &= torch.as_tensor(np.asarray(after)[:, :-1], dtype=torch.bool, device=ids.device)
     tok = lp.gather(2, ids[:, 1:, None]).squeeze(2) * ok
     return tok.sum(1).double().cpu().numpy(), ok.sum(1).cpu().numpy()
 
@@ -184,15 +187,29 @@ def _per_text_means(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return sums / np.maximum(n, 1)[:, None]
 
 
+def _active(mask: np.ndarray, fires: np.ndarray) -> np.ndarray:
+    """bool [B, T]: the real positions (``mask``) where a latent fires (``fires``, one per real row)."""
+    out = np.zeros(mask.shape, bool)
+    out[mask] = fires
+    return out
+
+
 def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[Batch],
                    corrupted: Mapping[str, Sequence[Batch]], latents: Sequence[int], special_ids: Sequence[int],
-                   reference_model=None, target_ids=None) -> dict[str, np.ndarray]:
+                   reference_model=None, target_ids=None, at: str = "all") -> dict[str, np.ndarray]:
     """Per method: drop of the behaviour score (mean log-prob per token), [n_latents, n_texts].
 
     ``clean`` and each ``corrupted[m]`` are batches of the same texts in the same order (text i of
     a corrupted batch is the corruption of clean text i); the batches need not share token lengths.
     ``target_ids``: score only these tokens (see ``behaviour_scores``); NaN for a text with none.
+    ``at``: ``"all"`` patches every real position and scores every counted token; ``"active"``
+    patches only the positions where the latent fires on the clean text and scores only the
+    tokens that follow them (the latent's own effect, not diluted by the tokens it never touches
+    nor mixed with what the corrupted text's value adds where it was silent); a text where it never
+    fires gets NaN.
     """
+    if at not in ("all", "active"):
+        raise ValueError(f"at must be 'all' or 'active', got {at!r}")
     latents = np.asarray(latents, np.int64)
     W = latent_directions(sae, latents)
     reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
@@ -205,15 +222,27 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
         x, mask = reader.rows(batch)
         h = sae.encode(x)[:, latents]
         s0, n = reader.scores(batch, target_ids=targets)
-        base = _mean(s0, n)
         text_of_row = np.nonzero(mask)[0]
+        per_latent = []  # (clean score, counted tokens, positions patched) per latent
+        for i in range(len(latents)):
+            if at == "all":
+                per_latent.append((_mean(s0, n), n, np.ones(len(h), bool), None))
+            else:
+                fires = h[:, i] > 0
+                after = _active(mask, fires)
+                s0i, ni = reader.scores(batch, target_ids=targets, after=after) if fires.any() else (s0 * 0, n * 0)
+                per_latent.append((_mean(s0i, ni), ni, fires, after))
         for m, batches in corrupted.items():
             xc, mc = reader.rows(batches[b])
             target = _per_text_means(sae.encode(xc)[:, latents], mc)  # [n_texts, L]
-            drops = np.empty((len(latents), len(base)))
+            drops = np.full((len(latents), len(s0)), np.nan)
             for i in range(len(latents)):
-                s, _ = reader.scores(batch, _patch(W[i], target[text_of_row, i] - h[:, i]), targets)
-                drops[i] = base - _mean(s, n)
+                base, ni, where, after = per_latent[i]
+                if not where.any():
+                    continue
+                delta = np.where(where, target[text_of_row, i] - h[:, i], 0.0)
+                s, _ = reader.scores(batch, _patch(W[i], delta), targets, after)
+                drops[i] = base - _mean(s, ni)
             out[m].append(drops)
     return {m: np.concatenate(v, axis=1) for m, v in out.items()}
 
