@@ -96,23 +96,27 @@ class _Reader:
             x = x - next(hooked_activations(self.reference, [batch], self.layer, self.hook))[mask]
         return x, mask
 
-    def scores(self, batch: Batch, transform=None, target_ids=None, after=None) -> tuple[np.ndarray, np.ndarray]:
-        """Per text: summed log-prob of real target tokens and their count, under ``transform``."""
+    def token_logprobs(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per token: log-prob of counted target tokens and the counted mask, under ``transform``."""
         from sae_jax.lm.splice import splice_mask, spliced
 
         ids, att = self.tensors(batch)
         with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
             splice.mask = splice_mask(ids, att, self.special)
             splice.transform = transform
-            return _summed_logprobs(self.model, ids, att, self.special, target_ids, after)
+            return _token_logprobs(self.model, ids, att, self.special, target_ids)
+
+    def scores(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: summed log-prob of counted target tokens and their count, under ``transform``."""
+        lp, ok = self.token_logprobs(batch, transform, target_ids)
+        return lp.sum(1), ok.sum(1)
 
 
-def _summed_logprobs(model, ids, att, special_ids, target_ids=None, after=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per text: summed next-token log-prob of its counted targets and their count (float64, int).
+def _token_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per token t+1: next-token log-prob (float64, [B, T-1]; 0 where not counted) and the counted mask.
 
     Counted: token t+1 where t and t+1 are attended and t+1 is not special (as ``splice_losses``),
-    with ``target_ids`` only tokens in that set (e.g. the planted domain's tokens), and with
-    ``after`` (bool [B, T]) only tokens that follow a marked position t."""
+    and with ``target_ids`` only tokens in that set (e.g. the planted domain's tokens)."""
     import torch
 
     from sae_jax.lm.splice import _logits, splice_mask
@@ -122,10 +126,19 @@ def _summed_logprobs(model, ids, att, special_ids, target_ids=None, after=None) 
     ok = splice_mask(ids, att, special_ids)[:, 1:] & att[:, :-1].bool()
     if target_ids is not None:
         ok &= torch.isin(ids[:, 1:], torch.as_tensor(np.asarray(list(target_ids)), dtype=ids.dtype, device=ids.device))
-    if after is not None:
-        ok &= torch.as_tensor(np.asarray(after)[:, :-1], dtype=torch.bool, device=ids.device)
     tok = lp.gather(2, ids[:, 1:, None]).squeeze(2) * ok
-    return tok.sum(1).double().cpu().numpy(), ok.sum(1).cpu().numpy()
+    return tok.double().cpu().numpy(), ok.cpu().numpy()
+
+
+def _summed_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: summed next-token log-prob of its counted tokens (see ``_token_logprobs``) and their count."""
+    lp, ok = _token_logprobs(model, ids, att, special_ids, target_ids)
+    return lp.sum(1), ok.sum(1)
+
+
+def _masked_mean(lp: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """Mean per text of the counted tokens' log-probs; NaN for a text with none."""
+    return _mean((lp * counted).sum(1), counted.sum(1))
 
 
 def _check_targets(target_ids, model) -> np.ndarray | None:
@@ -221,28 +234,21 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
     for b, batch in enumerate(clean):
         x, mask = reader.rows(batch)
         h = sae.encode(x)[:, latents]
-        s0, n = reader.scores(batch, target_ids=targets)
+        lp0, ok = reader.token_logprobs(batch, target_ids=targets)
         text_of_row = np.nonzero(mask)[0]
-        per_latent = []  # (clean score, counted tokens, positions patched) per latent
-        for i in range(len(latents)):
-            if at == "all":
-                per_latent.append((_mean(s0, n), n, np.ones(len(h), bool), None))
-            else:
-                fires = h[:, i] > 0
-                after = _active(mask, fires)
-                s0i, ni = reader.scores(batch, target_ids=targets, after=after) if fires.any() else (s0 * 0, n * 0)
-                per_latent.append((_mean(s0i, ni), ni, fires, after))
+        # per latent: the positions patched and the tokens scored (those after a firing position, or all)
+        where = [h[:, i] > 0 if at == "active" else np.ones(len(h), bool) for i in range(len(latents))]
+        counted = [ok & _active(mask, w)[:, :-1] if at == "active" else ok for w in where]
         for m, batches in corrupted.items():
             xc, mc = reader.rows(batches[b])
             target = _per_text_means(sae.encode(xc)[:, latents], mc)  # [n_texts, L]
-            drops = np.full((len(latents), len(s0)), np.nan)
+            drops = np.full((len(latents), len(ok)), np.nan)
             for i in range(len(latents)):
-                base, ni, where, after = per_latent[i]
-                if not where.any():
+                if not counted[i].any():
                     continue
-                delta = np.where(where, target[text_of_row, i] - h[:, i], 0.0)
-                s, _ = reader.scores(batch, _patch(W[i], delta), targets, after)
-                drops[i] = base - _mean(s, ni)
+                delta = np.where(where[i], target[text_of_row, i] - h[:, i], 0.0)
+                lp, _ = reader.token_logprobs(batch, _patch(W[i], delta), targets)
+                drops[i] = _masked_mean(lp0, counted[i]) - _masked_mean(lp, counted[i])
             out[m].append(drops)
     return {m: np.concatenate(v, axis=1) for m, v in out.items()}
 
