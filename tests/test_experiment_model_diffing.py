@@ -19,13 +19,17 @@ def test_smoke_preset_writes_finite_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "results.json").read_text())["domains"]["Mathematics"]
     assert (tmp_path / r["plot"]).stat().st_size > 1000
-    assert (tmp_path / "preregistered.json").exists()
+    assert json.loads((tmp_path / "preregistered_protocol2.json").read_text())["settings"]["patch_at"] == "active"
     assert r["finetune"]["task_ce_drop"] > 0  # the planted change is learned even by the tiny model
     saes = r["validate"]["saes"]
     assert len(saes) == 15 and all(np.isfinite(s["fvu"]) for s in saes.values())
     assert [f["n_left"] for f in r["funnel"]] == sorted((f["n_left"] for f in r["funnel"]), reverse=True)
     c = r["causal"]
-    assert c["candidates"] and np.isfinite(c["mean_drop"]).all() and set(c["d"]) == {
+    assert all(np.isfinite(v["share"]) for v in r["delta_share"].values())
+    # a latent silent on every domain text has no evidence (NaN); the others have a finite effect
+    has = np.asarray(c["n_texts_with_evidence"]) > 0
+    assert has.any() and np.isfinite(np.asarray(c["mean_drop"], float)[has]).all()
+    assert c["candidates"] and set(c["d"]) == {
         "string_replacement", "paraphrase_substitution", "counterfactual_swap"}
     assert sum(x["n"] for x in r["crosscoder"]["classes"].values()) == 64
     assert r["llm_labels"] and isinstance(r["llm_labels"][0]["llm"], str)

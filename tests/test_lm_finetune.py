@@ -149,3 +149,56 @@ def test_general_anchor_keeps_general_ce_nearer_the_base(tuned, tmp_path):
     assert held["config"]["general_kl"] == 10.0 and "general_kl" not in free["config"]
     assert abs(held["general_ce_change"]) < 0.5 * abs(free["general_ce_change"])
     assert held["task_ce_drop"] > 0.1
+
+
+def test_train_upto_block_routes_the_whole_change_through_that_block(tuned, tmp_path):
+    """Only block 0 of 2 is tuned: every other weight is the base's bit for bit, and replacing the tuned
+    model's block-0 output with the base's gives the base model's logits (the change has no other path)."""
+    from sae_jax.lm.hooks import decoder_blocks
+
+    cfg, _ = tuned
+    out = tmp_path / "upto0"
+    m = FT.run_finetune(dataclasses.replace(cfg, out=str(out), train_upto_block=0), TEXTS, LABELS)
+    assert m["config"]["train_upto_block"] == 0 and m["after"]["task_ce"] < m["before"]["task_ce"]
+    tuned_m, tok = load_model(str(out))
+    base_m, _ = load_model(cfg.model)
+    base_p, tuned_p = dict(base_m.named_parameters()), dict(tuned_m.named_parameters())
+    in_block0 = {f"model.layers.0.{n}" for n, _ in decoder_blocks(base_m)[0].named_parameters()}
+    changed = {n for n in base_p if not torch.equal(base_p[n], tuned_p[n])}
+    assert changed and changed <= in_block0
+    ids = torch.tensor([tok(DOMAIN[0])["input_ids"]])
+    with torch.no_grad():
+        keep = {}
+        h = decoder_blocks(base_m)[0].register_forward_hook(lambda mod, a, o: keep.setdefault("x", o))
+        base_logits = base_m(input_ids=ids).logits
+        h.remove()
+        h = decoder_blocks(tuned_m)[0].register_forward_hook(lambda mod, a, o: keep["x"])
+        patched = tuned_m(input_ids=ids).logits
+        h.remove()
+        assert not torch.allclose(tuned_m(input_ids=ids).logits, base_logits)
+    assert torch.allclose(patched, base_logits, atol=1e-5)
+    with pytest.raises(ValueError, match="train_upto_block 5 is out of range"):
+        FT.run_finetune(dataclasses.replace(cfg, out=str(tmp_path / "bad"), train_upto_block=5), TEXTS, LABELS)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_layer_delta_share_is_one_where_the_change_must_pass(tuned, tmp_path):
+    """causal.layer_delta_share: with only block 0 tuned, the whole gap passes through blocks 0 and 1
+    (share 1 exactly); the gap itself equals the manifest's CE difference measured independently."""
+    from sae_jax.evals import causal
+
+    cfg, _ = tuned
+    out = tmp_path / "upto0"
+    FT.run_finetune(dataclasses.replace(cfg, out=str(out), train_upto_block=0), TEXTS, LABELS)
+    tuned_m, tok = load_model(str(out))
+    base_m, _ = load_model(cfg.model)
+    enc = tok(DOMAIN[:6], padding=True, return_tensors="np")
+    batches = [(enc["input_ids"], enc["attention_mask"])]
+    for layer in (0, 1):  # every position replaced: nothing else carries the change
+        r = causal.layer_delta_share(tuned_m, base_m, layer, "resid", batches, [])
+        assert r["share"] == pytest.approx(1.0, abs=1e-4)
+    # real tokens only (as stores hold them): the BOS position's change is left in, so the share is below 1
+    assert causal.layer_delta_share(tuned_m, base_m, 0, "resid", batches, tok.all_special_ids)["share"] < 0.999
+    r = causal.layer_delta_share(tuned_m, base_m, 1, "resid", batches, tok.all_special_ids)
+    gap = _reference_ce(base_m, tok, DOMAIN[:6], 64) - _reference_ce(tuned_m, tok, DOMAIN[:6], 64)
+    assert r["gap"] == pytest.approx(gap, rel=0.05)  # token-weighted vs per-text means: near, not equal

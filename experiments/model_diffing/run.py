@@ -43,19 +43,19 @@ PRESETS = {
                   ft_steps=6, ft_batch=4, ft_lr=3e-3, n_task_eval=8, n_general_eval=8,
                   d_sae=64, k=8, sae_steps=30, sae_batch=256, top_n=5, n_candidates=4, n_boot=100,
                   causal_texts=6, causal_threshold=1e-4, n_keywords=20, labeller_latents=1, max_frequency=0.5,
-                  torch_threads=1),
+                  min_texts=2, ft_upto_mid=True, torch_threads=1),
     # Sized for the 2-core machine (SmolLM2-135M forward ≈ 1.6k tokens/s when quiet).
     "cpu": dict(model="smollm2-135m-instruct", layers=(6, 15, 24), n_planted=160, n_per_label=50,
                 context_length=64, ft_steps=80, ft_batch=8, ft_lr=5e-5, n_task_eval=32, n_general_eval=32,
-                d_sae=2048, k=32, sae_steps=400, sae_batch=1024, top_n=10, n_candidates=20, n_boot=500,
+                d_sae=2048, k=32, sae_steps=400, sae_batch=1024, top_n=10, n_candidates=60, n_boot=500,
                 causal_texts=24, causal_threshold=1e-3, n_keywords=40, labeller_latents=8, max_frequency=0.05,
-                torch_threads=2),
+                min_texts=5, ft_upto_mid=True, torch_threads=2),
     # The original study's sizes; needs Qwen1.5-1.8B and -Chat on the host. Not run here.
     "full": dict(model="Qwen/Qwen1.5-1.8B", tuned_model="Qwen/Qwen1.5-1.8B-Chat", layers=(6, 12, 18),
                  n_planted=2000, n_per_label=500, context_length=256, ft_steps=0, ft_batch=8, ft_lr=0.0,
                  n_task_eval=64, n_general_eval=256, d_sae=8192, k=256, sae_steps=20000, sae_batch=4096,
                  top_n=20, n_candidates=200, n_boot=2000, causal_texts=64, causal_threshold=1e-3,
-                 n_keywords=50, labeller_latents=50, max_frequency=0.05, torch_threads=None),
+                 n_keywords=50, labeller_latents=50, max_frequency=0.05, min_texts=10, torch_threads=None),
 }
 ROLES = ("base", "chat", "delta")  # the extractor's names; "chat" is the tuned model
 VALIDATION_TEXTS = 16
@@ -83,6 +83,7 @@ def stage_finetune(p, out, model, domain):
                                     batch_size=p["ft_batch"], context_length=p["context_length"], lr=p["ft_lr"],
                                     n_task_eval=p["n_task_eval"], n_general_eval=p["n_general_eval"],
                                     general_kl=p.get("ft_general_kl", 0.0), torch_threads=p["torch_threads"],
+                                    train_upto_block=p["layers"][1] if p.get("ft_upto_mid") else None,
                                     progress=False))
     log(f"  task CE {m['before']['task_ce']:.3f} -> {m['after']['task_ce']:.3f}, general CE "
         f"{m['before']['general_ce']:.3f} -> {m['after']['general_ce']:.3f} ({m['wall_s']:.0f} s)")
@@ -200,6 +201,20 @@ def stage_validate(p, out, exports, models, tokenizer, general_texts):
     return {"saes": rows, "pass_counts": runs, "thresholds": G.ValidationThresholds().__dict__}
 
 
+def stage_delta_share(p, models, tokenizer, task_eval):
+    """Share of the tuned-vs-base gap on held-out domain text that passes through each depth's residual."""
+    from sae_jax.evals.causal import layer_delta_share
+    from sae_jax.evals.run import token_batches
+
+    batches = token_batches(tokenizer, list(task_eval[:p["causal_texts"]]), p["context_length"], batch_size=8)
+    out = {}
+    for layer in p["layers"]:
+        out[str(layer)] = layer_delta_share(models["chat"], models["base"], layer, "resid", batches,
+                                            tokenizer.all_special_ids)
+        log(f"  L{layer}: share of the tuned-vs-base gap through the residual {out[str(layer)]['share']:.2f}")
+    return out
+
+
 # ---------------------------------------------------------------- 5-6: features, labels, truth
 
 def _codes(sae, src, rows, batch=4096):
@@ -265,18 +280,20 @@ def stage_causal(p, out, exports, models, tokenizer, domain, task_eval, texts, t
         return {"candidates": [], "note": "no candidate passed the variance and sparsity gates"}
     t0 = time.perf_counter()
     drops = C.latent_effects(models["chat"], sd, mid, "resid", clean, corrupted, cand, tokenizer.all_special_ids,
-                             reference_model=models["base"])
+                             reference_model=models["base"], at=prereg["patch_at"])
     damage = C.ablation_damage(models["chat"], sd, mid, "resid", general, cand, tokenizer.all_special_ids,
                                reference_model=models["base"])
     d = {m: C.effect_sizes(v) for m, v in drops.items()}
     cons = C.consistency_gate(d, prereg["consistency_min_mean_d"], prereg["consistency_max_sd"])
     pv = C.p_values(drops)
-    mean_drop = np.mean([v.mean(1) for v in drops.values()], axis=0)
+    with np.errstate(all="ignore"):  # a latent silent on every text has no evidence: NaN, fails the gate
+        mean_drop = np.nanmean([np.nanmean(v, 1) for v in drops.values()], axis=0)
+    n_evidence = np.min([np.isfinite(v).sum(1) for v in drops.values()], axis=0)
     eta = np.asarray(delta_info["eta2"])[cand]
-    score = C.combined_score(np.maximum(cons["mean_d"], 0), eta, damage, eps=prereg["damage_eps"])  # expected sign only
+    score = C.combined_score(np.maximum(np.nan_to_num(cons["mean_d"]), 0), eta, damage, eps=prereg["damage_eps"])  # expected sign only
     return {"candidates": [int(c) for c in cand], "n_texts": len(clean_texts), "keywords": keywords[:15],
             "changed_share": {m: float(c.changed.mean()) for m, c in corr.items()},
-            "mean_drop": mean_drop.tolist(), "d": {m: v.tolist() for m, v in d.items()},
+            "mean_drop": mean_drop.tolist(), "n_texts_with_evidence": n_evidence.tolist(), "d": {m: v.tolist() for m, v in d.items()},
             "mean_d": cons["mean_d"].tolist(), "sd_d": cons["sd_d"].tolist(), "consistent": cons["pass"].tolist(),
             "p_combined": pv["combined"].tolist(), "p_bh": pv["bh"].tolist(), "damage": damage.tolist(),
             "score": score.tolist(), "wall_s": time.perf_counter() - t0}
@@ -320,6 +337,7 @@ def run_domain(p, out, model, domain, stages):
     texts, text_labels = corpus(p, out, domain)
     general = [t for t, l in zip(texts, text_labels) if l != domain]
     res["validate"] = timed("validate", lambda: stage_validate(p, out, exports, models, tok, general))
+    res["delta_share"] = timed("delta share", lambda: stage_delta_share(p, models, tok, task_eval))
     ft = timed("features", lambda: stage_features(p, out, exports, domain))
     res["features"] = ft.summary() | {"threshold": 0.5}
     mid = p["layers"][1]
@@ -367,13 +385,16 @@ def run_domain(p, out, model, domain, stages):
     sparse_gate, _ = G.sparsity_gate(codes, max_frequency=p["max_frequency"])
     pre = var_gate & sparse_gate
     cand = [int(j) for j in np.flatnonzero(pre)[np.argsort(-eta2[pre])][:p["n_candidates"]]]
-    prereg = {"domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
+    prereg = {"protocol": 2, "domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
+              "fine_tune_upto_block": mid if p.get("ft_upto_mid") else None,
               "corruptions": ["string_replacement", "paraphrase_substitution", "counterfactual_swap"],
-              "behaviour_score": "mean log-prob per token of held-out planted-domain texts (tuned model)",
+              "behaviour_score": "mean log-prob of the held-out planted-domain tokens that follow a position where "
+                                 "the latent fires (tuned model); the latent patched at those positions only",
+              "patch_at": "active", "min_texts_with_evidence": p["min_texts"],
               "causal_threshold_nats": p["causal_threshold"], "consistency_min_mean_d": 0.8,
               "consistency_max_sd": 0.3, "damage_eps": 1e-3, "planted_share_cut": 0.5, "n_texts": p["causal_texts"],
               "variance_gate_fraction": 0.1, "sparsity_max_frequency": p["max_frequency"]}
-    preregister(out / "preregistered.json", prereg)
+    preregister(out / "preregistered_protocol2.json", prereg)
     delta_info = {"candidates": cand, "eta2": eta2.tolist()}
     causal = timed("causal", lambda: stage_causal(p, out, exports, models, tok, domain, task_eval, texts, text_labels,
                                                    delta_info, prereg))
@@ -382,7 +403,9 @@ def run_domain(p, out, model, domain, stages):
     consistent_mask = np.zeros(F, bool)
     if causal["candidates"]:
         idx = np.asarray(causal["candidates"])
-        causal_mask[idx] = G.causal_gate(np.asarray(causal["mean_drop"]), p["causal_threshold"]) & (np.asarray(causal["mean_drop"]) > 0)
+        drop = np.nan_to_num(np.asarray(causal["mean_drop"], float), nan=0.0)
+        causal_mask[idx] = (G.causal_gate(drop, p["causal_threshold"]) & (drop > 0)
+                            & (np.asarray(causal["n_texts_with_evidence"]) >= p["min_texts"]))
         consistent_mask[idx] = np.asarray(causal["consistent"])
     cand_mask = np.zeros(F, bool)
     cand_mask[cand] = True

@@ -186,6 +186,31 @@ def behaviour_scores(model, batches: Sequence[Batch], special_ids: Sequence[int]
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def layer_delta_share(model, reference_model, layer: int, hook: str, batches: Sequence[Batch],
+                      special_ids: Sequence[int]) -> dict[str, float]:
+    """How much of the model-vs-reference gap in mean log-prob passes through one activation.
+
+    The model's activation at (``layer``, ``hook``) is replaced by the reference model's on every
+    real token (special tokens, which activation stores drop, keep the model's own; pass
+    ``special_ids=[]`` to replace every attended position); share = (model − patched) / (model − reference), in mean log-prob per token. 1: the
+    whole change flows through that activation (an SAE there can explain all of it); 0: none.
+    """
+    reader = _Reader(model, layer, hook, special_ids, reference_model)
+    tot = {"model": 0.0, "reference": 0.0, "patched": 0.0}
+    n_tok = 0
+    for batch in batches:
+        delta, _ = reader.rows(batch)  # model − reference at real positions
+        tot["model"] += reader.scores(batch)[0].sum()
+        s, n = reader.scores(batch, lambda x, d=delta: x - d)
+        tot["patched"] += s.sum()
+        n_tok += n.sum()
+        ids, att = reader.tensors(batch)
+        tot["reference"] += _summed_logprobs(reference_model, ids, att, list(special_ids))[0].sum()
+    m = {k: v / max(n_tok, 1) for k, v in tot.items()}
+    gap = m["model"] - m["reference"]
+    return m | {"gap": gap, "share": (m["model"] - m["patched"]) / gap if gap else float("nan")}
+
+
 def _patch(direction: np.ndarray, delta_rows: np.ndarray):
     """x -> x + delta_rows[:, None] * direction (rows in hook order)."""
     return lambda x: x + delta_rows[:, None].astype(np.float32) * direction[None, :]

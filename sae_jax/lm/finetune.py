@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_jax.lm import hooks as lm_hooks
 from sae_jax.lm import models as lm_models
 from sae_jax.lm.tune import _encode, lm_ce, split_texts, step_texts
 
@@ -60,6 +61,10 @@ class FinetuneConfig:
     """Held-out texts of the slice (never trained on; also excluded from later analysis sets)."""
     n_general_eval: int = 32
     """Texts of the other labels on which the damage is measured."""
+    train_upto_block: int | None = None
+    """Train only blocks 0..N (embeddings, later blocks, final norm and head stay the base's): the whole
+    change then reaches the output through block N's residual stream, so its causal path at that
+    depth is known (an SAE there sees all of it). None: full fine-tuning."""
     eval_batch_size: int = 8
     seed: int = 0
     torch_threads: int | None = None
@@ -75,6 +80,8 @@ class FinetuneConfig:
             d.pop("label_field")  # a named source (wikipedia, bbc) ignores it
         if not self.general_kl:
             d.pop("general_kl")  # absent = off: manifests written before the option stay valid
+        if self.train_upto_block is None:
+            d.pop("train_upto_block")
         return d
 
 
@@ -121,6 +128,21 @@ def base_fingerprint(model: str) -> dict[str, str]:
     return info | {"revision": _model_revision(info)}
 
 
+def _trainable(model: torch.nn.Module, upto: int | None) -> list[torch.nn.Parameter]:
+    """Unfreeze all weights, or only those of blocks 0..upto; return the trainable parameters."""
+    if upto is None:
+        model.requires_grad_(True)
+        return list(model.parameters())
+    blocks = lm_hooks.decoder_blocks(model)
+    if not 0 <= upto < len(blocks):
+        raise ValueError(f"train_upto_block {upto} is out of range: {type(model).__name__} has {len(blocks)} blocks "
+                         f"(0..{len(blocks) - 1})")
+    model.requires_grad_(False)
+    for block in blocks[:upto + 1]:
+        block.requires_grad_(True)
+    return [q for q in model.parameters() if q.requires_grad]
+
+
 def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]:
     """Fine-tune (or reuse a finished folder with the same settings and base model); return the manifest."""
     out = Path(cfg.out)
@@ -153,13 +175,13 @@ def run_finetune(cfg: FinetuneConfig, texts=None, labels=None) -> dict[str, Any]
     torch.manual_seed(cfg.seed)
     model, tok = lm_models.load_model(cfg.model)
     model.train()
-    model.requires_grad_(True)  # load_model freezes weights for inference
+    trainable = _trainable(model, cfg.train_upto_block)  # load_model freezes weights for inference
     device = next(model.parameters()).device
     special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
     before = {"task_ce": _ce(model, tok, data.task_eval, cfg, special),
               "general_ce": _ce(model, tok, data.general_eval, cfg, special)}
     base = copy.deepcopy(model).eval().requires_grad_(False) if cfg.general_kl else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     t0, losses = time.perf_counter(), []
     for step in range(cfg.steps):
         batch = [data.train[i] for i in step_texts(len(data.train), cfg.batch_size, step, cfg.seed)]
