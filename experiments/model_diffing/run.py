@@ -522,6 +522,11 @@ def tables(res) -> str:
         L += [f"Fine-tuning on **{res['domain']}** ({f['n_train_texts']} training texts): held-out task CE "
               f"{f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} ({-f['task_ce_drop']:+.3f} nats), general CE "
               f"{f['before']['general_ce']:.3f} → {f['after']['general_ce']:.3f} ({f['general_ce_change']:+.3f}).", ""]
+    if res.get("delta_share"):
+        L += ["Share of the tuned-vs-base gap in mean log-prob on held-out planted-topic text that passes through "
+              "each depth's residual stream (`causal.layer_delta_share`): "
+              + ", ".join(f"layer {k}: {v['share']:.2f}" for k, v in res["delta_share"].items())
+              + f" (gap {next(iter(res['delta_share'].values()))['gap']:.3f} nats/token).", ""]
     L += ["| SAE | run | F | k | AuxK | FVU | L0 | dead % | CE recovered | recon | sparsity | faithful | pass |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["validate"]["saes"].items():
@@ -585,8 +590,9 @@ README_HEAD = """# Model diffing on a tuned model whose change we planted
 **Question.** When a model is fine-tuned, which of its features does the change create, suppress or
 amplify, and can a triple-SAE pipeline (base, tuned and delta = tuned − base SAEs, feature types,
 identifiability gates, causal validation) find them? Offline there is no base/chat pair that shares a
-tokenizer, so we **plant** the change: SmolLM2-135M-Instruct is fully fine-tuned on one Wikipedia topic, and
-the pipeline is scored against that known answer (precision of planted-domain latents in its final causal
+tokenizer, so we **plant** the change: SmolLM2-135M-Instruct's blocks 0–15 are fine-tuned on one Wikipedia
+topic (blocks 16–29, embeddings and head stay the base's, so the whole change reaches the output through the
+block-15 residual stream, where the causal stage looks), and the pipeline is scored against that known answer (precision of planted-domain latents in its final causal
 set, planted-domain enrichment among delta latents), with a BatchTopK crosscoder on the same data as the
 field's current baseline.
 
@@ -612,13 +618,18 @@ weights (not run here; its memory plan is below).
   decoder row at |cos| ≥ 0.7;
 - *funnel* (delta SAE, mid depth, held-out 10% of rows as the probe set): alive → top decile of η² (share
   of the latent's variance explained by the text's topic) → rare but strong (fires on ≤ 5% of tokens,
-  mean activation ≥ the median) → the 20 with the largest η² (cost) → causal: patching the latent's
-  contribution in the tuned model to its value on a corrupted text lowers the mean log-prob of held-out
-  planted-topic texts (never trained on) by more than the threshold, averaged over three corruptions
-  (keyword string replacement, paraphrase-like substitution by frequent general words, counterfactual swap
-  to a text of another topic) → consistency: mean d > 0.8 and SD < 0.3 across the three corruptions.
-  Settings are written to `preregistered.json` before the causal stage; a re-run with other settings is
-  refused.
+  mean activation ≥ the median) → the 60 with the largest η² (cost) → causal: at the positions where the
+  latent fires on a held-out planted-topic text (never trained on), its contribution in the tuned model is
+  patched to its mean value on a corrupted version of the text, and the log-prob of the tokens that follow
+  those positions drops by more than the threshold, averaged over three corruptions (keyword string
+  replacement, paraphrase-like substitution by frequent general words, counterfactual swap to a text of
+  another topic), with evidence (a firing position) on at least 5 texts → consistency: mean d > 0.8 and
+  SD < 0.3 across the three corruptions. Settings are written to `preregistered_protocol2.json` before
+  the causal stage; a re-run with other settings is refused.
+- *protocol 2* (this README) replaced *protocol 1* after protocol 1 found nothing (section at the end):
+  protocol 1 tuned every block, took the 20 candidates with the largest η², and patched and scored every
+  token of a text. A diagnostic (`causal.layer_delta_share`, reported per run below) showed why: under a
+  full fine-tune only about a third of the tuned-vs-base gap passes through the mid-depth residual.
 - *score* (like the study's CCIS): max(mean d, 0) × η² / (damage + 0.001), damage = CE increase on
   general text with the latent zero-ablated; p-values: one-sided t-tests per corruption, the largest of
   the three, Benjamini–Hochberg across candidates.
@@ -634,12 +645,33 @@ def write_readme(results, here: pathlib.Path):
                   f"{res['total_wall_s'] / 60:.1f} min end to end ("
                   + ", ".join(f"{k} {v / 60:.1f}" for k, v in w.items()) + " min).", "",
                   tables(res), "", f"![{domain}]({res['plot']})", ""]
+    v1 = here / "results_protocol1.json"
+    if v1.exists():
+        lines += protocol1_section(json.loads(v1.read_text()))
     if "full_plan" in results:
         fp = results["full_plan"]
         lines += ["## Full preset: memory plan", "", f"`{fp['command']}` (exit {fp['rc']}):", "", "```",
                   fp["output"].strip(), "```", ""]
     disc = here / "discussion.md"  # the hand-written reading of the tables above
     (here / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
+
+
+def protocol1_section(v1) -> list[str]:
+    """The first, superseded protocol's outcome (its full tables: results_protocol1.json, protocol1_*.png)."""
+    L = ["## Protocol 1 (superseded): full fine-tune, every token scored", "",
+         "Run with the same stages but every block tuned, the 20 candidates with the largest η², and each latent "
+         "patched and scored on every token. Its full results are in `results_protocol1.json` and "
+         "`protocol1_*.png`.", "",
+         "| domain | task CE | general CE | delta enrichment [95% CI] | candidates' planted precision | "
+         "causal | consistent | final | precision |", "|---|---|---|---|---|---|---|---|---|"]
+    for domain, r in v1.get("domains", {}).items():
+        f, e, s = r["finetune"], r["truth"]["delta_all_alive"], r["score"]
+        fun = {x["gate"].split(" ")[0]: x["n_left"] for x in r["funnel"]}
+        L.append(f"| {domain} | {f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} | "
+                 f"{f['before']['general_ce']:.3f} → {f['after']['general_ce']:.3f} | {e['ratio']:.2f} "
+                 f"[{e['ci_low']:.2f}, {e['ci_high']:.2f}] | {fmt(s['candidate_precision'], 2)} | {fun.get('causal')} | "
+                 f"{fun.get('consistency')} | {s['n_final']} | {fmt(s['precision'], 2)} |")
+    return L + [""]
 
 
 def full_plan(p):
