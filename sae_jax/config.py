@@ -286,6 +286,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HeldoutEvalConfig:
+    """Evaluation on a fixed held-out sample while training (off by default)."""
+
+    every: int = 0
+    """Every this many steps (and at the last step): FVU, L0, dead fraction on the held-out sample; 0 disables."""
+    n_rows: int = 4096
+    """Rows of the held-out tail (data.holdout_fraction) in the fixed sample: its first rows."""
+    splice: bool = False
+    """Also CE loss recovered and KL with the SAE spliced into the store's model (loads the model once;
+    needs a store written by `sae-jax extract` whose texts are installed)."""
+    n_texts: int = 8
+    """Held-out texts (all their tokens in the held-out tail) for the splice."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run."""
 
@@ -301,6 +316,7 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: HeldoutEvalConfig = field(default_factory=HeldoutEvalConfig)
     dual: DualConfig = field(default_factory=DualConfig)
 
     @property
@@ -320,7 +336,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         subs = {f.name: f.type for f in dataclasses.fields(cls)}
         kinds = {"data": DataConfig, "sae": SAEConfig, "optim": OptimConfig, "mesh": MeshConfig,
-                 "checkpoint": CheckpointConfig, "log": LogConfig, "dual": DualConfig}
+                 "checkpoint": CheckpointConfig, "log": LogConfig, "dual": DualConfig,
+                 "eval": HeldoutEvalConfig}
         kwargs = {}
         for key, value in d.items():
             if key not in subs:
@@ -361,6 +378,9 @@ def _ranges(cfg: TrainConfig) -> list[tuple[str, Any, bool, str]]:
         ("sae.jumprelu_init_threshold", s.jumprelu_init_threshold, s.jumprelu_init_threshold >= 0, ">= 0"),
         ("sae.batchtopk_threshold_lr", s.batchtopk_threshold_lr, 0 < s.batchtopk_threshold_lr <= 1, "in (0, 1]"),
         ("sae.resample_every", s.resample_every, s.resample_every >= 0, ">= 0 (0 disables)"),
+        ("eval.every", cfg.eval.every, cfg.eval.every >= 0, ">= 0 (0 disables)"),
+        ("eval.n_rows", cfg.eval.n_rows, cfg.eval.n_rows >= 1, ">= 1"),
+        ("eval.n_texts", cfg.eval.n_texts, cfg.eval.n_texts >= 1, ">= 1"),
     ]
 
 
@@ -384,6 +404,9 @@ def validate(cfg: TrainConfig, d_in: int | None = None, n_devices: int | None = 
             )
     if not 0 < sae.dead_tokens <= 2**30:
         raise ConfigError(f"sae.dead_tokens={sae.dead_tokens} must be in [1, 2**30] (the counters saturate at 2**30)")
+    if cfg.eval.every and cfg.data.holdout_fraction == 0:
+        raise ConfigError("eval.every needs held-out rows: data.holdout_fraction is 0; set --data.holdout-fraction "
+                          "(e.g. 0.1) or drop --eval.every")
     if cfg.checkpoint.every <= 0 or cfg.log.every <= 0:
         raise ConfigError("checkpoint.every and log.every must be positive")
     if cfg.data.store and cfg.data.npy:

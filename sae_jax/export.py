@@ -124,12 +124,8 @@ def split_signed(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "b_dec": params["b_dec"]}
 
 
-def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any],
-              whitening: Whitening | None = None) -> Path:
-    """Write an SAE folder: files go to a temp folder that replaces ``path`` once complete.
-
-    ``whitening``: an unfolded input whitening, written beside as ``whitening.safetensors``."""
-    path = Path(path)
+def _completed(params: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """float32 contiguous tensors and the cfg with SAELens' defaults and the shapes filled in."""
     arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in params.items()}
     d_sae, d_in = arrays["W_dec"].shape
     full_cfg = {
@@ -138,6 +134,16 @@ def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[
     } | cfg
     if full_cfg["architecture"] not in ARCHITECTURES:
         raise ExportError(f"cannot export architecture {full_cfg['architecture']!r}; known: {ARCHITECTURES}")
+    return arrays, full_cfg
+
+
+def write_sae(path: str | os.PathLike, params: dict[str, np.ndarray], cfg: dict[str, Any],
+              whitening: Whitening | None = None) -> Path:
+    """Write an SAE folder: files go to a temp folder that replaces ``path`` once complete.
+
+    ``whitening``: an unfolded input whitening, written beside as ``whitening.safetensors``."""
+    path = Path(path)
+    arrays, full_cfg = _completed(params, cfg)
     _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh temporary sibling (never a fixed name: a folder of that name may be someone else's).
@@ -187,12 +193,32 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
 
     Call it on every process: arrays sharded across hosts are gathered first; process 0 writes.
     """
+    got = exported(arch, state, metadata, layer_norm, unit_norm)
+    if got is None:
+        return Path(path)
+    return write_sae(path, *got)
+
+
+def state_sae(arch, state, layer_norm: bool = False) -> "LoadedSAE | None":
+    """The TrainState's SAE as its export would load, in memory (None on processes other than 0)."""
+    got = exported(arch, state, None, layer_norm)
+    if got is None:
+        return None
+    params, cfg = _completed(got[0], got[1])
+    return LoadedSAE(cfg, params, got[2])
+
+
+def exported(arch, state, metadata: dict[str, Any] | None = None, layer_norm: bool = False,
+             unit_norm: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any], Whitening | None] | None:
+    """(params, cfg, whitening) that ``export_state`` writes; None on processes other than 0.
+
+    Call it on every process (a collective gather of sharded arrays)."""
     from jax.experimental import multihost_utils
 
     params, arch_state, scale, white = multihost_utils.process_allgather(
         (state.params, state.arch_state, state.input_scale, state.whitening), tiled=True)
     if jax.process_index() != 0:
-        return Path(path)
+        return None
     params = {k: np.asarray(v) for k, v in arch.export_params(params, arch_state).items()}
     params = fold_input_scale(params, float(scale))  # weights on whitened (or raw) inputs
     cfg = arch.export_cfg() | {"metadata": {"trained_with": "sae_jax", **(metadata or {})}}
@@ -213,7 +239,7 @@ def export_state(path: str | os.PathLike, arch, state, metadata: dict[str, Any] 
             raise ExportError("a unit-norm decoder export needs an affine input path (no layer norm or stored whitening)")
         params = unit_norm_decoder(params, cfg["architecture"])
         cfg["metadata"]["unit_norm_decoder"] = True
-    return write_sae(path, params, cfg, whitening)
+    return params, cfg, whitening
 
 
 class LoadedSAE:

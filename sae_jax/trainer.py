@@ -31,7 +31,8 @@ from sae_jax.data.paired import SPLIT_KEY
 from sae_jax.sae.crosscoder import CrosscoderSAE
 from sae_jax.sae.transcoder import TranscoderSAE
 from sae_jax.data.source import ActivationSource
-from sae_jax.export import export_state
+from sae_jax.export import export_state, state_sae
+from sae_jax.heldout import HeldoutEval
 from sae_jax.geometric_median import geometric_median
 from sae_jax.normalization import layer_norm_in
 from sae_jax.resample import ResampleConfig, resample_train_state
@@ -170,6 +171,15 @@ class _MetricsLog:
                 self.file.flush()
             if self.wandb is not None:
                 self.wandb.log(line, step=done)
+
+    def record_eval(self, done: int, metrics: dict[str, float]) -> None:
+        """A held-out evaluation's line (``--eval.every``), beside the training lines of the same step."""
+        line = {"step": done, "tokens": done * self.cfg.data.batch_size} | metrics
+        if self.file is not None:
+            self.file.write(json.dumps(line) + "\n")
+            self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(line, step=done)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -310,13 +320,15 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     distributed.maybe_initialize()
     validate(cfg, n_devices=jax.device_count())  # before any data is read
     in_memory = source is not None  # then cfg.data does not describe the rows (export and eval must know)
-    source = training_rows(source if source is not None else open_source(cfg.data), cfg.data)
+    full = source if source is not None else open_source(cfg.data)
+    source = training_rows(full, cfg.data)
     validate(cfg, d_in=source.d_in, n_devices=jax.device_count(), n_rows=source.n_rows)
     d_in, d_sae = source.d_in, cfg.sae.d_sae
     pieces = assemble(cfg, d_in)
     mesh, arch, optimizer = pieces.mesh, pieces.arch, pieces.optimizer
     _check_transcoder_split(arch, source)
     _check_crosscoder_pair(arch, source)
+    heldout = HeldoutEval(cfg, full) if cfg.eval.every else None  # its model loads before any training
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +382,11 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
                     state, count = _resample(state, arch, source, cfg, resample, done)
                     state = jax.device_put(state, pieces.shardings)  # back to the step's layout
                     metrics["resampled"] = count
+                if heldout is not None and (done % cfg.eval.every == 0 or done == cfg.steps):
+                    consume()
+                    sae = state_sae(arch, state, layer_norm=cfg.data.normalize == "layernorm")  # every process
+                    if sae is not None:
+                        log.record_eval(done, heldout(sae))
                 if done % cfg.checkpoint.every == 0 or done == cfg.steps or stop.set:
                     consume()
                     ckpt.save(done, state)
