@@ -23,9 +23,13 @@ def remove_parallel_component(key: str = KEY) -> optax.GradientTransformation:
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("remove_parallel_component needs params: call update(grads, state, params)")
-        g, w = updates[key], params[key]
-        coef = jnp.sum(g * w, axis=-1, keepdims=True) / jnp.sum(w * w, axis=-1, keepdims=True)
-        return {**updates, key: g - coef * w}, state
+        def tangent(path, g, w):  # only the leaf under ``key``; any mapping type (dict, nnx.State) is kept
+            if getattr(path[0], "key", None) != key:
+                return g
+            coef = jnp.sum(g * w, axis=-1, keepdims=True) / jnp.sum(w * w, axis=-1, keepdims=True)
+            return g - coef * w
+
+        return jax.tree_util.tree_map_with_path(tangent, updates, params), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
