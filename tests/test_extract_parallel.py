@@ -145,7 +145,7 @@ def test_three_processes_in_parallel_equal_one_process(workdir, tmp_path):
     args = ["--model", str(workdir / "model"), "--out", str(out), "--text", str(workdir / "texts.jsonl"),
             "--layers", "0", "1", "--hooks", "resid", "--context-length", "24", "--batch-size", "3",
             "--sort-window", "2", "--shard-rows", "16", "--chunk-rows", "4", "--sample-size", "50",
-            "--label-field", "label", "--no-progress", "--torch-threads", "1"]
+            "--label-field", "label", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen([sys.executable, "-m", "sae_jax.cli", "extract", *args, "--shard", f"{i}/3"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
