@@ -152,3 +152,14 @@ def test_three_processes_in_parallel_equal_one_process(workdir, tmp_path):
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert all(rc == 0 for _, _, rc in results), results
     _assert_same_store(workdir / "single", out)
+
+
+def test_shared_create_keeps_other_parts_rows_and_refuses_another_layout(tmp_path):
+    path = str(tmp_path / "arr")
+    a = st.create_array(path, 40, 4, shard_rows=8, chunk_rows=4, shared=True)
+    rows = np.arange(16, dtype=np.float32).reshape(4, 4) + 1
+    a[8:12].write(rows).result()
+    b = st.create_array(path, 40, 4, shard_rows=8, chunk_rows=4, shared=True)  # a second part starting late
+    np.testing.assert_array_equal(b[8:12].read().result(), rows)
+    with pytest.raises(st.StoreError, match="layout differs"):
+        st.create_array(path, 40, 5, shard_rows=8, chunk_rows=4, shared=True)

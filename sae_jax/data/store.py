@@ -186,16 +186,17 @@ def create_array(
 
 
 def _open_or_create(spec: dict, path: str) -> ts.TensorStore:
-    """Open the array, creating it if absent; a second process creating it at the same moment
-    writes the same zarr.json, so a failed create is retried as a plain open."""
+    """Open the array, creating it if absent. Two processes creating it at the same moment write
+    the same zarr.json; the one that loses the race retries as a plain open. A different layout
+    (another extraction's array) is an error, never overwritten."""
     for attempt in range(3):
         try:
             return ts.open(spec, create=True, open=True, context=context()).result()
         except ValueError as e:
-            if attempt == 2 or "already exists" not in str(e) and read_key(path, "zarr.json") is None:
+            if attempt == 2 or "already exists" not in str(e):
                 raise StoreError(
                     f"cannot open the store at {path} for a parallel part: its layout differs from this run's "
-                    f"({e}); delete the folder (or choose another --out) and start every part again"
+                    f"({str(e)[:300]}); delete the folder (or choose another --out) and start every part again"
                 ) from None
     raise AssertionError("unreachable")
 
