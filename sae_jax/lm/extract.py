@@ -539,8 +539,9 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             if buffered >= shard_rows:
                 flush(final=False)
                 if stop_after_shards is not None and flushes >= stop_after_shards:
+                    where = {"part": part, "parts": n_parts, "rows": [lo, hi]} if parallel else {}
                     return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written,
-                                         "stopped": True, **({"part": part, "parts": n_parts, "rows": [lo, hi]} if parallel else {})})
+                                         "stopped": True, **where})
         flush(final=True)
     finally:
         if bar is not None:
@@ -705,11 +706,17 @@ def summary_line(summary: dict[str, Any]) -> str:
         return (f"{summary['out']}: part {summary['part']} of {summary['parts']} done (rows {summary['rows'][0]}-"
                 f"{summary['rows'][1]}, {summary['tokens_per_s']:.0f} tokens/s); waiting for parts {summary['waiting_for']}: "
                 "the last part to finish commits the store")
+    if summary.get("stopped") and "part" in summary:
+        lo, hi = summary["rows"]
+        return (f"{summary['out']}: part {summary['part']} of {summary['parts']} stopped after {summary['rows_done'] - lo} "
+                f"of its {hi - lo} rows ({lo}-{hi}); rerun to resume")
     if summary.get("stopped"):
         return f"{summary['out']}: stopped after {summary['rows_done']} of {summary['n_rows']} rows; rerun to resume"
+    part = f" (part {summary['part']} of {summary['parts']}, the last to finish: committed the whole store)" \
+        if "part" in summary else ""
     return (
         f"{summary['out']}: {summary['n_rows']} rows x {len(summary['arrays'])} arrays, {summary['tokens']} tokens "
-        f"in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s"
+        f"in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s{part}"
     )
 
 
