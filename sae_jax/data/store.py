@@ -139,8 +139,12 @@ def create_array(
     shard_rows: int = 65536,
     chunk_rows: int = 1,
     resume: bool = False,
+    shared: bool = False,
 ) -> ts.TensorStore:
-    """Create (or with ``resume`` reopen, checking it matches) an uncommitted array."""
+    """Create (or with ``resume`` reopen, checking it matches) an uncommitted array.
+
+    ``shared``: several processes write parts of this array (``extract --shard I/N``): open it
+    when it exists, create it otherwise, and never delete what another process already wrote."""
     if dtype not in DTYPES:
         raise ValueError(f"store dtype must be one of {DTYPES}, got {dtype!r}")
     if n_rows <= 0 or d_model <= 0:
@@ -168,6 +172,8 @@ def create_array(
     }
     # Every shard file is written, even all-zero ones, so a missing file always means damage.
     spec = {**_array_spec(path), "metadata": metadata, "store_data_equal_to_fill_value": True}
+    if shared:
+        return _open_or_create(spec, path)
     if resume and read_key(path, "zarr.json") is not None:
         try:
             return ts.open(spec, open=True, context=context()).result()
@@ -177,6 +183,55 @@ def create_array(
                 "delete it or rerun with the original settings"
             ) from None
     return ts.open(spec, create=True, delete_existing=True, context=context()).result()
+
+
+def _open_or_create(spec: dict, path: str) -> ts.TensorStore:
+    """Open the array, creating it if absent. Two processes creating it at the same moment write
+    the same zarr.json; the one that loses the race retries as a plain open. A different layout
+    (another extraction's array) is an error, never overwritten."""
+    for attempt in range(3):
+        try:
+            return ts.open(spec, create=True, open=True, context=context()).result()
+        except ValueError as e:
+            if attempt == 2 or "already exists" not in str(e):
+                raise StoreError(
+                    f"cannot open the store at {path} for a parallel part: its layout differs from this run's "
+                    f"({str(e)[:300]}); delete the folder (or choose another --out) and start every part again"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def part_key(index: int, num_parts: int) -> str:
+    """Key (inside an extraction root) of part ``index`` of ``num_parts``'s progress marker."""
+    return f"parts/{index}-of-{num_parts}.json"
+
+
+def unfinished_parts(root: str) -> tuple[int, list[int]] | None:
+    """``(N, parts not done)`` of an extraction root written as N parallel parts
+    (``extract --shard I/N``); None for a single-process extraction or no manifest."""
+    manifest = read_json(root, "extract.json")
+    if not manifest or int(manifest.get("parts", 1)) <= 1:
+        return None
+    n = int(manifest["parts"])
+    return n, [i for i in range(n) if not (read_json(root, part_key(i, n)) or {}).get("done")]
+
+
+def _incomplete_note(path: str) -> str:
+    """For an array inside a parallel extraction: which parts have not finished."""
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    for root in (parent, parent.rsplit("/", 1)[0]):  # OUT/name or OUT/role/name
+        try:
+            found = unfinished_parts(root)
+        except (StoreError, ValueError):
+            found = None
+        if found:
+            n, missing = found
+            if missing:
+                return (f"; it is a parallel extraction of {n} parts and parts {missing} of {n} have not "
+                        f"finished: run (or rerun) `sae-jax extract ... --shard I/{n}` for each of them")
+            return (f"; all {n} parts finished but the final commit did not: rerun any part's "
+                    "`sae-jax extract ... --shard I/N` command to commit")
+    return ""
 
 
 def commit(path: str, metadata: dict[str, Any]) -> None:
@@ -293,7 +348,7 @@ def open_store(path: str, array: str | None = None, check_finite_rows: bool = Fa
     if marker is None:
         raise IncompleteStoreError(
             f"the activation store at {path} is incomplete (no {COMMIT_KEY} marker): its extraction was "
-            "interrupted; rerun the same `sae-jax extract` command to finish it"
+            "interrupted; rerun the same `sae-jax extract` command to finish it" + _incomplete_note(path)
         )
     metadata = read_json(path, META_KEY)
     if metadata is None:

@@ -12,6 +12,17 @@ requested block. Rows go to one zarr3 array per (role, layer, hook) under ``cfg.
 Batches are fixed (texts ``[b*B, (b+1)*B)``) and rows are written in full shards with the
 progress recorded after each, so a rerun of the same command resumes at the last written shard
 and produces the same bytes as an uninterrupted run.
+
+Parallel extraction (``--shard I/N``): process I writes the whole write shards
+``[I*S//N, (I+1)*S//N)`` of every array (S shards in all), so no two processes write the same
+file, and records its progress in ``OUT/parts/I-of-N.json``. Text windows are the same as in a
+single-process run (a window straddling two parts is computed by both, each keeping its own
+rows), so every stored byte equals the single-process one. A finished part marks itself done;
+the process that finds all N parts done commits (statistics sample, digests, ``sae_jax.json``,
+``COMMIT``). The commit is a deterministic function of the finished arrays, so two parts finishing
+at the same moment and both committing write identical files (each written atomically); a crash
+during the commit is finished by rerunning any part. Until then every array lacks its ``COMMIT``
+marker and opening it fails, naming the unfinished parts.
 """
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +42,7 @@ import torch
 from sae_jax.data import integrity
 from sae_jax.data import store as st
 from sae_jax.data import text as text_sources
+from sae_jax.errors import ConfigError
 from sae_jax.lm import hooks as lm_hooks
 from sae_jax.lm import models as lm_models
 
@@ -91,6 +104,22 @@ class ExtractConfig:
     """Delete an existing store at out started with a different configuration."""
     progress: bool = True
     """Show a progress bar with tokens/s."""
+    shard: str | None = None
+    """I/N: this process writes part I (0-based) of N disjoint ranges of whole write shards; the
+    process that finishes last commits the store (run every I in 0..N-1 with otherwise identical
+    settings and --out, on one host or many sharing the folder / gs:// root)."""
+
+    def part(self) -> tuple[int, int]:
+        """``(I, N)`` of ``shard`` (``(0, 1)``: a single process)."""
+        if self.shard is None:
+            return 0, 1
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.shard))
+        if not m:
+            raise ConfigError(f"--shard must be I/N with integers 0 <= I < N (e.g. --shard 0/4), got {self.shard!r}")
+        i, n = int(m.group(1)), int(m.group(2))
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"--shard {self.shard}: need N >= 1 and 0 <= I < N (parts are numbered 0..N-1)")
+        return i, n
 
     @property
     def pool(self) -> str:
@@ -114,11 +143,14 @@ class ExtractConfig:
             raise ValueError(f"pooling must be none, mean or last, got {self.pooling!r}")
         if self.chat_model is not None and self.mode != "tokens":
             raise ValueError("chat_model (paired base/chat runs) works with mode=tokens only")
+        if self.part()[1] > 1 and self.overwrite:
+            raise ConfigError("--overwrite cannot be combined with --shard (one part would delete the others' "
+                              "rows): delete the old --out folder first, then start every part")
 
     def content_key(self) -> str:
         """Hash of every field that changes the stored bytes (a resumed run must match it)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "progress", "torch_threads"):
+        for name in ("out", "overwrite", "progress", "torch_threads", "shard"):
             fields.pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -311,7 +343,9 @@ def _model_revision(info: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_positions(root: str, plan: _Plan) -> None:
+def _write_positions(root: str, plan: _Plan, shared: bool = False) -> None:
+    """``doc_ids`` and ``token_pos`` arrays (``shared``: parallel parts all write the same bytes,
+    so open-or-create without deleting what another part wrote)."""
     for name, values in (("doc_ids", plan.doc_ids), ("token_pos", plan.token_pos)):
         spec = {
             "driver": "zarr3",
@@ -325,17 +359,28 @@ def _write_positions(root: str, plan: _Plan) -> None:
         }
         import tensorstore as ts
 
-        arr = ts.open(spec, create=True, delete_existing=True, context=st.context()).result()
+        arr = (st._open_or_create(spec, st.join(root, name)) if shared
+               else ts.open(spec, create=True, delete_existing=True, context=st.context()).result())
         arr.write(values).result()
+
+
+def _part_rows(n_rows: int, shard_rows: int, index: int, num_parts: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of part ``index`` of ``num_parts``: a contiguous range of whole shards."""
+    n_shards = -(-n_rows // shard_rows)
+    s0, s1 = index * n_shards // num_parts, (index + 1) * n_shards // num_parts
+    return min(s0 * shard_rows, n_rows), min(s1 * shard_rows, n_rows)
 
 
 def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dict[str, Any]:
     """Extract (or resume extracting) activations; returns a summary with throughput.
 
     ``stop_after_shards`` returns early after that many shard flushes, leaving a resumable,
-    uncommitted store (time-boxed runs; tests of resumption).
+    uncommitted store (time-boxed runs; tests of resumption). With ``cfg.shard = "I/N"`` only
+    part I's rows are written; the part that completes the set commits the store.
     """
     cfg.validate()
+    part, n_parts = cfg.part()
+    parallel = n_parts > 1
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     root = cfg.out
@@ -345,9 +390,20 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         raise st.StoreError(
             f"{root} holds an extraction with a different configuration (key {manifest.get('content_key')} != {key}); "
             "rerun with the original settings to resume it, choose another --out, or pass --overwrite"
+            + (" (every part of a parallel extraction needs identical settings besides --shard)" if parallel else "")
         )
+    same = manifest is not None and manifest.get("content_key") == key
+    if same and not manifest.get("complete") and int(manifest.get("parts", 1)) != n_parts:
+        started = int(manifest.get("parts", 1))
+        how = f"--shard I/{started} for I in 0..{started - 1}" if started > 1 else "no --shard (one process)"
+        raise st.StoreError(
+            f"{root} is an unfinished extraction started with {how}, but this run uses "
+            f"{'--shard ' + cfg.shard if parallel else 'no --shard'}; resume it as it was started, or delete the folder")
     repair = None
-    if manifest is not None and manifest.get("content_key") == key and manifest.get("complete"):
+    if same and manifest.get("complete"):
+        if parallel:  # a full re-read per part would multiply the cost N times: repair is a one-process job
+            return _report(cfg, {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"],
+                                 "already_complete": True, "unverified": True})
         repair = _needs_repair(root, manifest["arrays"])
         if not repair:
             return _report(cfg, {"out": root, "arrays": manifest["arrays"], "n_rows": manifest["n_rows"],
@@ -377,21 +433,30 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
 
     if repair:
         return _report(cfg, _repair(cfg, _Extractor(cfg, model, chat, tokenizer), plan, repair))
-    resume = manifest is not None and manifest.get("content_key") == key
-    rows_done = int(manifest["progress"]["rows_done"]) if resume else 0
+    resume = same
     if resume and (manifest.get("n_rows") != n_rows or manifest.get("arrays") != names):
         raise st.StoreError(f"{root}: the text source changed since the extraction started (row count differs); use a new --out")
+    lo, hi = _part_rows(n_rows, shard_rows, part, n_parts) if parallel else (0, n_rows)
+    part_key = st.part_key(part, n_parts)
+    if parallel:
+        state = st.read_json(root, part_key) if resume else None
+        if state is not None and (state.get("content_key"), state.get("rows")) != (key, [lo, hi]):
+            raise st.StoreError(f"{st.join(root, part_key)} belongs to another extraction; delete the folder and start again")
+        rows_done = int(state["rows_done"]) if state else lo
+    else:
+        rows_done = int(manifest["progress"]["rows_done"]) if resume else 0
     arrays = {}
     for name in names:
         path = st.join(root, name)
-        if resume:
+        if resume and not parallel:
             st.uncommit(path)
-        arrays[name] = st.create_array(path, n_rows, widths[name], cfg.dtype, shard_rows, cfg.chunk_rows, resume=resume)
+        arrays[name] = st.create_array(path, n_rows, widths[name], cfg.dtype, shard_rows, cfg.chunk_rows,
+                                       resume=resume, shared=parallel)
     if not resume:
         manifest = {
             "format": "sae_jax.extract/1",
             "content_key": key,
-            "config": dataclasses.asdict(cfg),
+            "config": dataclasses.asdict(dataclasses.replace(cfg, shard=None)),
             "arrays": names,
             "n_rows": n_rows,
             "n_texts": len(plan.units),
@@ -399,19 +464,29 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             "complete": False,
             "progress": {"rows_done": 0},
         }
-        _write_positions(root, plan)
+        if parallel:  # every part writes these same bytes, in any order
+            manifest["parts"] = n_parts
+        _write_positions(root, plan, shared=parallel)
         if labels is not None:
             st.write_json(root, "labels.json", list(labels))
         st.write_json(root, MANIFEST, manifest)
+
+    def save_progress(done: int, finished: bool = False) -> None:
+        if parallel:
+            st.write_json(root, part_key, {"content_key": key, "part": part, "parts": n_parts, "rows": [lo, hi],
+                                           "rows_done": done, "done": finished})
+        else:
+            manifest["progress"] = {"rows_done": done}
+            st.write_json(root, MANIFEST, manifest)
 
     # Work goes in fixed windows of texts; restart from the window holding the first unwritten row.
     unit_end = np.cumsum(plan.unit_rows)
     unit_start = unit_end - plan.unit_rows
     n_units = len(plan.units)
     window = cfg.batch_size * cfg.sort_window
-    batches = [(b, min(b + window, n_units)) for b in range(0, n_units, window)]
-    first_batch = next((i for i, (_, e) in enumerate(batches) if unit_end[e - 1] > rows_done), len(batches))
-    skip = rows_done - (int(unit_start[batches[first_batch][0]]) if first_batch < len(batches) else rows_done)
+    batches = [(b, e) for b, e in ((b, min(b + window, n_units)) for b in range(0, n_units, window))
+               if unit_end[e - 1] > rows_done and unit_start[b] < hi and rows_done < hi]
+    skip = rows_done - int(unit_start[batches[0][0]]) if batches else 0
 
     extractor = _Extractor(cfg, model, chat, tokenizer)
     np_dtype = np.float32 if cfg.dtype == "float32" else ml_dtypes.bfloat16
@@ -437,25 +512,25 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         written += n_write
         buffered -= n_write
         flushes += 1
-        manifest["progress"] = {"rows_done": written}
-        st.write_json(root, MANIFEST, manifest)
+        save_progress(written)
 
     bar = None
-    if cfg.progress:
+    if cfg.progress and batches:
         from tqdm.auto import tqdm
 
-        first_unit = batches[first_batch][0] if first_batch < len(batches) else n_units
-        total = sum(len(x) for u in plan.units[first_unit:] for x in u)
-        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"extract {cfg.model}", dynamic_ncols=True)
+        total = sum(len(x) for u in plan.units[batches[0][0]:batches[-1][1]] for x in u)
+        desc = f"extract {cfg.model}" + (f" part {part}/{n_parts}" if parallel else "")
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, dynamic_ncols=True)
     try:
-        for b0, b1 in batches[first_batch:]:
+        for b0, b1 in batches:
             rows = _run_window(extractor, plan, b0, b1, cfg.batch_size)
             expected = int(unit_end[b1 - 1] - unit_start[b0])
+            take = min(int(unit_end[b1 - 1]), hi) - int(unit_start[b0])  # a window past hi is the next part's
             for name in names:
                 block = rows[name]
                 assert block.shape == (expected, widths[name]), (name, block.shape, expected)
-                buffers[name].append(block[skip:] if skip else block)
-            buffered += expected - skip
+                buffers[name].append(block[skip:take])
+            buffered += take - skip
             skip = 0
             n_tok = sum(len(x) for u in plan.units[b0:b1] for x in u)
             tokens_seen += n_tok
@@ -464,13 +539,35 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
             if buffered >= shard_rows:
                 flush(final=False)
                 if stop_after_shards is not None and flushes >= stop_after_shards:
-                    return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written, "stopped": True})
+                    where = {"part": part, "parts": n_parts, "rows": [lo, hi]} if parallel else {}
+                    return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, "rows_done": written,
+                                         "stopped": True, **where})
         flush(final=True)
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - started
+    assert written == hi, (written, hi)
+    timing = {"tokens_per_s": tokens_seen / elapsed if elapsed > 0 else float("nan"), "tokens": tokens_seen,
+              "elapsed_s": elapsed}
+    if parallel:
+        save_progress(written, finished=True)
+        _, waiting = st.unfinished_parts(root)
+        if waiting:
+            return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, "part": part, "parts": n_parts,
+                                 "rows": [lo, hi], "waiting_for": waiting, **timing})
+    _commit(cfg, root, manifest, arrays, plan, widths, source)
+    return _report(cfg, {"out": root, "arrays": names, "n_rows": n_rows, **timing,
+                         **({"part": part, "parts": n_parts, "rows": [lo, hi]} if parallel else {})})
 
+
+def _commit(cfg: ExtractConfig, root: str, manifest: dict, arrays: dict, plan: _Plan, widths: dict[str, int],
+            source: str) -> None:
+    """Statistics sample and digests from one ordered pass over each array, then its metadata and
+    ``COMMIT`` marker, then the manifest's ``complete``. Deterministic in the stored rows, so a
+    repeated (or concurrent) commit writes the same bytes."""
+    cfg = dataclasses.replace(cfg, shard=None)  # the metadata of N parts equals a single process's
+    names, n_rows = list(arrays), plan.n_rows
     model_info = lm_models.resolve_model(cfg.model)
     chat_info = lm_models.resolve_model(cfg.chat_model) if cfg.chat_model else None
     bad_arrays = {}
@@ -515,14 +612,6 @@ def run_extract(cfg: ExtractConfig, stop_after_shards: int | None = None) -> dic
         raise st.NonFiniteRowsError(f"NaN/Inf activations, store left uncommitted: {detail}; extract in float32 or drop those texts")
     manifest["complete"] = True
     st.write_json(root, MANIFEST, manifest)
-    return _report(cfg, {
-        "out": root,
-        "arrays": names,
-        "n_rows": n_rows,
-        "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else float("nan"),
-        "tokens": tokens_seen,
-        "elapsed_s": elapsed,
-    })
 
 
 def _needs_repair(root: str, names: list[str]) -> dict[str, tuple[dict | None, list[int]]]:
@@ -605,16 +694,29 @@ def _layer_hook(name: str) -> tuple[int, str]:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line for the console: rows, arrays and tokens/s of a ``run_extract`` result."""
+    if summary.get("already_complete") and summary.get("unverified"):
+        return (f"{summary['out']}: already complete ({summary['n_rows']} rows); nothing to do (to check every "
+                "shard and re-extract damaged ones, rerun without --shard)")
     if summary.get("already_complete"):
         return f"{summary['out']}: already complete ({summary['n_rows']} rows, every shard verified); nothing to do"
     if "repaired" in summary:
         done = "; ".join(f"{name}: shards {shards}" for name, shards in summary["repaired"].items())
         return f"{summary['out']}: re-extracted the damaged shards ({done}) and verified them against their digests"
+    if "waiting_for" in summary:
+        return (f"{summary['out']}: part {summary['part']} of {summary['parts']} done (rows {summary['rows'][0]}-"
+                f"{summary['rows'][1]}, {summary['tokens_per_s']:.0f} tokens/s); waiting for parts {summary['waiting_for']}: "
+                "the last part to finish commits the store")
+    if summary.get("stopped") and "part" in summary:
+        lo, hi = summary["rows"]
+        return (f"{summary['out']}: part {summary['part']} of {summary['parts']} stopped after {summary['rows_done'] - lo} "
+                f"of its {hi - lo} rows ({lo}-{hi}); rerun to resume")
     if summary.get("stopped"):
         return f"{summary['out']}: stopped after {summary['rows_done']} of {summary['n_rows']} rows; rerun to resume"
+    part = f" (part {summary['part']} of {summary['parts']}, the last to finish: committed the whole store)" \
+        if "part" in summary else ""
     return (
         f"{summary['out']}: {summary['n_rows']} rows x {len(summary['arrays'])} arrays, {summary['tokens']} tokens "
-        f"in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s"
+        f"in {summary['elapsed_s']:.1f} s = {summary['tokens_per_s']:.0f} tokens/s{part}"
     )
 
 
