@@ -253,6 +253,8 @@ class LoadedSAE:
         self.d_sae = int(cfg["d_sae"])
         self.k = cfg.get("k")
         self.layer_norm = cfg.get("normalize_activations", "none") == "layer_norm"
+        self.constant_norm = cfg.get("normalize_activations", "none") == "constant_norm_rescale"
+        self._norm_coeff = None
         self.whitening = whitening
         self._ln_mu = self._ln_std = None
 
@@ -269,6 +271,9 @@ class LoadedSAE:
         if self.layer_norm:
             # as SAELens does: normalise per token and keep the statistics for the next decode
             x, self._ln_mu, self._ln_std = layer_norm_in(x)
+        elif self.constant_norm:  # SAELens constant_norm_rescale: each token scaled to norm sqrt(d_in)
+            self._norm_coeff = np.float32(np.sqrt(self.d_in)) / np.linalg.norm(x, axis=-1, keepdims=True)
+            x = x * self._norm_coeff
         if self.cfg.get("apply_b_dec_to_input", True):
             x = x - self.params["b_dec"]
         return x
@@ -301,6 +306,11 @@ class LoadedSAE:
                 raise ValueError("a layer_norm SAE decodes with the statistics of the previous encode "
                                  "of the same rows: call encode(x) first (or use sae(x))")
             x_hat = layer_norm_out(x_hat, self._ln_mu, self._ln_std)
+        elif self.constant_norm:
+            if self._norm_coeff is None or len(self._norm_coeff) != len(x_hat):
+                raise ValueError("a constant_norm_rescale SAE decodes with the token norms of the previous encode "
+                                 "of the same rows: call encode(x) first (or use sae(x))")
+            x_hat = x_hat / self._norm_coeff
         if self.whitening is not None:
             x_hat = self.whitening.undo(x_hat)
         return x_hat
@@ -367,9 +377,14 @@ def _check_tensors(cfg: dict[str, Any], params: dict[str, np.ndarray], cfg_path:
             raise ExportError(f"{cfg_path}: a topk SAE needs an integer 'k' in [1, d_sae={d_sae}], got {k!r}")
 
 
-def load_sae(path: str | os.PathLike) -> LoadedSAE:
+def load_sae(path: str | os.PathLike, norm_scaling_factor: float | None = None) -> LoadedSAE:
     """Read an SAELens-format folder (this project's exports or SAEs trained elsewhere); cfg.json is
-    checked against the tensors."""
+    checked against the tensors.
+
+    ``norm_scaling_factor``: for ``normalize_activations: expected_average_only_in`` (the SAE was
+    trained on inputs multiplied by a dataset constant, sqrt(d_in) / E‖x‖, that the folder does not
+    hold): folded into the weights as SAELens' ``fold_activation_norm_scaling_factor`` does; a cfg
+    key ``norm_scaling_factor`` is used when present."""
     path = Path(path)
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.exists() or not weights_path.exists():
@@ -381,15 +396,33 @@ def load_sae(path: str | os.PathLike) -> LoadedSAE:
     if arch not in ARCHITECTURES:
         raise ExportError(f"{path}: architecture {arch!r} is not supported; known: {ARCHITECTURES}")
     cfg["architecture"] = arch
-    if cfg.get("normalize_activations", "none") not in ("none", "layer_norm"):
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "layer_norm", "constant_norm_rescale", "expected_average_only_in"):
+        raise ExportError(f"{path}: normalize_activations={norm!r} is not supported (none, layer_norm, "
+                          "constant_norm_rescale, expected_average_only_in are)")
+    factor = norm_scaling_factor if norm_scaling_factor is not None else cfg.get("norm_scaling_factor")
+    if norm == "expected_average_only_in" and factor is None:
         raise ExportError(
-            f"{path}: normalize_activations={cfg['normalize_activations']!r} needs dataset statistics "
-            "that the folder does not hold; fold the normalisation into the weights first")
+            f"{path}: normalize_activations='expected_average_only_in' means the SAE reads activations times a "
+            "dataset constant (sqrt(d_in) / mean token norm) that the folder does not hold. Pass it: "
+            "sae_jax.load(path, norm_scaling_factor=F) (SAELens' trainer logs it; or estimate it as "
+            "sqrt(d_in) / mean ||x|| over the training activations)")
+    if norm != "expected_average_only_in" and norm_scaling_factor is not None:
+        raise ExportError(f"{path}: norm_scaling_factor applies to normalize_activations='expected_average_only_in' "
+                          f"only; this SAE has {norm!r}")
     try:
         params = {name: np.asarray(value, np.float32) for name, value in load_file(str(weights_path)).items()}
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise ExportError(f"{weights_path} cannot be read ({err}); re-export the SAE") from None
     _check_tensors(cfg, params, cfg_path, weights_path)
+    if norm == "expected_average_only_in":
+        factor = float(factor)
+        if not (np.isfinite(factor) and factor > 0):
+            raise ExportError(f"{path}: norm_scaling_factor must be a positive number, got {factor}")
+        # SAELens' fold_activation_norm_scaling_factor: the raw-input SAE (inputs no longer pre-scaled)
+        params = params | {"W_enc": params["W_enc"] * factor, "W_dec": params["W_dec"] / factor,
+                           "b_dec": params["b_dec"] / factor}
+        cfg = cfg | {"normalize_activations": "none", "norm_scaling_factor_folded": factor}
     if cfg.get("rescale_acts_by_decoder_norm"):  # SAELens TopK's training default: decoder norms not folded
         params = fold_decoder_norm_rescaling(cfg, params, path)
     whitening = None

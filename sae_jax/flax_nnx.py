@@ -67,8 +67,8 @@ class SAE(nnx.Module):
         from sae_jax.export import load_sae
 
         sae = load_sae(path)
-        if sae.layer_norm or sae.whitening is not None or not sae.cfg.get("apply_b_dec_to_input", True):
-            raise ValueError(f"{path}: only exports on an affine input path load as a module (no layer norm, stored "
+        if sae.layer_norm or sae.constant_norm or sae.whitening is not None or not sae.cfg.get("apply_b_dec_to_input", True):
+            raise ValueError(f"{path}: only exports on an affine input path load as a module (no layer norm, norm rescale, stored "
                              "whitening or apply_b_dec_to_input=false)")
         if sae.architecture == "topk":
             cfg = SAEConfig(architecture="topk", d_sae=sae.d_sae, k=int(sae.k))

@@ -153,3 +153,78 @@ def test_rescale_acts_by_decoder_norm_matches_real_sae_lens(tmp_path):
     ours = load_sae(tmp_path / "sae")
     np.testing.assert_allclose(np.load(tmp_path / "h.npy"), ours.encode(x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), ours.decode(ours.encode(x)), rtol=1e-4, atol=1e-4)
+
+
+SAE_LENS_NORM_CHECK = """
+import sys, numpy as np, torch
+from sae_lens import SAE
+sae = SAE.load_from_disk(sys.argv[1])
+if len(sys.argv) > 5:
+    sae.fold_activation_norm_scaling_factor(float(sys.argv[5]))
+x = torch.tensor(np.load(sys.argv[2]))
+with torch.no_grad():
+    h = sae.encode(x)
+    np.save(sys.argv[3], h.numpy()); np.save(sys.argv[4], sae.decode(h).numpy())
+"""
+
+
+def _standard(path, norm, seed=0):
+    rng = np.random.default_rng(seed)
+    p = {"W_enc": rng.standard_normal((16, 24)).astype(np.float32) / 4, "b_enc": rng.normal(0, 0.1, 24).astype(np.float32),
+         "W_dec": rng.standard_normal((24, 16)).astype(np.float32) / 4, "b_dec": rng.normal(0, 0.1, 16).astype(np.float32)}
+    write_sae(path, p, {"architecture": "standard", "normalize_activations": norm})
+    return p
+
+
+def test_sae_lens_input_normalisations_by_hand(tmp_path):
+    """Issue 15 item 5: constant_norm_rescale runs per token (x·√d/‖x‖ in, ÷ out); expected_average_only_in
+    needs its dataset factor, folded as SAELens folds it; without it the refusal says how to pass it."""
+    x = np.random.default_rng(1).standard_normal((30, 16)).astype(np.float32) * 3
+    p = _standard(tmp_path / "c", "constant_norm_rescale")
+    sae = load_sae(tmp_path / "c")
+    coeff = 4.0 / np.linalg.norm(x, axis=1, keepdims=True)
+    h = np.maximum((x * coeff - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0)
+    np.testing.assert_allclose(sae.encode(x), h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sae.decode(sae.encode(x)), (h @ p["W_dec"] + p["b_dec"]) / coeff, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="call encode"):
+        load_sae(tmp_path / "c").decode(h)
+    p = _standard(tmp_path / "e", "expected_average_only_in")
+    with pytest.raises(ExportError, match=r"norm_scaling_factor=F"):
+        load_sae(tmp_path / "e")
+    sae = load_sae(tmp_path / "e", norm_scaling_factor=0.5)
+    h = np.maximum((x * 0.5 - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0)  # the SAE read x times the factor
+    np.testing.assert_allclose(sae.encode(x), h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sae.decode(h), (h @ p["W_dec"] + p["b_dec"]) / 0.5, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ExportError, match="expected_average_only_in' only"):
+        load_sae(tmp_path / "c", norm_scaling_factor=2.0)
+
+
+@pytest.mark.parametrize("norm, factor", [("constant_norm_rescale", None), ("expected_average_only_in", 0.37)])
+def test_input_normalisations_match_real_sae_lens(tmp_path, norm, factor):
+    python = _sae_lens_python()
+    if python is None:
+        pytest.skip("sae_lens not importable; set SAE_LENS_PYTHON to a venv that has it")
+    _standard(tmp_path / "sae", norm, seed=4)
+    x = np.random.default_rng(2).standard_normal((40, 16)).astype(np.float32) * 2
+    np.save(tmp_path / "x.npy", x)
+    args = [str(tmp_path / "sae"), str(tmp_path / "x.npy"), str(tmp_path / "h.npy"), str(tmp_path / "r.npy")]
+    out = subprocess.run([python, "-c", SAE_LENS_NORM_CHECK, *args] + ([str(factor)] if factor else []),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours = load_sae(tmp_path / "sae", norm_scaling_factor=factor)
+    np.testing.assert_allclose(np.load(tmp_path / "h.npy"), ours.encode(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), ours.decode(ours.encode(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_sae_applies_constant_norm_rescale_like_the_numpy_one(tmp_path):
+    torch = pytest.importorskip("torch")
+    from sae_jax.lm.sae_torch import TorchSAE
+
+    _standard(tmp_path / "c", "constant_norm_rescale", seed=5)
+    sae = load_sae(tmp_path / "c")
+    x = np.random.default_rng(3).standard_normal((12, 16)).astype(np.float32) * 5
+    t = TorchSAE(sae)
+    with torch.no_grad():
+        np.testing.assert_allclose(t.encode(torch.from_numpy(x), scale_shift=False).numpy(), sae.encode(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t(torch.from_numpy(x), scale_shift=False).numpy(), sae.decode(sae.encode(x)),
+                                   rtol=1e-5, atol=1e-5)

@@ -34,6 +34,7 @@ class TorchSAE(torch.nn.Module):
         self.d_in, self.d_sae = int(sae.d_in), int(sae.d_sae)
         self.k = int(sae.k) if sae.k else None
         self.layer_norm = bool(sae.layer_norm)
+        self.constant_norm = bool(getattr(sae, "constant_norm", False))
         self.apply_b_dec_to_input = bool(sae.cfg.get("apply_b_dec_to_input", True))
         if self.architecture not in ("standard", "topk", "jumprelu", "linear"):
             raise ValueError(f"no torch implementation of SAE architecture {self.architecture!r}")
@@ -57,6 +58,9 @@ class TorchSAE(torch.nn.Module):
             mu = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True)
             x, stats = (x - mu) / (std + LN_EPS), (mu, std)
+        elif self.constant_norm:  # SAELens constant_norm_rescale: every token to norm sqrt(d_in)
+            coeff = self.d_in ** 0.5 / x.norm(dim=-1, keepdim=True)
+            x, stats = x * coeff, (0.0, 1.0 / coeff)
         return x, stats
 
     def _normalize_out(self, x_hat, stats):
