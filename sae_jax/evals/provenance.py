@@ -71,6 +71,16 @@ def store_provenance(source: Any) -> StoreProvenance | None:
             doc_ids = np.asarray(read_positions(root)[0])
             if doc_ids.shape != (source.n_rows,):
                 doc_ids = None
+    elif ex.get("mode") == "pairs":  # one row per pair; its concept label (if any) is in labels.json
+        root = _root_of(getattr(source, "path", ""))
+        if root is not None:
+            from sae_jax.data.store import read_labels, read_positions
+
+            found = read_labels(root)
+            labels = tuple(found) if found is not None else None
+            doc_ids = np.asarray(read_positions(root)[0])
+            if doc_ids.shape != (source.n_rows,):
+                doc_ids = None
     return StoreProvenance(model, meta.get("model_path") if model else None, meta.get("layer"), meta.get("hook"), ex.get("context_length"), texts, labels, doc_ids, pooled)
 
 
