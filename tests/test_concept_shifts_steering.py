@@ -51,8 +51,11 @@ def test_token_set_logodds_matches_brute_force(tmp_path):
     pos, neg = [5, 9], [7]
     d = model.config.hidden_size
     v = np.random.default_rng(0).normal(size=d).astype(np.float32)
-    got_clean = token_set_logodds(model, ids, att, 0, "resid", None, special, pos, neg)
-    got = token_set_logodds(model, ids, att, 0, "resid", lambda x: x + v, special, pos, neg)
+    sets = {"a": (pos, neg), "b": (neg, pos)}
+    got_clean = token_set_logodds(model, ids, att, 0, "resid", None, special, sets)
+    got = token_set_logodds(model, ids, att, 0, "resid", lambda x: x + v, special, sets)
+    np.testing.assert_allclose(got["a"], -got["b"])
+    got_clean, got = got_clean["a"], got["a"]
     for b, text in enumerate(texts):  # one text at a time, the direction added by hand to layer 0's output
         x = torch.tensor(tok(text)["input_ids"])[None]
         real = ~torch.isin(x[0], torch.tensor(special))

@@ -229,26 +229,32 @@ def token_set_logodds(
     hook: str,
     transform: Transform | None,
     special_ids: Iterable[int],
-    positive_ids: Iterable[int],
-    negative_ids: Iterable[int],
-) -> np.ndarray:
-    """Per text, the mean over its real (non-special) positions of
-    log Σ_{t∈positive} p(t) − log Σ_{t∈negative} p(t) for the next token, with ``transform``
-    spliced at every real position of ``(layer, hook)`` (None = clean). float64 [B].
+    token_sets: Mapping[str, tuple[Iterable[int], Iterable[int]]],
+) -> dict[str, np.ndarray]:
+    """Per text and per named ``(positive_ids, negative_ids)`` set, the mean over the text's real
+    (non-special) positions of log Σ_{t∈positive} p(t) − log Σ_{t∈negative} p(t) for the next token,
+    with ``transform`` spliced at every real position of ``(layer, hook)`` (None = clean); one
+    forward pass for all sets. ``{name: float64 [B]}``.
 
     A steering score: e.g. positive = {" she", " her"}, negative = {" he", " his"} for gender."""
     device = next(model.parameters()).device
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=device)
     att = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
-    pos = torch.as_tensor(sorted(set(int(i) for i in positive_ids)), dtype=torch.long, device=device)
-    neg = torch.as_tensor(sorted(set(int(i) for i in negative_ids)), dtype=torch.long, device=device)
-    if not len(pos) or not len(neg):
-        raise ValueError("token_set_logodds needs at least one positive and one negative token id")
+    sets = {}
+    for name, (positive, negative) in token_sets.items():
+        pos = torch.as_tensor(sorted(set(int(i) for i in positive)), dtype=torch.long, device=device)
+        neg = torch.as_tensor(sorted(set(int(i) for i in negative)), dtype=torch.long, device=device)
+        if not len(pos) or not len(neg):
+            raise ValueError(f"token set {name!r} needs at least one positive and one negative token id")
+        sets[name] = (pos, neg)
     with spliced(model, layer, hook) as splice:
         mask = splice_mask(ids, att, special_ids)
         splice.mask = mask
         splice.transform = transform
         lp = torch.log_softmax(_logits(model, ids, att), dim=-1)
-    score = torch.logsumexp(lp[..., pos], -1) - torch.logsumexp(lp[..., neg], -1)  # [B, T]
-    m = mask.to(score.dtype)
-    return ((score * m).sum(1) / m.sum(1).clamp(min=1)).double().cpu().numpy()
+    m = mask.to(lp.dtype)
+    out = {}
+    for name, (pos, neg) in sets.items():
+        score = torch.logsumexp(lp[..., pos], -1) - torch.logsumexp(lp[..., neg], -1)  # [B, T]
+        out[name] = ((score * m).sum(1) / m.sum(1).clamp(min=1)).double().cpu().numpy()
+    return out
