@@ -42,12 +42,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 PRESETS = {
     # tiny random Llama, a few hundred pairs: proves the wiring, not the science (CI runs it)
-    "smoke": dict(model="tiny", layer=1, context_length=32, n_single=150, n_multi=40, d_sae=8, k=2,
+    "smoke": dict(model="tiny", layer=1, context_length=128, n_single=150, n_multi=40, d_sae=8, k=2,
                   steps=40, batch=64, seeds=(0, 1, 2), relu_coef=0.01, jumprelu_coef=0.01, steer_texts=6,
                   alphas=(1.0,), n_boot=200, ks=(1, 2, 4), torch_threads=1,
                   methods=("ssae", "topk", "relu", "jumprelu", "pca")),
     # the study on a 2-core CPU: SmolLM2-135M-Instruct (30 blocks), a mid layer
-    "cpu": dict(model="smollm2-135m-instruct", layer=15, context_length=48, n_single=2500, n_multi=500,
+    "cpu": dict(model="smollm2-135m-instruct", layer=15, context_length=64, n_single=2500, n_multi=500,
                 d_sae=16, k=3, steps=2000, batch=256, seeds=(0, 1, 2), relu_coef=0.01, jumprelu_coef=0.01,
                 steer_texts=48, alphas=(1.0, 4.0), n_boot=2000, ks=(1, 2, 4, 8, 16), torch_threads=2,
                 methods=("ssae", "ssae_nocodeln", "topk", "relu", "jumprelu", "pca")),
@@ -133,6 +133,17 @@ def stage_extract(p, out, model_name, pairs):
     return dz, time.perf_counter() - t0
 
 
+def drop_truncated(pairs, dz):
+    """Pairs whose edit lies beyond the context length give Δz = 0 exactly (nothing to learn, and a
+    zero row has no relative reconstruction error): dropped everywhere, counted."""
+    norms = np.linalg.norm(dz, axis=1)
+    keep = norms > 1e-6 * max(float(np.median(norms)), 1e-30)
+    pairs = dict(pairs, pairs=[q for q, k in zip(pairs["pairs"], keep) if k], labels=pairs["labels"][keep],
+                 is_multi=pairs["is_multi"][keep], test=pairs["test"][keep], n_dropped_zero=int((~keep).sum()))
+    log(f"dropped {pairs['n_dropped_zero']} pairs with Δz = 0 (edit truncated away)")
+    return pairs, dz[keep]
+
+
 # -- 3. training ---------------------------------------------------------------------------
 def planted_level(x, labels, d_sae):
     """The SSAE's constraint target: Σ|h|/(B·F) of the 'true' code — each row's projection on the
@@ -186,7 +197,7 @@ def fit_all(p, out, dz, pairs):
     x = dz[train_rows]
     target = planted_level(x, pairs["labels"][train_rows], p["d_sae"])
     log(f"SSAE target level (planted-truth Σ|h|/(B·F)): {target:.4f}")
-    models, seconds = {}, {}
+    models, seconds, last = {}, {}, {}
     for method in p["methods"]:
         for seed in p["seeds"]:
             t0 = time.perf_counter()
@@ -198,8 +209,11 @@ def fit_all(p, out, dz, pairs):
             else:
                 models[(method, seed)] = train_method(p, out, method, seed, x, target)
             seconds[f"{method}_s{seed}"] = time.perf_counter() - t0
+            metrics = out / "runs" / f"{method}_s{seed}" / "metrics.jsonl"
+            if metrics.exists():  # the trainer's last logged step (SSAE: level, Σ|h|/(B·F), violation)
+                last[f"{method}_s{seed}"] = json.loads(metrics.read_text().splitlines()[-1])
             log(f"  {method} seed {seed}: {seconds[f'{method}_s{seed}']:.0f} s")
-    return models, target, seconds
+    return models, target, seconds, last
 
 
 def encode(model, x):
@@ -464,7 +478,7 @@ def write_readme(res, out):
          f"Pairs: {len(res['pairs']['is_multi'])} from {res['pairs']['n_sentences']} {res['pairs']['source']} "
          f"sentences — single-concept per concept {res['pairs']['single_counts']}, "
          f"{sum(res['pairs']['is_multi'])} multi-concept (2–3 edits); 25% held out "
-         f"({res['pairs']['n_test']} pairs). Every method is trained on the same {res['pairs']['n_train']} train "
+         f"({res['pairs']['n_test']} pairs); {res['pairs']['n_dropped_zero']} pairs whose edit fell beyond the {p['context_length']}-token context (Δz = 0) were dropped. Every method is trained on the same {res['pairs']['n_train']} train "
          f"rows: d_sae={p['d_sae']}, {p['steps']} steps, batch {p['batch']}, seeds {list(p['seeds'])}; TopK k={p['k']}, "
          f"ReLU λ={p['relu_coef']}, JumpReLU λ={p['jumprelu_coef']}. SSAE: input LayerNorm, "
          f"{'LayerNorm on the code, ' if 'ssae' in p['methods'] else ''}relative loss, "
@@ -576,7 +590,8 @@ def main() -> None:
         model_name = p["model"]
     pairs = stage_pairs(p, work)
     dz, extract_s = stage_extract(p, work, model_name, pairs)
-    models, target, train_s = fit_all(p, work, dz, pairs)
+    pairs, dz = drop_truncated(pairs, dz)
+    models, target, train_s, last_metrics = fit_all(p, work, dz, pairs)
     scores = stage_scores(p, dz, pairs, models)
     steering = stage_steering(p, model_name, dz, pairs, models, scores)
     import jax
@@ -587,8 +602,9 @@ def main() -> None:
            "hardware": f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
            "pairs": {"source": pairs["source"], "n_sentences": pairs["n_sentences"], "single_counts": pairs["single_counts"],
                      "is_multi": pairs["is_multi"].tolist(), "n_test": int(pairs["test"].sum()),
-                     "n_train": int((~pairs["test"]).sum()), "examples": pairs["examples"]},
-           "ssae_target": target, "seconds": {"extract": extract_s, "train": train_s, "steering": steering["seconds"]},
+                     "n_train": int((~pairs["test"]).sum()), "examples": pairs["examples"],
+                     "n_dropped_zero": pairs["n_dropped_zero"]},
+           "ssae_target": target, "last_train_metrics": last_metrics, "seconds": {"extract": extract_s, "train": train_s, "steering": steering["seconds"]},
            "scores": scores, "summary": summarise(p, scores), "steering": steering}
     res["wall_s"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
