@@ -20,6 +20,8 @@ def test_mean_ci_matches_normal_approximation_and_steering_effect_gates():
     out = steering_effect(steered, control, clean)
     assert out["passes"] and out["effect"]["lo"] > 0.4 and abs(out["control_effect"]["mean"]) < 0.02
     assert not steering_effect(control, steered, clean)["passes"]  # the control beats the direction
+    # a direction that moves the score the wrong way does not pass, even when the control moves it further down
+    assert not steering_effect(clean - 0.5, clean - 2.0, clean)["passes"]
     with pytest.raises(ValueError, match="same texts"):
         steering_effect(steered, control[:10], clean)
 

@@ -463,6 +463,12 @@ def fmt(v, nd=3):
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def passes(e):
+    """The done criterion, from the stored CIs: the target's log-odds move toward s2 (CI above 0) and
+    more than with the random direction (paired CI above 0)."""
+    return e["effect"]["lo"] > 0 and e["effect_minus_control"]["lo"] > 0
+
+
 def write_readme(res, out):
     p, summ = res["preset"], res["summary"]
     L = ["# Shift autoencoders on concept-edited sentence pairs, with steering (issue 12 item 1)", "",
@@ -524,8 +530,20 @@ def write_readme(res, out):
         L += ["Direction added at every real token position of held-out s1 at the layer, scaled to α × the "
               "concept's mean ‖Δz‖; score = mean over positions of the next-token log-odds log Σp(s2-side words) − "
               "log Σp(s1-side words); effect = steered − clean, per text; 95% percentile bootstrap CI over texts. "
-              "'passes' = the effect's CI excludes 0 **and** the paired (direction − random) CI lies above 0. "
-              "Score words: " + "; ".join(f"{c}: {'/'.join(w)}" for c, w in st["words"].items()) + ".", ""]
+              "'passes' = the effect's CI lies above 0 (toward s2) **and** the paired (direction − random) CI lies above 0. "
+              "Score words (single tokens of the model; Ġ = a leading space): " + "; ".join(
+                  f"{c}: {'/'.join(w[0])} vs {'/'.join(w[1])}" for c, w in st["words"].items()) + ".", ""]
+        names = list(next(iter(st["per_concept"].values()))["alphas"][str(p["alphas"][0])])
+        L += ["Concepts whose steering passes, per direction source:", "",
+              "| direction | " + " | ".join(f"α={a}" for a in p["alphas"]) + " |", "|---|" + "---|" * len(p["alphas"])]
+        for name in names:
+            cells = []
+            for alpha in p["alphas"]:
+                ok = [c for c, rc in st["per_concept"].items() if c in st["scored_concepts"]
+                      and name in rc["alphas"][str(alpha)] and passes(rc["alphas"][str(alpha)][name][c])]
+                cells.append(f"{len(ok)}/{len(st['per_concept'])} ({', '.join(ok) or '–'})")
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+        L.append("")
         for alpha in p["alphas"]:
             a = str(alpha)
             L += [f"### α = {alpha}", "", "Target concept's own score:", "",
@@ -540,7 +558,7 @@ def write_readme(res, out):
                              f"{e['effect']['mean']:+.3f} [{e['effect']['lo']:+.3f}, {e['effect']['hi']:+.3f}] | "
                              f"{e['control_effect']['mean']:+.3f} [{e['control_effect']['lo']:+.3f}, {e['control_effect']['hi']:+.3f}] | "
                              f"{e['effect_minus_control']['mean']:+.3f} [{e['effect_minus_control']['lo']:+.3f}, "
-                             f"{e['effect_minus_control']['hi']:+.3f}] | {'yes' if e['passes'] else 'no'} |")
+                             f"{e['effect_minus_control']['hi']:+.3f}] | {'yes' if passes(e) else 'no'} |")
             L += ["", f"Specificity (SSAE direction of the row concept; mean effect on each concept's score, α={alpha}):", "",
                   "| steered \\ score | " + " | ".join(st["scored_concepts"]) + " |", "|---|" + "---|" * len(st["scored_concepts"])]
             for c, rc in st["per_concept"].items():

@@ -34,7 +34,8 @@ def steering_effect(steered: np.ndarray, control: np.ndarray, clean: np.ndarray,
     """Scores per text with the direction added (``steered``), with the control direction added
     (``control``) and with nothing added (``clean``). Returns the effect (steered − clean), the
     control's effect (control − clean) and their paired difference, each as mean and CI, plus
-    ``passes``: the effect's CI excludes 0 and the difference's CI lies above 0."""
+    ``passes``: the effect's CI lies above 0 (the score moves toward the target) and so does the
+    difference's (more than the control)."""
     s, c, z = (np.asarray(a, np.float64) for a in (steered, control, clean))
     if not s.shape == c.shape == z.shape or s.ndim != 1:
         raise ValueError(f"steered, control and clean must be 1-D scores of the same texts, got {s.shape}, {c.shape}, {z.shape}")
@@ -42,7 +43,7 @@ def steering_effect(steered: np.ndarray, control: np.ndarray, clean: np.ndarray,
     ctl = mean_ci(c - z, n_resamples, confidence, seed)
     diff = mean_ci(s - c, n_resamples, confidence, seed)
     return {"effect": eff, "control_effect": ctl, "effect_minus_control": diff,
-            "passes": bool((eff["lo"] > 0 or eff["hi"] < 0) and diff["lo"] > 0)}
+            "passes": bool(eff["lo"] > 0 and diff["lo"] > 0)}
 
 
 def concept_recovery(labels: np.ndarray, codes: np.ndarray, concepts: list[str], rdc_k: int = 10) -> dict[str, Any]:
