@@ -49,7 +49,8 @@ def store_provenance(source: Any) -> StoreProvenance | None:
     if not isinstance(ex, dict):
         return None
     role = meta.get("role", "base")
-    pooled = ex.get("pooling", "none") != "none"
+    # pairs/sequential rows are pooled differences (the extractor pools them even with pooling none)
+    pooled = ex.get("pooling", "none") != "none" or ex.get("mode") in ("pairs", "sequential")
     # a pooled store's rows are texts, not a hook's tokens: there is nothing to splice into a model
     model = None if role == "delta" or pooled else meta.get("model")
     texts = labels = doc_ids = None
