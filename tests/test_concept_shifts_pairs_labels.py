@@ -46,5 +46,6 @@ def test_pairs_store_keeps_labels_and_provenance_reads_them(tmp_path):
     source = st.open_store(str(out))
     prov = store_provenance(source)
     assert prov is not None and prov.text_labels == ("gender", "tense", "number", "gender+tense")
+    assert prov.pooled and prov.model is None  # rows are pooled differences: nothing to splice into
     y, positive = row_labels(prov, np.arange(4), positive="tense")
     assert positive == "tense" and y.tolist() == [0, 1, 0, 0]
