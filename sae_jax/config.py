@@ -97,7 +97,9 @@ class SSAEConfig:
     input_norm: Literal["layernorm", "batch", "none"] = "layernorm"
     """Input normalisation: per-row LayerNorm (no affine), per-feature batch statistics, or none."""
     code_norm: Literal["none", "layernorm", "batchnorm"] = "none"
-    """Normalisation of the code before the decoder (affine code_gamma/code_beta when on)."""
+    """Normalisation of the code before the decoder (affine code_gamma/code_beta when on). 'layernorm' (the
+    original method's normalised code) exports as sae_jax's 'code_layernorm' architecture, which sae_jax.load
+    reads and SAELens does not (its encoder is not linear)."""
     relu: bool = False
     """ReLU on the code (non-negative codes); off for signed shifts."""
     constraint: Literal["l1", "l0"] = "l1"
@@ -475,9 +477,9 @@ def _validate_ssae(cfg: TrainConfig) -> None:
                           "Σ|h| <= level is met by shrinking h and growing W_dec")
     if sae.recon_loss != SAEConfig.recon_loss:
         raise ConfigError("sae.recon_loss does not apply to the SSAE; use --sae.ssae.loss-type relative|absolute")
-    if ssae.code_norm == "layernorm":
-        raise ConfigError("sae.ssae.code_norm='layernorm' is not linear and cannot be exported in the SAELens "
-                          "format; use 'batchnorm' (folded at export) or 'none'")
+    if ssae.code_norm == "layernorm" and ssae.export_as == "split":
+        raise ConfigError("sae.ssae.code_norm='layernorm' exports as sae_jax's 'code_layernorm' architecture; "
+                          "the SAELens 'split' export cannot hold a LayerNorm over the code: drop --sae.ssae.export-as split")
     if ssae.input_norm == "layernorm" and ssae.eps != SSAEConfig.eps:
         raise ConfigError(f"sae.ssae.eps={ssae.eps} with input_norm='layernorm': the export's layer_norm "
                           f"(SAELens semantics) uses eps={SSAEConfig.eps}; keep the default")

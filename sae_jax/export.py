@@ -42,13 +42,15 @@ from sae_jax.whitening import Whitening, fold_into_sae
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 WHITENING_FILE = "whitening.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu", "linear", "gated", "transcoder", "skip_transcoder")
+ARCHITECTURES = ("standard", "topk", "jumprelu", "linear", "gated", "transcoder", "skip_transcoder", "code_layernorm")
 _REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 EXPORT_FILES = (CFG_FILE, WEIGHTS_FILE, WHITENING_FILE)  # all an export writes: what it may replace
 # Tensors each architecture needs beyond / instead of _REQUIRED (SAELens names).
 _ARCH_TENSORS = {"jumprelu": _REQUIRED + ("threshold",),
                  "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
-                 "skip_transcoder": _REQUIRED + ("W_skip",)}
+                 "skip_transcoder": _REQUIRED + ("W_skip",),
+                 # the SSAE with a LayerNorm over the code (sae_jax only; SAELens has no such architecture)
+                 "code_layernorm": _REQUIRED + ("code_gamma", "code_beta")}
 TRANSCODERS = ("transcoder", "skip_transcoder")
 
 
@@ -290,6 +292,12 @@ class LoadedSAE:
             return np.maximum(pre, 0)
         if self.architecture == "linear":  # a signed shift-autoencoder code
             return pre
+        if self.architecture == "code_layernorm":  # the SSAE's LayerNorm over latents (biased variance)
+            pre64 = pre.astype(np.float64)
+            var = pre64.var(-1, keepdims=True)
+            h = (pre64 - pre64.mean(-1, keepdims=True)) / np.sqrt(var + float(self.cfg.get("code_norm_eps", 1e-5)))
+            h = h * self.params["code_gamma"] + self.params["code_beta"]
+            return (np.maximum(h, 0) if self.cfg.get("code_relu") else h).astype(np.float32)
         if self.architecture == "jumprelu":
             return np.where(pre > self.params["threshold"], np.maximum(pre, 0), 0).astype(np.float32)
         # topk: ReLU of the k largest pre-activations per row.
@@ -357,7 +365,7 @@ def _check_tensors(cfg: dict[str, Any], params: dict[str, np.ndarray], cfg_path:
         raise ExportError(f"{weights_path}: missing tensors {missing}")
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,),
               "threshold": (d_sae,), "b_gate": (d_sae,), "r_mag": (d_sae,), "b_mag": (d_sae,),
-              "W_skip": (d_out, d_in)}
+              "W_skip": (d_out, d_in), "code_gamma": (d_sae,), "code_beta": (d_sae,)}
     for name, shape in shapes.items():
         if name in params and params[name].shape != shape:
             raise ExportError(f"{weights_path}: {name} has shape {params[name].shape} but {cfg_path.name} "

@@ -35,7 +35,7 @@ def test_files_via_datasets(tmp_path):
 def test_pairs_and_bigbench_task(tmp_path):
     (tmp_path / "p.tsv").write_text("a\tb\nc\td\n")
     assert text.load_pairs(str(tmp_path / "p.tsv")) == (("a", "c"), ("b", "d"))
-    (tmp_path / "bad.tsv").write_text("a\tb\tc\n")
+    (tmp_path / "bad.tsv").write_text("a\tb\tc\td\n")  # a third column is a label
     with pytest.raises(ValueError, match="two tab-separated"):
         text.load_pairs(str(tmp_path / "bad.tsv"))
     task = {"examples": [{"input": "good day", "target_scores": {"negative": 0, "positive": 1}},

@@ -105,8 +105,10 @@ def test_export_folds_batch_statistics():
     np.testing.assert_allclose(h @ e["W_dec"] + e["b_dec"], jax.jit(ssae.reconstruct)(p, state, jnp.asarray(x)),
                                rtol=1e-4, atol=1e-4)
     assert ssae.export_cfg() == {"architecture": "standard", "normalize_activations": "none"}
-    with pytest.raises(ValueError, match="code_norm"):
-        SSAE(code_norm="layernorm").export_params(p, state)
+    # a code LayerNorm is not folded: exported beside the linear part, under sae_jax's own architecture name
+    ln = SSAE(code_norm="layernorm", relu=True)
+    assert ln.export_cfg()["architecture"] == "code_layernorm"
+    assert {"code_gamma", "code_beta"} <= set(ln.export_params(p, state))
 
 
 def test_bad_config_errors():
@@ -221,7 +223,7 @@ def test_ssae_run_configs_that_cannot_work_are_refused(tmp_path):
         "dual.optimizer": dataclasses.replace(cfg, dual=DualConfig(optimizer="Adam")),
         "decoder-unit-norm": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, decoder_unit_norm=False)),
         "loss-type": dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, recon_loss="mse")),
-        "cannot be exported": ssae_config(tmp_path, target=0.3, code_norm="layernorm"),
+        "cannot hold a LayerNorm": ssae_config(tmp_path, target=0.3, code_norm="layernorm", export_as="split"),
         "keep the default": ssae_config(tmp_path, target=0.3, eps=0.5),
         "signed codes": ssae_config(tmp_path, target=0.3, relu=True, export_as="split"),
         "data.difference": dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, difference="seq")),

@@ -183,27 +183,55 @@ def load_text(spec: str, field: str = "text", label_field: str | None = None) ->
     return from_files(path, field=field, label_field=label_field)
 
 
-def load_pairs(path: str, first: str = "s1", second: str = "s2") -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Sentence pairs from a JSON-lines file with fields ``first``/``second`` or a 2-column TSV."""
-    s1, s2 = [], []
+def _pair_label(value) -> str:
+    """One label string per pair: a list of concepts (a multi-concept edit) is sorted and joined by '+'."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(sorted(str(v) for v in value))
+    return str(value)
+
+
+def load_labelled_pairs(path: str, first: str = "s1", second: str = "s2", label_field: str | None = None
+                        ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...] | None]:
+    """Sentence pairs and their labels from a JSON-lines file (fields ``first``/``second`` and
+    ``label_field``, default ``label`` when every record has one) or a TSV (2 columns, or 3 with the
+    label last). A list label (several concepts edited at once) becomes ``"a+b"`` (sorted)."""
+    s1, s2, labels = [], [], []
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no sentence-pair file at {path}")
+    records = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         if p.suffix.lower() in (".tsv", ".txt"):
             parts = line.split("\t")
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{n}: expected two tab-separated sentences, got {len(parts)} fields")
-            a, b = parts
+            if len(parts) not in (2, 3):
+                raise ValueError(f"{path}:{n}: expected two tab-separated sentences (and optionally a label), "
+                                 f"got {len(parts)} fields")
+            records.append((n, {first: parts[0], second: parts[1]} | ({"label": parts[2]} if len(parts) == 3 else {})))
         else:
             rec = json.loads(line)
             if first not in rec or second not in rec:
                 raise ValueError(f"{path}:{n}: needs fields {first!r} and {second!r}, has {sorted(rec)}")
-            a, b = rec[first], rec[second]
-        s1.append(a)
-        s2.append(b)
-    if not s1:
+            records.append((n, rec))
+    if not records:
         raise ValueError(f"no sentence pairs in {path}")
-    return tuple(s1), tuple(s2)
+    field = label_field
+    if field is None and all("label" in rec for _, rec in records):
+        field = "label"
+    for n, rec in records:
+        s1.append(rec[first])
+        s2.append(rec[second])
+        if field is not None:
+            if field not in rec:
+                raise ValueError(f"{path}:{n}: label field {field!r} missing (has {sorted(rec)}); give every pair "
+                                 "a label or set the label field to one that every record has")
+            labels.append(_pair_label(rec[field]))
+    return tuple(s1), tuple(s2), (tuple(labels) if field is not None else None)
+
+
+def load_pairs(path: str, first: str = "s1", second: str = "s2") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Sentence pairs from a JSON-lines file with fields ``first``/``second`` or a 2-column TSV
+    (``load_labelled_pairs`` also returns their labels)."""
+    s1, s2, _ = load_labelled_pairs(path, first, second)
+    return s1, s2

@@ -49,7 +49,8 @@ def store_provenance(source: Any) -> StoreProvenance | None:
     if not isinstance(ex, dict):
         return None
     role = meta.get("role", "base")
-    pooled = ex.get("pooling", "none") != "none"
+    # pairs/sequential rows are pooled differences (the extractor pools them even with pooling none)
+    pooled = ex.get("pooling", "none") != "none" or ex.get("mode") in ("pairs", "sequential")
     # a pooled store's rows are texts, not a hook's tokens: there is nothing to splice into a model
     model = None if role == "delta" or pooled else meta.get("model")
     texts = labels = doc_ids = None
@@ -68,6 +69,16 @@ def store_provenance(source: Any) -> StoreProvenance | None:
 
             if labels is None:  # the store keeps its texts' labels (labels.json) even without the corpus
                 labels = read_labels(root)
+            doc_ids = np.asarray(read_positions(root)[0])
+            if doc_ids.shape != (source.n_rows,):
+                doc_ids = None
+    elif ex.get("mode") == "pairs":  # one row per pair; its concept label (if any) is in labels.json
+        root = _root_of(getattr(source, "path", ""))
+        if root is not None:
+            from sae_jax.data.store import read_labels, read_positions
+
+            found = read_labels(root)
+            labels = tuple(found) if found is not None else None
             doc_ids = np.asarray(read_positions(root)[0])
             if doc_ids.shape != (source.n_rows,):
                 doc_ids = None

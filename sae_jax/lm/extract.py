@@ -7,7 +7,7 @@ requested block. Rows go to one zarr3 array per (role, layer, hook) under ``cfg.
     OUT/layer9_resid/               one array (base model only), or with a chat model:
     OUT/base/layer9_resid/, OUT/chat/layer9_resid/, OUT/delta/layer9_resid/   (delta = chat - base)
     OUT/doc_ids/, OUT/token_pos/    int32 per row: source text index and token position
-    OUT/labels.json                 per-text labels, when the text source has them
+    OUT/labels.json                 per-text (per-pair) labels, when the text source has them
 
 Batches are fixed (texts ``[b*B, (b+1)*B)``) and rows are written in full shards with the
 progress recorded after each, so a rerun of the same command resumes at the last written shard
@@ -65,7 +65,7 @@ class ExtractConfig:
     text_field: str = "text"
     """Column holding the text in .jsonl/.csv/.parquet files."""
     label_field: str | None = None
-    """Column holding labels in .jsonl/.csv/.parquet files (stored in labels.json)."""
+    """Column holding labels in .jsonl/.csv/.parquet files (stored in labels.json); with mode=pairs the pair's label field (default: 'label' when every pair has one; a list of concepts is stored as 'a+b')."""
     max_texts: int | None = None
     """Use only the first N texts (or pairs) of the source."""
     layers: tuple[int, ...] = (9,)
@@ -192,14 +192,15 @@ def _tokenize(tokenizer, texts, cfg: ExtractConfig) -> tuple[list[list[int]], li
 def _plan(cfg: ExtractConfig, tokenizer) -> tuple[_Plan, tuple[str, ...] | None, str]:
     pooled = cfg.pool != "none"
     if cfg.mode == "pairs":
-        s1, s2 = text_sources.load_pairs(cfg.text)
+        s1, s2, labels = text_sources.load_labelled_pairs(cfg.text, label_field=cfg.label_field)
         if cfg.max_texts is not None:
             s1, s2 = s1[: cfg.max_texts], s2[: cfg.max_texts]
+            labels = None if labels is None else labels[: cfg.max_texts]
         ids1, keep1 = _tokenize(tokenizer, s1, cfg)
         ids2, keep2 = _tokenize(tokenizer, s2, cfg)
         units = [[a, b] for a, b in zip(ids1, ids2)]
         keeps = [[a, b] for a, b in zip(keep1, keep2)]
-        labels, source = None, f"pairs:{cfg.text}"
+        source = f"pairs:{cfg.text}"
     else:
         data = text_sources.load_text(cfg.text, field=cfg.text_field, label_field=cfg.label_field).head(cfg.max_texts)
         ids, keep = _tokenize(tokenizer, data.texts, cfg)

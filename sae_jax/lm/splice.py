@@ -218,3 +218,43 @@ def unembedding(model: torch.nn.Module) -> np.ndarray:
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding: logit effects need a causal LM")
     return head.weight.detach().to(torch.float32).cpu().numpy()
+
+
+@torch.no_grad()
+def token_set_logodds(
+    model: torch.nn.Module,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    layer: int,
+    hook: str,
+    transform: Transform | None,
+    special_ids: Iterable[int],
+    token_sets: Mapping[str, tuple[Iterable[int], Iterable[int]]],
+) -> dict[str, np.ndarray]:
+    """Per text and per named ``(positive_ids, negative_ids)`` set, the mean over the text's real
+    (non-special) positions of log Σ_{t∈positive} p(t) − log Σ_{t∈negative} p(t) for the next token,
+    with ``transform`` spliced at every real position of ``(layer, hook)`` (None = clean); one
+    forward pass for all sets. ``{name: float64 [B]}``.
+
+    A steering score: e.g. positive = {" she", " her"}, negative = {" he", " his"} for gender."""
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=device)
+    att = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
+    sets = {}
+    for name, (positive, negative) in token_sets.items():
+        pos = torch.as_tensor(sorted(set(int(i) for i in positive)), dtype=torch.long, device=device)
+        neg = torch.as_tensor(sorted(set(int(i) for i in negative)), dtype=torch.long, device=device)
+        if not len(pos) or not len(neg):
+            raise ValueError(f"token set {name!r} needs at least one positive and one negative token id")
+        sets[name] = (pos, neg)
+    with spliced(model, layer, hook) as splice:
+        mask = splice_mask(ids, att, special_ids)
+        splice.mask = mask
+        splice.transform = transform
+        lp = torch.log_softmax(_logits(model, ids, att), dim=-1)
+    m = mask.to(lp.dtype)
+    out = {}
+    for name, (pos, neg) in sets.items():
+        score = torch.logsumexp(lp[..., pos], -1) - torch.logsumexp(lp[..., neg], -1)  # [B, T]
+        out[name] = ((score * m).sum(1) / m.sum(1).clamp(min=1)).double().cpu().numpy()
+    return out

@@ -181,11 +181,10 @@ class SSAE(SSAEConfig):
 
         Folded: per-feature batch input statistics (into W_enc, W_dec, b_dec) and the
         batch-norm code (into W_enc, b_enc). Not folded: the per-row input LayerNorm, which
-        is the runtime ``normalize_activations='layer_norm'`` of the exported cfg.
+        is the runtime ``normalize_activations='layer_norm'`` of the exported cfg, and the
+        LayerNorm over the code (``code_gamma``/``code_beta`` exported beside, architecture
+        'code_layernorm': sae_jax.load reads it, SAELens refuses it).
         """
-        if self.code_norm == "layernorm":
-            raise ValueError("a LayerNorm over the code is not linear and cannot be exported as SAELens "
-                             "weights; train with code_norm='batchnorm' or 'none' to export")
         w_enc, b_enc = params["W_enc"], params["b_enc"]
         w_dec, b_dec = params["W_dec"], params["b_dec"]
         if self.code_norm == "batchnorm":
@@ -197,8 +196,15 @@ class SSAE(SSAEConfig):
             s = jnp.sqrt(state["in_var"] + self.eps)
             b_dec = state["in_mean"] + s * b_dec
             w_enc, w_dec = w_enc / s[:, None], w_dec * s
-        return {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+        out = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+        if self.code_norm == "layernorm":  # not linear: kept as is, applied after the linear pre-code
+            out |= {"code_gamma": params["code_gamma"], "code_beta": params["code_beta"]}
+        return out
 
     def export_cfg(self) -> dict[str, Any]:
-        return {"architecture": "standard" if self.relu else "linear",
-                "normalize_activations": "layer_norm" if self.input_norm == "layernorm" else "none"}
+        norm = {"normalize_activations": "layer_norm" if self.input_norm == "layernorm" else "none"}
+        if self.code_norm == "layernorm":
+            # h = [relu](LayerNorm_latents(pre) * code_gamma + code_beta): sae_jax's own architecture name,
+            # so SAELens refuses the folder instead of silently dropping the code LayerNorm.
+            return {"architecture": "code_layernorm", "code_relu": bool(self.relu), "code_norm_eps": self.eps} | norm
+        return {"architecture": "standard" if self.relu else "linear"} | norm
