@@ -36,7 +36,7 @@ PRESETS = {
     "smoke": dict(model="tiny", layer=1, n_wiki=40, context_length=32, d_sae_mult=2, k=8, sae_steps=40,
                   sae_batch=128, n_controls=3, n_pairs=30, ks=(1, 2, 5), torch_threads=1),
     "cpu": dict(model="smollm2-135m-instruct", layer=9, n_wiki=1500, context_length=64, d_sae_mult=2, k=32,
-                sae_steps=800, sae_batch=512, n_controls=5, n_pairs=None, ks=(1, 2, 5, 10, 20, 50), torch_threads=2),
+                sae_steps=600, sae_batch=512, n_controls=5, n_pairs=None, ks=(1, 2, 5, 10, 20, 50), torch_threads=2),
     # a larger study; needs the weights on the host (not run here)
     "full": dict(model="meta-llama/Llama-3.1-8B", layer=16, n_wiki=200000, context_length=128, d_sae_mult=16, k=64,
                  sae_steps=50000, sae_batch=4096, n_controls=10, n_pairs=None, ks=(1, 2, 5, 10, 20, 50, 100),
