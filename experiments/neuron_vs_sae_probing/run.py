@@ -251,6 +251,26 @@ sentences, are the independent observations; `sae_jax.evals.stats`), at the orig
 """
 
 
+def conclusion(res) -> str:
+    """The study's answer in one paragraph, numbers filled in from results.json."""
+    n, z = res["neurons"], res["sae_latents"]
+    s = lambda r, a, k: r["significance"][a][k]  # noqa: E731
+    better = "neurons" if n["probe"]["heldout_word_accuracy"] > z["probe"]["heldout_word_accuracy"] else "SAE latents"
+    return (
+        f"**Conclusion.** On this layer, gender is read better from {better}. Probes on held-out templates reach "
+        f"{n['probe']['accuracy']:.3f} (neurons) and {z['probe']['accuracy']:.3f} (SAE latents), but random word→label "
+        f"maps reach {n['probe']['control_accuracy']:.3f} and {z['probe']['control_accuracy']:.3f}: selectivity is "
+        f"{n['probe']['selectivity']:.3f} and {z['probe']['selectivity']:.3f}, i.e. with every word seen in training both "
+        f"probes mostly memorise word identity. On unseen words the probes reach {n['probe']['heldout_word_accuracy']:.3f} "
+        f"(neurons) vs {z['probe']['heldout_word_accuracy']:.3f} (latents); the best single unit "
+        f"{n['sparse_heldout_words'][0]:.3f} vs {z['sparse_heldout_words'][0]:.3f}. At the original study's uncorrected "
+        f"α = 1e-5, {s(n, '1e-05', 'n_uncorrected')} of {n['n_units']} neurons and {s(z, '1e-05', 'n_uncorrected')} of "
+        f"{z['n_units']} latents separate the classes; at α = 0.05, {s(n, '0.05', 'n_uncorrected')} neurons / "
+        f"{s(z, '0.05', 'n_uncorrected')} latents uncorrected, {s(n, '0.05', 'n_bonferroni')} / "
+        f"{s(z, '0.05', 'n_bonferroni')} after Bonferroni and {s(n, '0.05', 'n_benjamini_hochberg')} / "
+        f"{s(z, '0.05', 'n_benjamini_hochberg')} after Benjamini-Hochberg.")
+
+
 def write_readme(results, here):
     res = results["cpu"]
     sae = res["sae_heldout"]
@@ -262,7 +282,7 @@ def write_readme(results, here):
              f"trained on {res['n_wiki_tokens']} Wikipedia tokens: held-out FVU {sae['fvu']:.3f}, "
              f"L0 {sae['l0']:.1f}, dead {100 * sae['dead_fraction']:.1f}%; "
              f"L0 on the word rows {res['word_codes_l0']:.1f}.", "",
-             tables(res), "", "![p-values](pvalue_histograms.png)", "", "![k-sparse](sparse_probing.png)", ""]
+             conclusion(res), "", tables(res), "", "![p-values](pvalue_histograms.png)", "", "![k-sparse](sparse_probing.png)", ""]
     disc = here / "discussion.md"
     (here / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
 
