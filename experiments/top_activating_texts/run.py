@@ -39,7 +39,7 @@ PRESETS = {
                   pooled_batch=16, token_batch=128, segment_steps=10, max_segments=4, patience=2,
                   n_show=8, torch_threads=1),
     "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=1200, context_length=64, pooled_d_sae=1152,
-                token_d_sae=2304, pooled_batch=128, token_batch=1024, segment_steps=150, max_segments=8,
+                token_d_sae=2304, pooled_batch=128, token_batch=1024, segment_steps=150, max_segments=6,
                 patience=2, n_show=30, torch_threads=2),
     "full": dict(model="meta-llama/Llama-3.1-8B", layer=16, n_texts=200000, context_length=256, pooled_d_sae=16384,
                  token_d_sae=65536, pooled_batch=1024, token_batch=4096, segment_steps=2000, max_segments=50,
