@@ -347,6 +347,11 @@ shown latents, next to the same for 5 random texts (a baseline, not a label).
 
 
 def write_readme(results):
+    if "cpu" not in results:  # no run yet: the README says so instead of showing numbers
+        (HERE / "README.md").write_text(README_HEAD + "\n## Results (cpu preset)\n\n**Not run yet.** The cpu preset "
+                                        "has not been run on this branch; run the command above (under the shared "
+                                        "lock) to write `results.json`, the plots and this section.\n")
+        return
     res, params = results["cpu"], results["params"]
     lines = [README_HEAD, "## Results (cpu preset)", "",
              f"Run {res['date']} at commit `{res['commit']}` on the 2-core CPU machine: "
