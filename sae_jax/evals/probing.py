@@ -2,7 +2,8 @@
 
 - accuracy of a probe on a held-out split;
 - selectivity (Hewitt & Liang): accuracy minus the accuracy on control tasks whose labels
-  are shuffled at the same class frequencies, averaged over several controls;
+  are shuffled at the same class frequencies, averaged over several controls (row-level shuffles, or
+  type-level random label maps shared by train and test rows: ``control_task_selectivity``);
 - k-sparse probing: the k units with the largest standardised class difference (Cohen's d) on the
   training split, a probe on those k only, swept over k.
 
@@ -59,6 +60,43 @@ def selectivity(X_train, y_train, X_test, y_test, n_controls: int = 5, seed: int
         for _ in range(n_controls)
     ]
     return {"accuracy": acc, "control_accuracy": float(np.mean(controls)), "selectivity": acc - float(np.mean(controls))}
+
+
+def type_control_labels(types, y, rng: np.random.Generator) -> np.ndarray:
+    """A Hewitt & Liang control task: each word type gets one random label, drawn by permuting the types'
+    own labels (the same class frequencies over types), and every row of that type carries it.
+
+    ``y`` must be constant within a type (the real task is a property of the word)."""
+    types, y = np.asarray(types), np.asarray(y)
+    if types.shape != y.shape:
+        raise ValueError(f"types {types.shape} and labels {y.shape} must have one entry per row")
+    uniq, inv = np.unique(types, return_inverse=True)
+    first = np.zeros(uniq.size, dtype=np.int64)
+    first[inv[::-1]] = np.arange(len(inv))[::-1]  # first row of each type
+    type_y = y[first]
+    if (type_y[inv] != y).any():
+        raise ValueError("labels differ between rows of the same type; a type-level control task needs "
+                         "one label per type")
+    return rng.permutation(type_y)[inv]
+
+
+def control_task_selectivity(X_train, y_train, types_train, X_test, y_test, types_test, n_controls: int = 5,
+                             seed: int = 0, C: float = 1.0) -> dict[str, Any]:
+    """Selectivity against type-level control tasks (Hewitt & Liang 2019): accuracy on the real task minus
+    the mean accuracy on ``n_controls`` random type→label maps, each map shared by train and test rows.
+
+    A probe that memorises word identity scores well on a control task too; a selective one does not."""
+    acc = probe_accuracy(X_train, y_train, X_test, y_test, C=C)
+    types = np.concatenate([np.asarray(types_train), np.asarray(types_test)])
+    y = np.concatenate([np.asarray(y_train), np.asarray(y_test)])
+    rng = np.random.default_rng(seed)
+    n_tr = len(y_train)
+    controls = []
+    for _ in range(n_controls):
+        z = type_control_labels(types, y, rng)
+        controls.append(probe_accuracy(X_train, z[:n_tr], X_test, z[n_tr:], C=C))
+    return {"accuracy": acc, "control_accuracies": [float(c) for c in controls],
+            "control_accuracy": float(np.mean(controls)), "selectivity": acc - float(np.mean(controls))}
 
 
 def _column_means(X, mask) -> np.ndarray:

@@ -1,0 +1,33 @@
+"""The top-activating-texts experiment's smoke preset end to end (tiny random Llama): wiring, not science."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_preset_writes_finite_results(tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/top_activating_texts/run.py"), "--preset", "smoke",
+                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())["smoke"]
+    for name in (res["pca_plot"], res["curves_plot"]):
+        assert (tmp_path / name).stat().st_size > 1000
+    for name in ("pooled", "token"):
+        r = res[name]
+        assert r["curve"] and all(np.isfinite([c["val_loss"], c["fvu"], c["l0"], c["near_zero"]]).all() for c in r["curve"])
+        assert all(c["exact_zero"] <= c["near_zero"] <= 1 for c in r["curve"])
+        assert r["curve"][r["best_segment"]]["val_loss"] == min(c["val_loss"] for c in r["curve"][: r["best_segment"] + 1])
+        b = r["browser"]
+        assert (tmp_path / b["page"]).exists()
+        shown = set(b["top5"])
+        assert shown and not shown & {str(j) for j in b["dead_latents"]}  # dead latents never interpreted
+        assert all(1 <= len(v) <= 5 for v in b["top5"].values())
