@@ -316,6 +316,10 @@ def tables(res, params) -> str:
               f"`{res[name]['browser']['page']}`; first 90 characters, topic in brackets):", ""]
         for j, items in list(res[name]["browser"]["top5"].items())[:6]:
             L.append(f"- latent {j}: " + " · ".join(f"[{it['topic']}] {it['text'][:90]!r}" for it in items))
+        sets = [tuple(it["text"] for it in items) for items in res[name]["browser"]["top5"].values()]
+        largest = max(sets.count(t) for t in set(sets)) if sets else 0
+        L += ["", f"Distinct top-5 text sets among these {len(sets)} latents: {len(set(sets))} (the largest group of "
+              f"latents sharing one set: {largest})."]
     return "\n".join(L)
 
 
