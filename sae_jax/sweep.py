@@ -41,7 +41,7 @@ from sae_jax.train_state import create_state, restore_state
 from sae_jax.train_step import make_step_fn, make_train_step
 from sae_jax.trainer import (IN_MEMORY, TrainingError, TrainResult, _check_config, _check_crosscoder_pair,
                              _check_data_width, _check_transcoder_split, _host_metrics, _MetricsLog, _resample,
-                             _set_aside_stale_export, _StopFlag, _stopped_message, input_statistics)
+                             _set_aside_stale_export, _StopFlag, input_statistics)
 
 # What every member must share: the rows, their order and the batch layout (one loader for all).
 _DATA_PER_MEMBER = ("normalize", "n_stat_rows", "whiten", "whiten_eps", "verify")  # member-side preprocessing
@@ -292,7 +292,9 @@ def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = No
             finally:
                 batches.close()
     except KeyboardInterrupt:
-        raise Interrupted(_stopped_message("interrupted (Ctrl-C)", _min_saved(members), Path("sweep")), 130) from None
+        saved = ", ".join(f"{m.run_dir} at step {m.saved_step}" for m in members if m.saved_step is not None)
+        raise Interrupted(f"sweep interrupted (Ctrl-C): latest checkpoints {saved or 'none'}; rerun the same "
+                          "command to resume", 130) from None
     finally:
         if bar is not None:
             bar.close()
@@ -347,11 +349,6 @@ def _member_cadence(g: _Group, i: int, m: _Member, done: int, source, stopping: 
         if m.error is None:
             m.ckpt.save(done, g.member_state(i))
             m.saved_step = done
-
-
-def _min_saved(members: list[_Member]) -> int | None:
-    saved = [m.saved_step for m in members if m.saved_step is not None]
-    return min(saved) if saved else None
 
 
 def member_configs(base: TrainConfig, overrides: list[dict[str, Any]]) -> list[TrainConfig]:

@@ -70,6 +70,7 @@ def test_sweep_equals_separate_runs_and_stacks_alike_members(tmp_path, solo, mon
         assert got | {"run_dir": ""} == ref | {"run_dir": ""}
 
 
+@pytest.mark.slow  # several compiles: 5-12 s
 def test_stopped_sweep_resumes_to_the_same_exports(tmp_path, solo):
     train_sweep(_members(tmp_path, steps=13))  # a step limit between checkpoints, as a kill would leave it
     assert all((tmp_path / n / "export").exists() for n in "abcd")
@@ -82,6 +83,7 @@ def test_stopped_sweep_resumes_to_the_same_exports(tmp_path, solo):
         assert steps == sorted(set(steps)) and steps[-1] == 20
 
 
+@pytest.mark.slow  # several compiles: 5-12 s
 def test_finished_member_is_reused_not_retrained(tmp_path, solo):
     members = _members(tmp_path)[:3]
     train(members[2])  # member c finished alone before the sweep
@@ -94,13 +96,18 @@ def test_finished_member_is_reused_not_retrained(tmp_path, solo):
     _assert_exports_close(solo / "a" / "export", results[0].export_dir)
 
 
-def test_in_memory_source_and_a_member_alone_later(tmp_path):
-    """A sweep member is an ordinary run dir: `train` on its config resumes it (here: to more steps)."""
-    cfg = tiny_config(tmp_path / "x", architecture="batchtopk")
+@pytest.mark.slow  # several compiles: 5-12 s
+def test_in_memory_source_stacked_l1_coefficients_and_a_member_alone_later(tmp_path):
+    """ReLU members differing in seed and L1 coefficient are stacked and equal their solo runs; a sweep
+    member is an ordinary run dir: `train` on its config resumes it (here: to more steps)."""
+    cfg = tiny_config(tmp_path / "x", architecture="relu")
     source = open_source(cfg.data)
-    a, b = member_configs(dataclasses.replace(cfg, steps=10), [{"seed": 0}, {"seed": 2}])
+    a, b = member_configs(dataclasses.replace(cfg, steps=10),
+                          [{"sae.sparsity_coef": 0.05}, {"seed": 2, "sae.sparsity_coef": 0.2}])
     train_sweep([a, b], source=source)
     assert json.loads((tmp_path / "x" / "0" / "export" / "cfg.json").read_text())["metadata"]["in_memory_source"]
+    alone = train(dataclasses.replace(b, run_dir=str(tmp_path / "alone")), source=source)
+    _assert_exports_close(alone.export_dir, tmp_path / "x" / "1" / "export")
     r = train(dataclasses.replace(b, steps=20), source=source)
     assert int(r.state.step) == 20
 
@@ -127,6 +134,7 @@ def test_bad_sweep_files_are_refused(tmp_path):
         member_configs(base, {"sae.k": 3})
 
 
+@pytest.mark.slow  # several compiles: 5-12 s
 def test_cli_sweep(tmp_path):
     from sae_jax.cli import main
 
