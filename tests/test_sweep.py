@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sae_jax.config import ConfigError
+from sae_jax.config import ConfigError, HeldoutEvalConfig
 from sae_jax.data.open import open_source
 from sae_jax.export import load_sae
 from sae_jax.sweep import _Group, member_configs, train_sweep
@@ -100,7 +100,8 @@ def test_finished_member_is_reused_not_retrained(tmp_path, solo):
 def test_in_memory_source_stacked_l1_coefficients_and_a_member_alone_later(tmp_path):
     """ReLU members differing in seed and L1 coefficient are stacked and equal their solo runs; a sweep
     member is an ordinary run dir: `train` on its config resumes it (here: to more steps)."""
-    cfg = tiny_config(tmp_path / "x", architecture="relu")
+    cfg = dataclasses.replace(tiny_config(tmp_path / "x", architecture="relu"),
+                              eval=HeldoutEvalConfig(every=5, n_rows=512))
     source = open_source(cfg.data)
     a, b = member_configs(dataclasses.replace(cfg, steps=10),
                           [{"sae.sparsity_coef": 0.05}, {"seed": 2, "sae.sparsity_coef": 0.2}])
@@ -108,6 +109,10 @@ def test_in_memory_source_stacked_l1_coefficients_and_a_member_alone_later(tmp_p
     assert json.loads((tmp_path / "x" / "0" / "export" / "cfg.json").read_text())["metadata"]["in_memory_source"]
     alone = train(dataclasses.replace(b, run_dir=str(tmp_path / "alone")), source=source)
     _assert_exports_close(alone.export_dir, tmp_path / "x" / "1" / "export")
+    heldout = [[(l["step"], l["heldout/fvu"]) for l in map(json.loads, open(d / "metrics.jsonl")) if "heldout/fvu" in l]
+               for d in (tmp_path / "alone", tmp_path / "x" / "1")]
+    assert [s for s, _ in heldout[1]] == [5, 10]
+    np.testing.assert_allclose([v for _, v in heldout[1]], [v for _, v in heldout[0]], rtol=1e-4)
     r = train(dataclasses.replace(b, steps=20), source=source)
     assert int(r.state.step) == 20
 
@@ -147,3 +152,33 @@ def test_cli_sweep(tmp_path):
         cfg = json.loads((tmp_path / "runs" / str(i) / "config.json").read_text())
         assert cfg["sae"]["k"] == k and cfg["steps"] == 4
         assert (tmp_path / "runs" / str(i) / "export" / "cfg.json").exists()
+
+
+@pytest.mark.slow  # several compiles: ~8 s
+def test_sigterm_saves_every_member_and_rerun_equals_separate_runs(tmp_path, solo, monkeypatch):
+    """The trainer's stop mechanism: SIGTERM mid-sweep saves every member at one step and exits 143;
+    the same call again resumes them to the exports trained alone."""
+    import os
+    import signal
+
+    from sae_jax.errors import Interrupted
+
+    members = _members(tmp_path)[1:3]  # b (alone in its group now) and c
+    real_step, calls = _Group.step, []
+
+    def step(self, batch):
+        calls.append(1)
+        if len(calls) == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(_Group, "step", step)
+    with pytest.raises(Interrupted, match="SIGTERM") as err:
+        train_sweep(members)
+    assert err.value.exit_code == 143
+    saved = [sorted(int(p.name) for p in (tmp_path / n / "checkpoints").iterdir() if p.name.isdigit()) for n in "bc"]
+    assert saved[0] == saved[1] and 10 > saved[0][-1] > 4  # one step for all, before the first checkpoint cadence
+    assert not (tmp_path / "b" / "export").exists()
+    monkeypatch.setattr(_Group, "step", real_step)
+    for r, name in zip(train_sweep(members), "bc"):
+        _assert_exports_close(solo / name / "export", r.export_dir, exact=True)
