@@ -75,7 +75,9 @@ def _stack_key(cfg: TrainConfig, arch, start: int) -> str | None:
     """Members with equal keys have states of one structure and one static step: they can be stacked.
     The seed (init), peak lr and sparsity coefficient are per member (traced); None: never stacked."""
     if cfg.sae.architecture == "ssae" or cfg.sae.resample_every or type(arch).__name__.startswith("Sparse"):
-        return None  # constrained optimizer / host-side resampling / sparse kernels: stepped in turn
+        # constrained optimizer / host-side resampling / sparse TopK kernels (their ffi_call has no vmap
+        # rule): stepped in turn. Dictionary-sharded meshes stack (checked on a (4, 2) mesh).
+        return None
     d = cfg.to_dict()
     d["run_dir"], d["seed"], d["checkpoint"], d["log"], d["eval"] = "", 0, {}, {}, {}
     d["optim"]["lr"] = None
