@@ -17,7 +17,7 @@ commands:
   ssae [--a.b value ...]           the same as `train ssae`: a sparse shift autoencoder (constrained sparsity)
   sweep PRESET --members FILE [--a.b value ...]
                                    train many SAEs on one pass over the data: FILE is a JSON/YAML list of
-                                   per-member overrides of the preset, e.g. [{"sae.k": 16}, {"sae.k": 32}]
+                                   per-member overrides of the preset, e.g. [{{"sae.k": 16}}, {{"sae.k": 32}}]
   export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
 {extra}
 `sae-jax COMMAND --help` lists every option with its documentation. Errors print one line;
