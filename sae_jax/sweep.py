@@ -236,6 +236,10 @@ def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = No
         else:
             by_key.setdefault(key, []).append(m)
     groups += [_Group(ms) for ms in by_key.values()]
+    if groups and jax.process_index() == 0:
+        plan = "; ".join(("stacked " if g.stacked else "") + ", ".join(str(m.run_dir) for m in g.members)
+                         for g in groups)
+        print(f"sweep: {len(active)} members to train in {len(groups)} step programs: {plan}", file=sys.stderr)
 
     loader = BatchLoader(source, configs[0].data.batch_size, configs[0].data.seed,
                          batch_sharding(members[0].pieces.mesh))
