@@ -390,7 +390,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}".replace("-", "_")
-        if isinstance(value, dict) and name not in ("",):
+        if isinstance(value, dict):
             out |= _flatten(value, name + ".")
         else:
             out[name] = value
