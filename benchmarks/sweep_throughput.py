@@ -1,5 +1,5 @@
-"""Tokens/s per member: a 4-member sweep (one data pass, alike members stacked in one vmapped step)
-vs the same 4 members trained one after another with `train`. Small CPU sizes (under a minute).
+"""Tokens/s per member: a 4-member sweep (one data pass; alike members stacked in one vmapped step, or
+with stack=False stepped in turn) vs the same 4 members trained one after another with `train`. Small CPU sizes (under a minute).
 
     flock /work/heavy.lock python benchmarks/sweep_throughput.py [--out benchmarks/results_sweep_throughput.json]
 
@@ -55,6 +55,11 @@ def main() -> None:
         train_sweep(cfgs, source=source)
         sweep_wall = time.perf_counter() - t0
         sweep_steady = [last_rate(Path(c.run_dir)) for c in cfgs]
+        turn = [dataclasses.replace(c, run_dir=f"{tmp}/turn/{i}") for i, c in enumerate(cfgs)]
+        t0 = time.perf_counter()
+        train_sweep(turn, source=source, stack=False)
+        turn_wall = time.perf_counter() - t0
+        turn_steady = [last_rate(Path(c.run_dir)) for c in turn]
         solo_wall, solo_steady = 0.0, []
         for i, c in enumerate(cfgs):
             c = dataclasses.replace(c, run_dir=f"{tmp}/solo/{i}")
@@ -70,6 +75,8 @@ def main() -> None:
                   "devices": jax.device_count(), "cpu_count": os.cpu_count(), "machine": platform.machine()},
         "sweep": {"wall_s": sweep_wall, "tokens_per_s_per_member": tokens / sweep_wall,
                   "steady_tokens_per_s_per_member": sweep_steady},
+        "sweep_in_turn": {"wall_s": turn_wall, "tokens_per_s_per_member": tokens / turn_wall,
+                          "steady_tokens_per_s_per_member": turn_steady},
         "separate": {"wall_s": solo_wall, "tokens_per_s_per_member": tokens * n / solo_wall,
                      "steady_tokens_per_s_per_member": solo_steady},
         "speedup_wall": solo_wall / sweep_wall,

@@ -15,7 +15,7 @@ USAGE = """usage: sae-jax COMMAND [options]
 commands:
   train PRESET [--a.b value ...]   train (or resume) an SAE; presets: {presets}
   ssae [--a.b value ...]           the same as `train ssae`: a sparse shift autoencoder (constrained sparsity)
-  sweep PRESET --members FILE [--a.b value ...]
+  sweep PRESET --members FILE [--no-stack] [--a.b value ...]
                                    train many SAEs on one pass over the data: FILE is a JSON/YAML list of
                                    per-member overrides of the preset, e.g. [{{"sae.k": 16}}, {{"sae.k": 32}}]
   export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
@@ -88,10 +88,12 @@ def _sweep(args: Sequence[str]) -> None:
         raise ConfigError("--members needs a file path")
     path = args[i + 1]
     del args[i:i + 2]
+    stack = "--no-stack" not in args  # step every member in turn (no vmap)
+    args = [a for a in args if a != "--no-stack"]
     if not args or args[0].startswith("-"):
         args = ["topk", *args]
     base = tyro.extras.overridable_config_cli(table, args=args, prog="sae-jax sweep")
-    for result in train_sweep(member_configs(base, load_members(path))):
+    for result in train_sweep(member_configs(base, load_members(path)), stack=stack):
         print(f"\n{result.run_dir}:", end="")
         print_summary(result.metrics, result.export_dir)
 

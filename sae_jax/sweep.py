@@ -206,11 +206,14 @@ def _export(m: _Member, state, in_memory: bool) -> Path:
                         layer_norm=cfg.data.normalize == "layernorm")
 
 
-def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = None) -> list[TrainResult]:
+def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = None,
+                stack: bool = True) -> list[TrainResult]:
     """Train (or resume) every member of a sweep with one pass over the shared data; one TrainResult
     per member, in order. A member whose run already finished is reused (its export is written only if
     missing). Members that diverge are dropped (their last good checkpoint kept) while the others go
-    on; a TrainingError naming them is raised at the end.
+    on; a TrainingError naming them is raised at the end. ``stack=False`` steps every member in turn
+    with the trainer's own step (bit for bit a solo run; on CPU faster than the vmapped step, see
+    benchmarks/results_sweep_throughput.json).
     """
     distributed.maybe_initialize()
     configs = list(configs)
@@ -230,7 +233,7 @@ def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = No
     groups: list[_Group] = []
     by_key: dict[str, list[_Member]] = {}
     for m in active:
-        key = _stack_key(m.cfg, m.pieces.arch, m.start)
+        key = _stack_key(m.cfg, m.pieces.arch, m.start) if stack else None
         if key is None:
             groups.append(_Group([m]))
         else:

@@ -147,7 +147,7 @@ def test_cli_sweep(tmp_path):
     members.write_text(json.dumps([{"sae.k": 4}, {"sae.k": 8, "seed": 1}]))
     main(["sweep", "tiny", "--members", str(members), "--run-dir", str(tmp_path / "runs"), "--steps", "4",
           "--data.synthetic-n-rows", "4096", "--data.batch-size", "128", "--sae.d-sae", "32",
-          "--log.no-progress"])
+          "--log.no-progress", "--no-stack"])
     for i, k in ((0, 4), (1, 8)):
         cfg = json.loads((tmp_path / "runs" / str(i) / "config.json").read_text())
         assert cfg["sae"]["k"] == k and cfg["steps"] == 4
