@@ -3,9 +3,10 @@ with stack=False stepped in turn) vs the same 4 members trained one after anothe
 
     flock /work/heavy.lock python benchmarks/sweep_throughput.py [--out benchmarks/results_sweep_throughput.json]
 
-Wall times include compilation and input statistics (what a user waits for); `steady` rates are the
-trainer's own tokens_per_s of the last metrics line (timed from the first step, compile included only
-in the first step).
+Wall times include compilation and input statistics (what a user waits for); tokens_per_s_per_member
+= one member's tokens / the wall time to train all members (separate runs run one after another).
+`steady` rates are the trainer's own tokens_per_s of the last metrics line while that run or sweep
+steps (a separate run has the machine to itself: divide by the member count to compare).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def main() -> None:
                   "steady_tokens_per_s_per_member": sweep_steady},
         "sweep_in_turn": {"wall_s": turn_wall, "tokens_per_s_per_member": tokens / turn_wall,
                           "steady_tokens_per_s_per_member": turn_steady},
-        "separate": {"wall_s": solo_wall, "tokens_per_s_per_member": tokens * n / solo_wall,
+        "separate": {"wall_s": solo_wall, "tokens_per_s_per_member": tokens / solo_wall,
                      "steady_tokens_per_s_per_member": solo_steady},
         "speedup_wall": solo_wall / sweep_wall,
     }
