@@ -15,6 +15,9 @@ USAGE = """usage: sae-jax COMMAND [options]
 commands:
   train PRESET [--a.b value ...]   train (or resume) an SAE; presets: {presets}
   ssae [--a.b value ...]           the same as `train ssae`: a sparse shift autoencoder (constrained sparsity)
+  sweep PRESET --members FILE [--no-stack] [--a.b value ...]
+                                   train many SAEs on one pass over the data: FILE is a JSON/YAML list of
+                                   per-member overrides of the preset, e.g. [{{"sae.k": 16}}, {{"sae.k": 32}}]
   export --run-dir DIR [--out DIR] re-export a run's latest checkpoint in SAELens format
 {extra}
 `sae-jax COMMAND --help` lists every option with its documentation. Errors print one line;
@@ -62,6 +65,37 @@ def _train(args: Sequence[str]) -> None:
     cfg = tyro.extras.overridable_config_cli(table, args=list(args), prog="sae-jax train")
     result = train(cfg)
     print_summary(result.metrics, result.export_dir)
+
+
+def _sweep(args: Sequence[str]) -> None:
+    """`sae-jax sweep PRESET --members FILE [--a.b value ...]`: the options set the base config shared
+    by every member (and their data stream); FILE lists each member's overrides."""
+    from sae_jax.config import ConfigError, presets
+    from sae_jax.sweep import load_members, member_configs, train_sweep
+
+    table = presets()
+    args = list(args)
+    if "--members" not in args:
+        if any(a in ("-h", "--help") for a in args):
+            print("usage: sae-jax sweep PRESET --members FILE [--a.b value ...]  (FILE: a JSON/YAML list of "
+                  'member overrides such as [{"sae.k": 16, "run_dir": "runs/k16"}, {"sae.k": 32}]; '
+                  "options as for `sae-jax train`)")
+            return
+        raise ConfigError("sae-jax sweep needs --members FILE: a JSON (or YAML) list of member overrides, "
+                          'e.g. [{"sae.k": 16}, {"sae.k": 32, "seed": 1}]')
+    i = args.index("--members")
+    if i + 1 >= len(args):
+        raise ConfigError("--members needs a file path")
+    path = args[i + 1]
+    del args[i:i + 2]
+    stack = "--no-stack" not in args  # step every member in turn (no vmap)
+    args = [a for a in args if a != "--no-stack"]
+    if not args or args[0].startswith("-"):
+        args = ["topk", *args]
+    base = tyro.extras.overridable_config_cli(table, args=args, prog="sae-jax sweep")
+    for result in train_sweep(member_configs(base, load_members(path)), stack=stack):
+        print(f"\n{result.run_dir}:", end="")
+        print_summary(result.metrics, result.export_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _dispatch(argv: list[str]) -> None:
     from sae_jax.config import presets
 
-    commands: dict[str, Callable] = {"train": _train, "export": _export,
+    commands: dict[str, Callable] = {"train": _train, "export": _export, "sweep": _sweep,
                                      "ssae": lambda args: _train(["ssae", *args])}
     commands |= {name: _lazy(name, spec) for name, spec in _COMMANDS.items()}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
