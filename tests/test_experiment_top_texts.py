@@ -11,7 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_smoke_preset_writes_finite_results(tmp_path):
     pytest.importorskip("torch")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
