@@ -32,16 +32,15 @@ from sae_jax.data.loader import BatchLoader
 from sae_jax.data.open import open_source, training_rows
 from sae_jax.data.source import ActivationSource
 from sae_jax.errors import Interrupted
-from sae_jax.export import export_state, state_sae
+from sae_jax.export import state_sae
 from sae_jax.heldout import HeldoutEval
 from sae_jax.mesh import batch_sharding, replicated
 from sae_jax.optim import make_optimizer
 from sae_jax.resample import ResampleConfig
-from sae_jax.train_state import create_state, restore_state
 from sae_jax.train_step import make_step_fn, make_train_step
-from sae_jax.trainer import (IN_MEMORY, TrainingError, TrainResult, _check_config, _check_crosscoder_pair,
-                             _check_data_width, _check_transcoder_split, _host_metrics, _MetricsLog, _resample,
-                             _set_aside_stale_export, _StopFlag, input_statistics)
+from sae_jax.trainer import (TrainingError, TrainResult, _check_crosscoder_pair, _check_transcoder_split,
+                             _host_metrics, _MetricsLog, _resample, _set_aside_stale_export, _StopFlag, export_run,
+                             input_statistics, open_run)
 
 # What every member must share: the rows, their order and the batch layout (one loader for all).
 _DATA_PER_MEMBER = ("normalize", "n_stat_rows", "whiten", "whiten_eps", "verify")  # member-side preprocessing
@@ -170,40 +169,18 @@ def _prepare(cfg: TrainConfig, index: int, source, in_memory: bool, stats_cache:
     pieces = assemble(cfg, d_in)
     _check_transcoder_split(pieces.arch, source)
     _check_crosscoder_pair(pieces.arch, source)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(str(run_dir / "checkpoints"), cfg.checkpoint)
-    latest = ckpt.latest_step()
-    if latest is None:
-        if jax.process_index() == 0:
-            (run_dir / "config.json").write_text(cfg.to_json())
-            (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in, "in_memory_source": in_memory}))
-        key = None if cfg.sae.architecture == "ssae" else json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-        if key is None or key not in stats_cache:  # members with the same data settings share the sample
-            stats = input_statistics(source, cfg, pieces.arch)
-            if key is not None:
-                stats_cache[key] = stats
-        b_dec, scale, whitening = stats if key is None else stats_cache[key]
-        state = create_state(pieces.arch, pieces.optimizer, d_in, cfg.sae.d_sae, pieces.mesh, cfg.seed,
-                             b_dec, scale, whitening)
-    else:
-        if not cfg.checkpoint.resume:
-            raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new run_dir for that "
-                              "member to start over, or drop checkpoint.resume False to resume")
-        _check_config(run_dir, cfg)
-        _check_data_width(run_dir, d_in)
-        state, latest = ckpt.restore_latest(lambda step: restore_state(ckpt, step, pieces.abstract),
-                                            lambda restored: restored.params)
+    key = None if cfg.sae.architecture == "ssae" else json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+
+    def statistics():  # members with the same data settings share the sample
+        if key is None:
+            return input_statistics(source, cfg, pieces.arch)
+        if key not in stats_cache:
+            stats_cache[key] = input_statistics(source, cfg, pieces.arch)
+        return stats_cache[key]
+
+    ckpt, state, latest = open_run(cfg, pieces, source, in_memory, statistics,
+                                   resume_hint="run_dir for that member")
     return _Member(index, cfg, pieces, ckpt, state, int(state.step), latest)
-
-
-def _export(m: _Member, state, in_memory: bool) -> Path:
-    """The export ``train`` writes at the end of a run (same metadata)."""
-    cfg = m.cfg
-    return export_state(m.run_dir / "export", m.pieces.arch, state,
-                        {"config": cfg.to_dict(), "steps": cfg.steps, "target_steps": cfg.steps}
-                        | (IN_MEMORY if in_memory else {}),
-                        layer_norm=cfg.data.normalize == "layernorm")
 
 
 def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = None,
@@ -326,7 +303,7 @@ def train_sweep(configs: list[TrainConfig], source: ActivationSource | None = No
         export_dir = None
         if m.error is None and int(state.step) == steps:
             done_before = m.start == steps and (m.run_dir / "export" / "cfg.json").exists()
-            export_dir = m.run_dir / "export" if done_before else _export(m, state, in_memory)
+            export_dir = m.run_dir / "export" if done_before else export_run(m.run_dir, m.pieces.arch, state, m.cfg, in_memory)
         results.append(TrainResult(state=state, arch=m.pieces.arch, metrics=m.last, run_dir=m.run_dir,
                                    export_dir=export_dir))
     failed = [m for m in members if m.error is not None]

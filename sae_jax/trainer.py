@@ -311,6 +311,40 @@ def _stopped_message(why: str, saved_step: int | None, run_dir: Path) -> str:
     return f"{why}: saved step {saved_step} in {run_dir}; rerun the same command to resume (no export yet)"
 
 
+def open_run(cfg: TrainConfig, pieces, source, in_memory: bool, statistics, resume_hint: str = "--run-dir"):
+    """(checkpointer, state, latest saved step) of ``cfg.run_dir``: a fresh state (config.json and
+    data_width.json written; ``statistics()`` gives b_dec, input scale and whitening) or the latest
+    intact checkpoint, after checking the run's config and data width."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(str(run_dir / "checkpoints"), cfg.checkpoint)
+    latest = ckpt.latest_step()
+    if latest is None:
+        if jax.process_index() == 0:
+            (run_dir / "config.json").write_text(cfg.to_json())
+            (run_dir / "data_width.json").write_text(json.dumps({"d_in": source.d_in, "in_memory_source": in_memory}))
+        b_dec, scale, whitening = statistics()
+        state = create_state(pieces.arch, pieces.optimizer, source.d_in, cfg.sae.d_sae, pieces.mesh, cfg.seed,
+                             b_dec, scale, whitening)
+        return ckpt, state, latest
+    if not cfg.checkpoint.resume:
+        raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new "
+                          f"{resume_hint} to start over, or drop --checkpoint.resume False to resume")
+    _check_config(run_dir, cfg)
+    _check_data_width(run_dir, source.d_in)
+    state, latest = ckpt.restore_latest(lambda step: restore_state(ckpt, step, pieces.abstract),
+                                        lambda restored: restored.params)
+    return ckpt, state, latest
+
+
+def export_run(run_dir: Path, arch, state, cfg: TrainConfig, in_memory: bool) -> Path:
+    """The export a run writes when it reaches its --steps (config and step counts in its metadata)."""
+    return export_state(run_dir / "export", arch, state,
+                        {"config": cfg.to_dict(), "steps": cfg.steps, "target_steps": cfg.steps}
+                        | (IN_MEMORY if in_memory else {}),
+                        layer_norm=cfg.data.normalize == "layernorm")
+
+
 def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns the final state and metrics.
 
@@ -331,23 +365,7 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
     heldout = HeldoutEval(cfg, full) if cfg.eval.every else None  # its model loads before any training
 
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(str(run_dir / "checkpoints"), cfg.checkpoint)
-    latest = ckpt.latest_step()
-    if latest is None:
-        if jax.process_index() == 0:
-            (run_dir / "config.json").write_text(cfg.to_json())
-            (run_dir / "data_width.json").write_text(json.dumps({"d_in": d_in, "in_memory_source": in_memory}))
-        b_dec, scale, whitening = input_statistics(source, cfg, arch)
-        state = create_state(arch, optimizer, d_in, d_sae, mesh, cfg.seed, b_dec, scale, whitening)
-    else:
-        if not cfg.checkpoint.resume:
-            raise ConfigError(f"{run_dir} already has checkpoints (step {latest}); pass a new "
-                              "--run-dir to start over, or drop --checkpoint.resume False to resume")
-        _check_config(run_dir, cfg)
-        _check_data_width(run_dir, d_in)
-        state, latest = ckpt.restore_latest(lambda step: restore_state(ckpt, step, pieces.abstract),
-                                            lambda restored: restored.params)
+    ckpt, state, latest = open_run(cfg, pieces, source, in_memory, lambda: input_statistics(source, cfg, arch))
 
     step_fn = make_train_step(cfg, arch, optimizer, mesh, pieces.shardings)
     loader = BatchLoader(source, cfg.data.batch_size, cfg.data.seed, batch_sharding(mesh))
@@ -417,8 +435,5 @@ def train(cfg: TrainConfig, source: ActivationSource | None = None) -> TrainResu
 
     export_dir = None
     if int(state.step) == cfg.steps:  # every process joins the gather; process 0 writes
-        export_dir = export_state(run_dir / "export", arch, state,
-                                  {"config": cfg.to_dict(), "steps": cfg.steps, "target_steps": cfg.steps}
-                                  | (IN_MEMORY if in_memory else {}),
-                                  layer_norm=cfg.data.normalize == "layernorm")
+        export_dir = export_run(run_dir, arch, state, cfg, in_memory)
     return TrainResult(state=state, arch=arch, metrics=last, run_dir=run_dir, export_dir=export_dir)
