@@ -89,9 +89,15 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     pre = jnp.dot(xc.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
     vals, idx = _global_topk(pre, b_enc.astype(jnp.float32), k, method)
     x_hat0 = _decode(vals, idx, W_dec, split)
-    b = x.shape[0]
+    return (x_hat0, vals, idx, *_aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, k_aux=k_aux,
+                                            method=method, split=split))
+
+
+def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method, split):
+    """(e_hat, values, indices) of AuxK: the k_aux largest pre-activations among dead latents."""
+    b = pre.shape[0]
     if not k_aux:
-        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
+        return jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
 
     def aux(_):
         bias = jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32)
@@ -101,28 +107,38 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     def none(_):
         return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
 
-    e_hat, av, ai = lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
-    return x_hat0, vals, idx, e_hat, av, ai
+    return lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
 
 
 def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
-    f, d = W_dec.shape
-    native = _native()
     xc = (x - b_dec).astype(jnp.float32)
     if split:  # every shard's selections need the whole [b, d] output gradients
         g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=0, tiled=True) for g in (g_xhat, g_ehat))
+    part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec)
+    acc, g_x = part(g_xhat, g_vals, vals, idx, _zero_acc(W_dec))
+    return _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux)
 
-    def part(g_out, g_direct, v, i, acc):
-        lv, li, mine = _owned(v, i, f)
-        # the native kernel skips index -1; the pure-JAX scatters add lv = 0 at row 0 instead
-        kernel_idx = jnp.where(mine, li, -1) if native else li
-        *acc, gp = _accumulate(*acc, lv, kernel_idx, xc, g_out.astype(jnp.float32),
-                               jnp.where(mine, g_direct, 0.0).astype(jnp.float32), W_dec, native)
-        return acc, _gather_combine(gp, li, W_enc.T)
 
-    acc = (jnp.zeros((d, f) if native else (f, d), jnp.float32), jnp.zeros((f, d), jnp.float32),
-           jnp.zeros((f,), jnp.float32))
-    acc, g_x = part(g_xhat, g_vals, vals, idx, acc)
+def _zero_acc(W_dec):
+    """Zero (dW_enc in the accumulator's layout, dW_dec, db_enc) for this shard's latents."""
+    f, d = W_dec.shape
+    return (jnp.zeros((d, f) if _native() else (f, d), jnp.float32), jnp.zeros((f, d), jnp.float32),
+            jnp.zeros((f,), jnp.float32))
+
+
+def _part(g_out, g_direct, v, i, acc, *, xc, W_enc, W_dec):
+    """Add one selection's gradients (the entries this shard owns) into ``acc``; also its input gradient."""
+    native = _native()
+    lv, li, mine = _owned(v, i, W_dec.shape[0])
+    # the native kernel skips index -1; the pure-JAX scatters add lv = 0 at row 0 instead
+    kernel_idx = jnp.where(mine, li, -1) if native else li
+    *acc, gp = _accumulate(*acc, lv, kernel_idx, xc, g_out.astype(jnp.float32),
+                           jnp.where(mine, g_direct, 0.0).astype(jnp.float32), W_dec, native)
+    return tuple(acc), _gather_combine(gp, li, W_enc.T)
+
+
+def _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, *, k_aux):
+    """Add AuxK's gradients, reduce over the mesh: (g_x, g_b_dec, g_W_enc, g_b_enc, g_W_dec)."""
     if k_aux:
         def aux(args):
             acc, g_x = args
@@ -131,7 +147,7 @@ def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g
 
         acc, g_x = lax.cond(aux_on, aux, lambda args: args, (tuple(acc), g_x))
     g_enc, g_w_dec, g_b = _psum(tuple(acc), "data")  # the batch is split over 'data'
-    g_w_enc = g_enc if native else _transpose_materialised(g_enc)
+    g_w_enc = g_enc if _native() else _transpose_materialised(g_enc)
     # Input gradient: dead code in training (x needs none); b_dec's is the matvec, summed over shards.
     g_x = _psum(g_x, "dict")
     g_bdec = _psum(-(W_enc @ g_b), "dict")

@@ -35,9 +35,16 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
             arch = SparseTopKSAE.from_dense(arch, mesh=mesh)
         return arch
     if cfg.architecture == "batchtopk":
-        return BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
+        arch = BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
                             threshold_lr=cfg.batchtopk_threshold_lr, topk=make_topk(mesh),
                             batch_kth=make_batch_kth(mesh), **common)
+        from sae_jax.kernels import choose_impl  # lazy, as for topk
+
+        if choose_impl(cfg.impl) == "sparse":  # batch-level selection on the same kernels
+            from sae_jax.kernels.batchtopk_sae import SparseBatchTopKSAE
+
+            arch = SparseBatchTopKSAE.from_dense(arch, mesh=mesh)
+        return arch
     if cfg.architecture == "crosscoder":
         return CrosscoderSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef, threshold_lr=cfg.batchtopk_threshold_lr,
                              topk=make_topk(mesh), batch_kth=make_batch_kth(mesh), d_model=d_in // 2, **common)

@@ -61,7 +61,10 @@ class BatchTopKSAE:
 
     def next_threshold(self, old: jax.Array, h: jax.Array) -> jax.Array:
         """The inference threshold after batch codes ``h``: EMA of the smallest positive selected value."""
-        m = self.min_positive_selected(h)
+        return self.ema_threshold(old, self.min_positive_selected(h))
+
+    def ema_threshold(self, old: jax.Array, m: jax.Array) -> jax.Array:
+        """The inference threshold after a batch whose smallest selected value is ``m`` (inf: none)."""
         new = jnp.where(old == _UNSET, m, (1 - self.threshold_lr) * old + self.threshold_lr * m)
         return jnp.where(jnp.isfinite(m), new, old)  # nothing selected: keep the threshold
 
