@@ -21,7 +21,7 @@ class BenchConfig:
     dtype: tuple[str, ...] = ("float32",)
     """Matmul input dtypes (float32, bfloat16)."""
     impl: tuple[str, ...] = ("sparse", "dense")
-    """TopK kernels: sparse, dense or auto (other architectures are always dense)."""
+    """TopK / BatchTopK kernels: sparse, dense or auto (other architectures are always dense)."""
     mesh: tuple[str, ...] = ("1x1",)
     """Mesh shapes 'DATAxDICT'; on CPU, host devices are forced in a subprocess when needed."""
     warmup: int = 2

@@ -13,7 +13,8 @@ def executed_flops(arch: str, impl: str, batch: int, d_in: int, n_latents: int, 
     """Matmul FLOPs the chosen kernels execute (elementwise work and Adam not counted).
 
     sparse TopK: encoder forward 2BdF; decoder forward 2Bkd; decoder backward 2Bkd (values)
-    + 2Bkd (rows); encoder backward 2Bkd (scatter into W_enc) + 2dF (b_dec matvec)."""
-    if arch == "topk" and impl == "sparse":
+    + 2Bkd (rows); encoder backward 2Bkd (scatter into W_enc) + 2dF (b_dec matvec). Sparse
+    BatchTopK: the same with k the mean number of actives per row (its padded slots are not counted)."""
+    if arch in ("topk", "batchtopk") and impl == "sparse":
         return 2.0 * batch * d_in * n_latents + 8.0 * batch * k * d_in + 2.0 * d_in * n_latents
     return model_flops(arch, batch, d_in, n_latents)

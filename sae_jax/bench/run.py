@@ -64,6 +64,8 @@ class _Prepared:
     times: list
     cpu_times: list
     losses: list
+    dense_branch: list = dataclasses.field(default_factory=list)
+    """Sparse BatchTopK: 1.0 for each timed step that took the exact dense branch (a row over its cap)."""
 
 
 def prepare(point: dict, cfg: BenchConfig) -> _Prepared:
@@ -96,6 +98,8 @@ def run_steps(prep: _Prepared, n: int, record: bool = True) -> None:
         if record:
             prep.times.append(dt)
             prep.cpu_times.append(cpu)
+            if "btk_dense" in metrics:
+                prep.dense_branch.append(float(metrics["btk_dense"]))
 
 
 def record(prep: _Prepared, peak: float) -> dict:
@@ -137,6 +141,7 @@ def record(prep: _Prepared, peak: float) -> dict:
         "process_peak_rss_mib": process_peak_rss_mib(),
         "loss_first": prep.losses[0],
         "loss_last": prep.losses[-1],
+        "btk_dense_fraction": float(np.mean(prep.dense_branch)) if prep.dense_branch else None,
         "machine_load_1min": os.getloadavg()[0],
     }
 
@@ -153,8 +158,8 @@ def grid(cfg: BenchConfig) -> list[dict]:
     points = []
     for values in itertools.product(*(getattr(cfg, key) for key in keys)):
         p = dict(zip(keys, values))
-        if p["architecture"] not in ("topk",) and p["impl"] != cfg.impl[0]:
-            continue  # impl only changes TopK; run other architectures once
+        if p["architecture"] not in ("topk", "batchtopk") and p["impl"] != cfg.impl[0]:
+            continue  # impl only changes TopK and BatchTopK; run other architectures once
         points.append(p)
     return points
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from sae_jax.assemble import assemble
 from sae_jax.config import TrainConfig
+from sae_jax.kernels.batchtopk_sae import SparseBatchTopKSAE
 from sae_jax.kernels.topk_sae import SparseTopKSAE
 from sae_jax.mesh import batch_sharding
 from sae_jax.train_state import create_state
@@ -29,7 +30,7 @@ class BuiltStep:
 def build_step(cfg: TrainConfig, d_in: int, devices: list | None = None) -> BuiltStep:
     """The same step `sae-jax train` builds (make_architecture applies sae.impl)."""
     pieces = assemble(cfg, d_in, devices)
-    impl = "sparse" if isinstance(pieces.arch, SparseTopKSAE) else "dense"
+    impl = "sparse" if isinstance(pieces.arch, (SparseTopKSAE, SparseBatchTopKSAE)) else "dense"
     step = make_train_step(cfg, pieces.arch, pieces.optimizer, pieces.mesh, pieces.shardings)
     return BuiltStep(step, pieces, impl)
 
