@@ -2,8 +2,9 @@
 threshold as ``sae_jax.sae.batchtopk.BatchTopKSAE``, without the dense [B, F] codes or backward.
 
 Selected by ``sae.impl = "sparse"`` (or "auto" off TPU) on any ('data', 'dict') mesh; the step
-runs ``batchtopk.sharded_batchtopk_autoencode``. A step whose selection gives some row more than
-``row_cap`` latents runs that kernel's exact dense branch; the ``btk_dense`` metric is 1 then.
+runs ``batchtopk.sharded_batchtopk_autoencode``. Rows whose selection does not fit ``row_cap``
+slots are taken whole (metric ``btk_dense_rows``: their fraction of the batch); a step with more
+of them than the kernel's ``dense_rows`` runs its exact dense branch (metric ``btk_dense`` = 1).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class SparseBatchTopKSAE(BatchTopKSAE):
         new = self.ema_threshold(state["threshold"], out.min_selected)
         metrics = base.recon_metrics(x, out.x_hat) | {
             "l0": out.n_active / x.shape[0], "auxk": aux, "threshold": new,
-            "btk_dense": 1.0 - out.exact_sparse.astype(jnp.float32)}
+            "btk_dense": 1.0 - out.exact_sparse.astype(jnp.float32), "btk_dense_rows": out.dense_rows / x.shape[0]}
         return recon + self.auxk_coef * aux, base.LossOutput(
             fired=out.fired, metrics=metrics, state={"threshold": new})
 
