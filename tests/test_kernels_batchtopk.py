@@ -131,15 +131,20 @@ def dense_reference():
 
 @pytest.mark.parametrize("mesh_shape", [m if m in ((1, 2), (4, 2)) else pytest.param(m, marks=pytest.mark.slow)
                                         for m in MESHES])
-def test_sparse_batchtopk_step_matches_the_dense_single_device_step(mesh_shape, dense_reference):
+def test_sparse_batchtopk_step_matches_the_dense_single_device_step(mesh_shape, dense_reference, monkeypatch):
+    import sae_jax.kernels.batchtopk as btk
+    import sae_jax.kernels.batchtopk_sae as btk_sae
+
+    # 4k slots per row, 1/16 of the rows taken whole: on this data all three paths run
+    monkeypatch.setattr(btk_sae, "default_row_cap", lambda k, n, factor: min(n, 4 * k))
+    monkeypatch.setattr(btk, "default_dense_rows", lambda b: max(1, b // 16))
     ref_arch, ref_state, ref_hist = dense_reference
     assert not isinstance(ref_arch, SparseBatchTopKSAE)
     arch, state, hist = _train(_cfg("auto"), synthetic_source(4096, 16, 48, 3), mesh_shape, 6)
     assert isinstance(arch, SparseBatchTopKSAE) and arch.mesh.devices.shape == mesh_shape  # auto picks it
     assert max(m["auxk"] for m in ref_hist) > 0  # AuxK really ran
-    # on this data (4k slots per row) rows overflow their lists: the steps mix the sparse branch,
-    # rows taken whole and the dense branch (with 16 rows per 'data' shard, one row may be taken
-    # whole and every step here takes the dense branch)
+    # rows overflow their lists: the steps mix the sparse branch, rows taken whole and the dense
+    # branch (with 16 rows per 'data' shard one row may be taken whole: every step here is dense)
     branches = {m["btk_dense"] for m in hist}
     assert branches == ({1.0} if mesh_shape[0] == 4 else {0.0, 1.0})
     assert mesh_shape[0] == 4 or any(0 < m["btk_dense_rows"] < 1 for m in hist)

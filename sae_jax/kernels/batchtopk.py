@@ -237,13 +237,13 @@ def _autoencode_bwd(k, cap, n_dense, k_aux, method, dtype, mesh, res, cts):
 _autoencode.defvjp(_autoencode_fwd, _autoencode_bwd)
 
 
-def default_dense_rows(rows_per_shard: int, fraction: float = 1 / 16) -> int:
+def default_dense_rows(rows_per_shard: int, fraction: float = 1 / 8) -> int:
     """Over rows per 'data' shard the sparse branch takes densely: ``fraction`` of them (at least 1)."""
     return max(1, int(rows_per_shard * fraction))
 
 
-def default_row_cap(k: int, n_latents: int, factor: int = 4) -> int:
-    """Slots per row: ``factor`` * k (rows above it take the exact dense branch), at most F."""
+def default_row_cap(k: int, n_latents: int, factor: int = 8) -> int:
+    """Slots per row: ``factor`` * k, at most F (rows needing more are taken whole, see the module docstring)."""
     return int(min(n_latents, factor * k))
 
 
