@@ -65,7 +65,7 @@ class _Prepared:
     cpu_times: list
     losses: list
     dense_branch: list = dataclasses.field(default_factory=list)
-    """Sparse BatchTopK: 1.0 for each timed step that took the exact dense branch (a row over its cap)."""
+    """Sparse BatchTopK, per timed step: (1.0 if the dense branch ran, fraction of rows taken whole)."""
 
 
 def prepare(point: dict, cfg: BenchConfig) -> _Prepared:
@@ -99,7 +99,7 @@ def run_steps(prep: _Prepared, n: int, record: bool = True) -> None:
             prep.times.append(dt)
             prep.cpu_times.append(cpu)
             if "btk_dense" in metrics:
-                prep.dense_branch.append(float(metrics["btk_dense"]))
+                prep.dense_branch.append((float(metrics["btk_dense"]), float(metrics["btk_dense_rows"])))
 
 
 def record(prep: _Prepared, peak: float) -> dict:
@@ -141,7 +141,9 @@ def record(prep: _Prepared, peak: float) -> dict:
         "process_peak_rss_mib": process_peak_rss_mib(),
         "loss_first": prep.losses[0],
         "loss_last": prep.losses[-1],
-        "btk_dense_fraction": float(np.mean(prep.dense_branch)) if prep.dense_branch else None,
+        # sparse BatchTopK: share of timed steps on the dense branch, mean share of rows taken whole
+        "btk_dense_fraction": float(np.mean([s[0] for s in prep.dense_branch])) if prep.dense_branch else None,
+        "btk_dense_rows_fraction": float(np.mean([s[1] for s in prep.dense_branch])) if prep.dense_branch else None,
         "machine_load_1min": os.getloadavg()[0],
     }
 
