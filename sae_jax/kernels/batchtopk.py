@@ -168,29 +168,28 @@ def _backward_shard(x, b_dec, W_enc, b_enc, W_dec, vals, idx, av, ai, aux_on, kt
     part = functools.partial(_sh._part, xc=xc, W_enc=W_enc, W_dec=W_dec)
     g_out = g_xhat.astype(jnp.float32)
 
-    def add_dense(acc, g_x, xr, h, g, scatter):
-        """Dense gradients of rows ``xr`` with codes ``h`` [r, f] and output gradients ``g`` [r, d]."""
-        gp = jnp.where(h > 0, jnp.dot(g, W_dec.astype(jnp.float32).T), 0.0)
+    def dense_grads(acc, xr, h, g, direct=0.0):
+        """Add the dense gradients of rows ``xr`` with codes ``h`` [r, f] and output gradients ``g``
+        [r, d] (``direct``: the codes' own gradient) to ``acc``; also the rows' input gradient."""
+        gp = jnp.where(h > 0, jnp.dot(g, W_dec.astype(jnp.float32).T) + direct, 0.0)
         g_enc, g_dec, g_b = acc
-        g_enc = g_enc + (xr.T @ gp if _sh._native() else gp.T @ xr)
-        return (g_enc, g_dec + h.T @ g, g_b + jnp.sum(gp, axis=0)), scatter(g_x, gp @ W_enc.T)
+        g_enc = g_enc + (xr.T @ gp if _sh._native() else gp.T @ xr)  # the accumulator's layout
+        return (g_enc, g_dec + h.T @ g, g_b + jnp.sum(gp, axis=0)), gp @ W_enc.T
 
     def sparse(acc):
         acc, g_x = part(g_xhat, g_vals, vals, idx, acc)
         if not rows.shape[0]:
             return acc, g_x
-        return add_dense(acc, g_x, xc[rows], h_s, g_out[rows], lambda g_x, v: g_x.at[rows].add(v))
+        acc, g_xs = dense_grads(acc, xc[rows], h_s, g_out[rows])  # the rows taken whole
+        return acc, g_x.at[rows].add(g_xs)
 
     def dense(acc):  # the selection is recomputed (from kth) rather than kept as a [b, f] residual
         h, _ = _dense_selection(xc, W_enc, b_enc, kth, dtype)
         # the listed values' own gradient (their selected entries are in h too)
         _, li, mine = _sh._owned(vals, idx, W_dec.shape[0])
-        g_direct = jnp.zeros(h.shape, jnp.float32).at[jnp.arange(h.shape[0])[:, None], li].add(
+        direct = jnp.zeros(h.shape, jnp.float32).at[jnp.arange(h.shape[0])[:, None], li].add(
             jnp.where(mine & (vals > 0), g_vals, 0.0))
-        gp = jnp.where(h > 0, jnp.dot(g_out, W_dec.astype(jnp.float32).T) + g_direct, 0.0)
-        g_enc, g_dec, g_b = acc
-        g_enc = g_enc + (xc.T @ gp if _sh._native() else gp.T @ xc)
-        return (g_enc, g_dec + h.T @ g_out, g_b + jnp.sum(gp, axis=0)), gp @ W_enc.T
+        return dense_grads(acc, xc, h, g_out, direct)
 
     acc, g_x = lax.cond(ok, sparse, dense, _sh._zero_acc(W_dec))
     return _sh._finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux)
