@@ -15,7 +15,8 @@ from tests.helpers_train import tiny_config
 
 def _members(root, steps=20):
     """Two stackable BatchTopK members (other seed and lr), a dense TopK and a ReLU member (in turn)."""
-    base = dataclasses.replace(tiny_config(root, architecture="batchtopk"), steps=steps)
+    # dense kernels: sae.impl=auto trains BatchTopK on the sparse kernels, which are stepped in turn
+    base = dataclasses.replace(tiny_config(root, architecture="batchtopk", impl="dense"), steps=steps)
     return member_configs(base, [
         {"run_dir": str(root / "a")},
         {"run_dir": str(root / "b"), "seed": 1, "optim.lr": 1e-3},
