@@ -241,7 +241,7 @@ def default_dense_rows(rows_per_shard: int, fraction: float = 1 / 8) -> int:
     return max(1, int(rows_per_shard * fraction))
 
 
-def default_row_cap(k: int, n_latents: int, factor: int = 8) -> int:
+def default_row_cap(k: int, n_latents: int, factor: int = 4) -> int:
     """Slots per row: ``factor`` * k, at most F (rows needing more are taken whole, see the module docstring)."""
     return int(min(n_latents, factor * k))
 

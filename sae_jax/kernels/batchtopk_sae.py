@@ -27,7 +27,7 @@ class SparseBatchTopKSAE(BatchTopKSAE):
     topk_method: str = "auto"
     mesh: Mesh | None = None
     """The training mesh (``make_architecture`` passes it); None: one device."""
-    row_cap_factor: int = 8
+    row_cap_factor: int = 4
     """Slots per row = row_cap_factor * k (at most F); rows needing more are taken whole."""
 
     def loss(self, params, state, x, ctx: base.LossContext):
@@ -51,7 +51,7 @@ class SparseBatchTopKSAE(BatchTopKSAE):
 
     @classmethod
     def from_dense(cls, arch: BatchTopKSAE, topk_method: str = "auto", mesh: Mesh | None = None,
-                   row_cap_factor: int = 8) -> "SparseBatchTopKSAE":
+                   row_cap_factor: int = 4) -> "SparseBatchTopKSAE":
         """The sparse twin of a dense BatchTopKSAE (same hyperparameters), trained on ``mesh``."""
         fields = {f.name: getattr(arch, f.name) for f in dataclasses.fields(BatchTopKSAE)}
         return cls(**fields, topk_method=topk_method, mesh=mesh, row_cap_factor=row_cap_factor)
