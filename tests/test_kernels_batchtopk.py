@@ -33,7 +33,7 @@ def _reference(p, x, k):
 # taken whole);
 # row_cap 8 is exceeded by the two boosted rows: 2 dense rows per shard take them (lists + dense
 # rows), 0 dense rows send the step to the dense branch
-_FAST = {((2, 2), 40, 0, True), ((4, 2), 8, 0, False), ((1, 2), 8, 2, True), ((2, 2), 8, 2, False)}
+_FAST = {((4, 2), 8, 0, False), ((1, 2), 8, 2, True)}  # the rest of the grid is slow (compiles)
 _CASES = [pytest.param(m, cap, rows, native, marks=() if (m, cap, rows, native) in _FAST else pytest.mark.slow)
           for m in [(1, 1), (1, 2), (2, 2), (1, 4), (4, 2)] for cap, rows in ((40, 0), (8, 2), (8, 0))
           for native in (True, False)]
@@ -129,7 +129,7 @@ def dense_reference():
     return _train(_cfg("dense"), synthetic_source(4096, 16, 48, 3), (1, 1), 6)
 
 
-@pytest.mark.parametrize("mesh_shape", [m if m in ((1, 2), (4, 2)) else pytest.param(m, marks=pytest.mark.slow)
+@pytest.mark.parametrize("mesh_shape", [m if m == (1, 2) else pytest.param(m, marks=pytest.mark.slow)
                                         for m in MESHES])
 def test_sparse_batchtopk_step_matches_the_dense_single_device_step(mesh_shape, dense_reference, monkeypatch):
     import sae_jax.kernels.batchtopk as btk
