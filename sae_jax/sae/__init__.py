@@ -32,7 +32,7 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
         if choose_impl(cfg.impl) == "sparse":
             from sae_jax.kernels.topk_sae import SparseTopKSAE
 
-            arch = SparseTopKSAE.from_dense(arch, mesh=mesh)
+            arch = SparseTopKSAE.from_dense(arch, topk_method=cfg.topk_method, mesh=mesh)
         return arch
     if cfg.architecture == "batchtopk":
         return BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
