@@ -47,11 +47,12 @@ PRESETS = {
                   sizes=[64, 128, 256], tokens=1536, batch=64, matched_sizes=[256], auxk_sizes=[256],
                   mesh_size=256, mesh_dict=2, dead_tokens=512, eval_rows=2000, extract_procs=1,
                   torch_threads=1, isolate=False, warmup_steps=5, seed=0, plan_all=False),
-    # 2-core CPU: ~1M tokens extracted; F = 2^11..2^15 on 2^19 tokens each (the largest run ~4 min)
-    "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=8000, context_length=128, ce_texts=16, k=32,
-                sizes=[2**11, 2**12, 2**13, 2**14, 2**15], tokens=2**19, batch=1024,
+    # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^16 on 2^18
+    # tokens each (one pass; the largest run a few minutes)
+    "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=16, k=32,
+                sizes=[2**11, 2**12, 2**13, 2**14, 2**15, 2**16], tokens=2**18, batch=1024,
                 matched_sizes=[2**12, 2**13, 2**14, 2**15], auxk_sizes=[2**12, 2**14], mesh_size=2**14, mesh_dict=2,
-                dead_tokens=2**17, eval_rows=50000, extract_procs=1, torch_threads=2, isolate=True,
+                dead_tokens=2**16, eval_rows=50000, extract_procs=2, torch_threads=2, isolate=True,
                 warmup_steps=100, seed=0, plan_all=True),
     # documented GPU/TPU study (not run here): every shipped Wikipedia lead (~1M tokens; several epochs at the
     # larger budgets), F = 2^14..2^24; run `--stages plan` first to see which sizes fit one device
