@@ -49,7 +49,7 @@ PRESETS = {
                   torch_threads=1, isolate=False, warmup_steps=5, seed=0, plan_all=False),
     # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^16 on 2^18
     # tokens each (one pass; the largest run a few minutes)
-    "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=16, k=32,
+    "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=8, k=32,
                 sizes=[2**11, 2**12, 2**13, 2**14, 2**15, 2**16], tokens=2**18, batch=1024,
                 matched_sizes=[2**12, 2**13, 2**14, 2**15], auxk_sizes=[2**12, 2**14], mesh_size=2**14, mesh_dict=2,
                 dead_tokens=2**16, eval_rows=50000, extract_procs=2, torch_threads=2, isolate=True,
@@ -63,7 +63,7 @@ PRESETS = {
                  isolate=True, warmup_steps=500, seed=0, plan_all=True),
 }
 GROUPS = ("fixed", "matched", "noauxk", "mesh")
-GAO_ALPHA_NOTE = "see discussion.md"
+SUMMARY = "extract_summary.json"  # beside the store (the store's own extract.json is its manifest)
 
 
 def log(msg):
@@ -97,14 +97,32 @@ def store_path(p, out):
 
 # ---------------------------------------------------------------- stage 1: extraction
 
-def stage_extract(p, out, device):
-    from sae_jax.lm.extract import ExtractConfig, run_extract
+def _summary(p, out, wall, n_texts, procs, device, **extra):
+    from sae_jax.data.open import open_path
 
-    if (out / "store" / "extract.json").exists():
-        log("extract: store present, skipped")
-        return json.loads((out / "store" / "extract.json").read_text())
+    src = open_path(store_path(p, out), store=True)
+    res = {"wall_s": wall, "n_texts": n_texts, "n_tokens": int(src.n_rows), "d_model": int(src.d_in),
+           "procs": procs, "device": device, "tokens_per_s": int(src.n_rows) / wall} | extra
+    (out / SUMMARY).write_text(json.dumps(res, indent=1))
+    log(f"extract: {res['n_tokens']} tokens from {n_texts} texts in {wall:.0f} s "
+        f"({res['tokens_per_s']:.0f} tokens/s, {procs} process(es))")
+    return res
+
+
+def stage_extract(p, out, device):
+    from sae_jax.data.store import read_json
+    from sae_jax.lm.extract import MANIFEST, ExtractConfig, run_extract
+
+    if (out / SUMMARY).exists():
+        log("extract: done before, skipped")
+        return json.loads((out / SUMMARY).read_text())
     texts, _ = texts_for(p)
     corpus = out / "corpus.jsonl"
+    manifest = read_json(str(out / "store"), MANIFEST)
+    if manifest is not None and manifest.get("complete") and corpus.exists():
+        # the parts finished after their launcher stopped: wall time from the corpus write to the store's commit
+        wall = (out / "store" / MANIFEST).stat().st_mtime - corpus.stat().st_mtime
+        return _summary(p, out, wall, len(texts), p["extract_procs"], device, wall_from_file_times=True)
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     kw = dict(model=model_path(p, out), out=str(out / "store"), text=str(corpus), layers=(p["layer"],),
               hooks=("resid",), context_length=p["context_length"], device=device, progress=False,
@@ -113,7 +131,7 @@ def stage_extract(p, out, device):
     t0 = time.perf_counter()
     n = p["extract_procs"]
     if n == 1:
-        summary = run_extract(ExtractConfig(**kw))
+        run_extract(ExtractConfig(**kw))
     else:  # N disjoint parts in parallel processes, the same settings besides --shard
         code = ("import json,sys; from sae_jax.lm.extract import ExtractConfig, run_extract; "
                 "c=json.loads(sys.argv[1]); c['layers']=tuple(c['layers']); c['hooks']=tuple(c['hooks']); "
@@ -122,18 +140,7 @@ def stage_extract(p, out, device):
                  for i in range(n)]
         if any(pr.wait() for pr in procs):
             raise RuntimeError("an extraction part failed; rerun the extract stage to resume it")
-        summary = {}
-    from sae_jax.data.open import open_path
-
-    src = open_path(store_path(p, out), store=True)
-    res = {"wall_s": time.perf_counter() - t0, "n_texts": len(texts), "n_tokens": int(src.n_rows),
-           "d_model": int(src.d_in), "procs": n, "device": device,
-           "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}
-    res["tokens_per_s"] = res["n_tokens"] / res["wall_s"]
-    (out / "store" / "extract.json").write_text(json.dumps(res, indent=1))
-    log(f"extract: {res['n_tokens']} tokens from {len(texts)} texts in {res['wall_s']:.0f} s "
-        f"({res['tokens_per_s']:.0f} tokens/s, {n} process(es))")
-    return res
+    return _summary(p, out, time.perf_counter() - t0, len(texts), n, device)
 
 
 # ---------------------------------------------------------------- stage 2: training
@@ -223,12 +230,18 @@ def train_one(p, spec, out):
 
 
 def child_env(spec):
-    """Forced host devices for a dictionary-sharded run when the host has fewer accelerators."""
+    """The environment of a run's process; None when the run cannot be done on this host.
+
+    A dictionary-sharded run on a CPU host gets forced host devices; on an accelerator host with fewer
+    devices than the dict axis it is skipped (forced host devices there would train on the CPU instead).
+    """
     env = dict(os.environ)
     if spec["dict"] > 1:
         import jax
 
         if jax.device_count() < spec["dict"]:
+            if jax.default_backend() != "cpu":
+                return None
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                                 f" --xla_force_host_platform_device_count={spec['dict']}").strip()
             env["JAX_PLATFORMS"] = "cpu"
@@ -246,11 +259,14 @@ def stage_train(p, out, groups):
             log(f"train {spec['name']}: done before, skipped")
             continue
         log(f"train {spec['name']}: F={spec['F']} tokens={spec['tokens']} auxk={spec['auxk']} dict={spec['dict']}")
-        isolate = p["isolate"] or spec["dict"] > 1
-        if isolate:  # own process: its peak RSS is its own, and forced host devices need a fresh JAX
+        env = child_env(spec)
+        if env is None:
+            log(f"  skipped: {spec['dict']} devices needed for the dict axis, this accelerator host has fewer")
+            continue
+        if p["isolate"] or spec["dict"] > 1:  # own process: its peak RSS is its own, and forced host devices need a fresh JAX
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"p": p, "spec": spec,
                                                                                      "out": str(out)})],
-                                  env=child_env(spec))
+                                  env=env)
             if proc.returncode:
                 raise RuntimeError(f"run {spec['name']} failed (exit {proc.returncode}); rerun the train stage")
             res = json.loads(done.read_text())
@@ -566,6 +582,8 @@ def load_runs(p, out):
 
 
 def main():
+    # GPU: no preallocation, so each run's process holds only what it uses (and reports it as its peak)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
     ap.add_argument("--out", default=None, help="work folder (default runs/dictionary_scaling/PRESET)")
@@ -622,7 +640,7 @@ def main():
         wall[name] = wall.get(name, 0.0) + time.perf_counter() - t0
         return value
 
-    if args.preset == "full" and "plan" in stages and not (out / "store" / "extract.json").exists():
+    if args.preset == "full" and "plan" in stages and not (out / SUMMARY).exists():
         # the documented study: plan its sizes without any data (d_in = SmolLM2-135M's 576)
         d_in = 576
         plans = stage_plan(p, out, {}, d_in, sizes_only=True)
