@@ -504,9 +504,9 @@ def tables(res) -> str:
 
 def plan_table(res) -> str:
     L = ["| F | mesh | planner GiB/device | temp GiB | bytes/latent | largest F fitting (90% of): "
-         + ", ".join(next(iter(res["full_plans"].values()))["largest_n_latents_fitting"]) + " |",
+         + ", ".join(next(iter(res["full_plans"]["plans"].values()))["largest_n_latents_fitting"]) + " |",
          "|---|---|---|---|---|---|"]
-    for v in sorted(res["full_plans"].values(), key=lambda v: (v["F"], v["mesh"])):
+    for v in sorted(res["full_plans"]["plans"].values(), key=lambda v: (v["F"], v["mesh"])):
         fits_ = ", ".join(f"{x / 2**20:,.1f}M" if x else "–" for x in v["largest_n_latents_fitting"].values())
         L.append(f"| {v['F']:,} | {v['mesh']} | {gib(v['bytes_per_device'])} | {gib(v['temp_bytes'])} | "
                  f"{v['bytes_per_latent']:,.0f} | {fits_} |")
@@ -560,12 +560,13 @@ def write_readme(results):
              f"compute budget of the matched runs: {p['tokens'] * p['sizes'][0]:,} latent-tokens.", "",
              tables(res), "", "![FVU vs F](fvu_vs_F.png)", "", "![CE recovered and dead latents vs F](ce_dead_vs_F.png)",
              "", "![speed and memory vs F](speed_memory_vs_F.png)", ""]
-    if results.get("full_plans"):
-        fp = results["full_plans"]
+    full = json.loads((HERE / "full_plan.json").read_text()) if (HERE / "full_plan.json").exists() else {}
+    if full.get("full_plans"):
+        fp = full["full_plans"]
         lines += ["## The `full` preset: planner output (not run)", "",
                   f"`sae-jax plan` for the full preset's sizes (TopK k={fp['params']['k']}, d_in={fp['d_in']}, "
                   f"batch {fp['params']['batch']}, fp32 Adam; compiled on forced host devices, nothing allocated), "
-                  "written by `--preset full --stages plan`:", "", plan_table(fp), ""]
+                  f"written by `--preset full --stages plan` on {full['date']} (`full_plan.json`):", "", plan_table(full), ""]
     disc = HERE / "discussion.md"
     (HERE / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
 
@@ -644,10 +645,9 @@ def main():
         # the documented study: plan its sizes without any data (d_in = SmolLM2-135M's 576)
         d_in = 576
         plans = stage_plan(p, out, {}, d_in, sizes_only=True)
-        cpu = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
-        cpu["full_plans"] = {"params": p, "d_in": d_in} | plans
-        (HERE / "results.json").write_text(json.dumps(cpu, indent=1, default=float))
-        log(plan_table(cpu["full_plans"]))
+        full = {"full_plans": {"params": p, "d_in": d_in, "plans": plans}, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        (folder / "full_plan.json").write_text(json.dumps(full, indent=1, default=float))
+        log(plan_table(full))
         return
     if "extract" in stages:
         res["extract"] = stage_extract(p, out, device)
