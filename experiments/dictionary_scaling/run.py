@@ -466,7 +466,7 @@ def plots(res, folder):
 
 
 def gib(b):
-    return "–" if b is None or not np.isfinite(b) else f"{b / 2**30:.2f}"
+    return "–" if b is None or not np.isfinite(b) else f"{b / 2**30:.3f}"
 
 
 def tables(res) -> str:
@@ -492,11 +492,17 @@ def tables(res) -> str:
                                         f"{fl['floor']:.4f} |" if fl else "– | – | – |"))
     m = res["memory"]
     if m:
+        big = max((r for r in runs.values() if r["group"] == "fixed"), key=lambda r: r["F"])
+        big_plan = plans.get(f"{big['F']}_1x1", {}).get("bytes_per_device")
         L += ["", "Memory and cost per latent (least-squares slopes over the `fixed` runs):", "",
               f"- measured peak RSS: {m['rss_bytes_per_latent']:,.0f} bytes per latent"
               + (f"; device peak: {m['device_bytes_per_latent']:,.0f}" if "device_bytes_per_latent" in m else "")
               + (f"; planner (compiled step, args + outputs + temporaries): {m['plan_bytes_per_latent']:,.0f}"
                  if "plan_bytes_per_latent" in m else ""),
+              f"- the largest run ({big['name']}): peak RSS {gib(big['peak_rss_bytes'])} GiB = "
+              f"{gib(big['rss_before_train_bytes'])} GiB before `train` was called (Python and JAX) + "
+              f"{gib(big['peak_rss_bytes'] - big['rss_before_train_bytes'])} GiB during it (rows, state, step); device peak {gib(big.get('device_peak_bytes'))} GiB; the planner's "
+              f"compiled step {gib(big_plan)} GiB per device",
               "- tokens/s × F (constant when the cost per token grows linearly in F): "
               + ", ".join(f"{v:.3g}" for v in m["tokens_per_s_times_F"])]
     return "\n".join(L)
