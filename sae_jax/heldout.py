@@ -38,22 +38,22 @@ class HeldoutEval:
         self.lm = self._language_model(source) if cfg.eval.splice else None
 
     def _language_model(self, source):
-        from sae_jax.evals.provenance import heldout_docs, store_provenance
+        from sae_jax.evals.provenance import store_provenance
         from sae_jax.evals.run import token_batches
-        from sae_jax.lm.models import known_models, load_model
+        from sae_jax.lm.models import load_model
 
         p = store_provenance(source)
         why = ("the data is not a store written by `sae-jax extract`" if p is None else
                "the store's rows are not one model's tokens (a delta or pooled store)" if p.model is None else
                "the store's texts are not installed here" if p.texts is None or p.doc_ids is None else None)
-        docs = [] if why else heldout_docs(p.doc_ids, self.rows)[: self.cfg.eval.n_texts]
-        if not why and not len(docs):
+        texts = [] if why else p.heldout_texts(self.rows, self.cfg.eval.n_texts)
+        if not why and not texts:
             why = "no text lies wholly in the held-out sample; raise --eval.n-rows"
         if why:
             raise ConfigError(f"eval.splice needs the store's model and held-out texts: {why}; drop --eval.splice "
                               "(FVU, L0 and dead fraction are still evaluated)")
-        model, tok = load_model(p.model if p.model in known_models() else p.model_path)
-        batches = token_batches(tok, [p.texts[i] for i in docs], p.context_length or 128)
+        model, tok = load_model(p.model_spec())
+        batches = token_batches(tok, texts, p.context_length or 128)
         return model, tok, batches, p.layer, p.hook
 
     def __call__(self, sae) -> dict[str, Any]:

@@ -95,6 +95,12 @@ def test_planner_memory_matches_the_sharded_state(tmp_path):
         # the largest dictionary on a bigger chip is larger
         fits = r["largest_n_latents_fitting"]
         assert fits["h200"] > fits["h100"] > fits["tpu_v5e"] > F
+        # GPUs keep one [B/data, F/dict] float32 buffer of headroom for XLA's GEMM autotuning
+        gemm = 4 * B / data / dict_
+        assert r["gpu_peak_bytes_per_device"] == pytest.approx(r["bytes_per_device"]["total"] + gemm * F)
+        budget = 0.9 * 141 * 2**30
+        slope = r["bytes_per_latent_per_device"]
+        assert fits["h200"] == int((budget - r["fixed_bytes_per_device"]) / (slope + gemm))
 
 
 def test_interleaved_rounds(tmp_path):

@@ -1,23 +1,13 @@
 """The model-diffing experiment's smoke preset end to end (tiny random Llama): wiring, not science."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.experiment_smoke import run_smoke
 
 
 def test_smoke_preset_writes_finite_results(tmp_path):
-    pytest.importorskip("torch")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/model_diffing/run.py"), "--preset", "smoke",
-                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((tmp_path / "results.json").read_text())["domains"]["Mathematics"]
+    r = run_smoke("model_diffing", tmp_path, timeout=900)["domains"]["Mathematics"]
     assert (tmp_path / r["plot"]).stat().st_size > 1000
     assert json.loads((tmp_path / "preregistered_protocol2.json").read_text())["settings"]["patch_at"] == "active"
     assert r["finetune"]["task_ce_drop"] > 0  # the planted change is learned even by the tiny model

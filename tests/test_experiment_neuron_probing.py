@@ -1,23 +1,11 @@
 """The neuron-vs-SAE probing experiment's smoke preset end to end (tiny random Llama): wiring, not science."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
-import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.experiment_smoke import run_smoke
 
 
 def test_smoke_preset_writes_finite_results(tmp_path):
-    pytest.importorskip("torch")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/neuron_vs_sae_probing/run.py"), "--preset", "smoke",
-                           "--out", str(tmp_path), "--alpha", "0.01"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "results.json").read_text())["smoke"]
+    res = run_smoke("neuron_vs_sae_probing", tmp_path, "--alpha", "0.01")["smoke"]
     for name in res["plots"]:
         assert (tmp_path / name).stat().st_size > 1000
     assert res["n_rows"] == 30 * 2 * 8

@@ -6,6 +6,7 @@ import pytest
 from jax import lax
 
 from sae_jax.kernels import choose_impl, sparse_decode, sparse_encode, topk
+from sae_jax.kernels.sparse_topk import auto_method
 
 
 def _params(key, d, F, scale=0.3):
@@ -151,6 +152,23 @@ def test_choose_impl():
     assert choose_impl("dense", "cpu") == "dense"
     with pytest.raises(ValueError, match="impl"):
         choose_impl("fast")
+
+
+def test_auto_topk_method_prunes_off_tpu_when_chunks_prune():
+    # F 2^18, k 32: 2,048 chunk maxima >= 4k, so chunk pruning (GPU: lax.top_k's sort of the whole
+    # [B, F] block ran out of memory at F 2^20 on an H200); short rows and TPU keep lax.top_k
+    assert auto_method(2**18, 32, "gpu") == "chunked"
+    assert auto_method(2**18, 32, "cpu") == "chunked"
+    assert auto_method(2**18, 32, "tpu") == "lax"
+    assert auto_method(256, 32, "gpu") == "lax"
+
+
+def test_sparse_topk_sae_uses_the_configured_method():
+    from sae_jax.config import SAEConfig
+    from sae_jax.sae import make_architecture
+
+    arch = make_architecture(SAEConfig(architecture="topk", d_sae=64, k=4, impl="sparse", topk_method="chunked"), 8)
+    assert arch.topk_method == "chunked"
 
 
 def test_topk_with_bias_equals_lax_top_k_of_the_sum():

@@ -22,6 +22,8 @@ class BenchConfig:
     """Matmul input dtypes (float32, bfloat16)."""
     impl: tuple[str, ...] = ("sparse", "dense")
     """TopK / BatchTopK kernels: sparse, dense or auto (other architectures are always dense)."""
+    topk_method: tuple[str, ...] = ("auto",)
+    """Top-k selection of the sparse kernels: auto, lax, chunked, native (sae.topk_method)."""
     mesh: tuple[str, ...] = ("1x1",)
     """Mesh shapes 'DATAxDICT'; on CPU, host devices are forced in a subprocess when needed."""
     warmup: int = 2

@@ -8,19 +8,24 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
-_SAME_STEP = ("architecture", "d_in", "n_latents", "k", "batch", "dtype", "impl_used")
+_SAME_STEP = ("architecture", "d_in", "n_latents", "k", "batch", "dtype", "impl_used", "topk_method")
 
 
 def _vs_one_device(r: dict, records: list[dict]) -> str:
     """tokens/s (and tokens per process CPU-second, when recorded) relative to the same step
     on the 1x1 mesh in the same run ("–" if not run)."""
-    ref = [o for o in records if o["mesh"] == "1x1" and all(o[key] == r[key] for key in _SAME_STEP)]
+    ref = [o for o in records if o["mesh"] == "1x1" and all(o.get(key) == r.get(key) for key in _SAME_STEP)]
     if not ref:
         return "–"
     out = f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x"
     if r.get("process_cpu_ms_per_step") and ref[0].get("process_cpu_ms_per_step"):
         out += f" (CPU {ref[0]['process_cpu_ms_per_step'] / r['process_cpu_ms_per_step']:.2f}x)"
     return out
+
+
+def _impl(r: dict) -> str:
+    m = r.get("topk_method", "auto")
+    return r["impl_used"] if m == "auto" or r["impl_used"] != "sparse" else f"{r['impl_used']} ({m})"
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -32,7 +37,7 @@ def markdown_table(records: list[dict]) -> str:
         mem = r.get("compiled_bytes_per_device") or {}
         rows.append(
             f"| {r['architecture']} | {r['d_in']} | {r['n_latents']} | {r['k']} | {r['batch']} | {r['dtype']} "
-            f"| {r['impl_used']} | {r['mesh']} | {r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–"
+            f"| {_impl(r)} | {r['mesh']} | {r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–"
             f"{r['tokens_per_s_max']:,.0f}) | {_vs_one_device(r, records)} | {r['step_ms']:.1f} | {r['model_flops'] / 1e9:.1f} "
             f"| {r['executed_flops'] / 1e9:.1f} | {r['achieved_executed_tflops']:.3f} "
             f"| {_pct(r['util_vs_measured_peak'])} | {_pct(r['util_vs_datasheet'])} "

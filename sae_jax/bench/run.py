@@ -42,11 +42,12 @@ def parse_mesh(spec: str) -> tuple[int, int]:
 
 
 def train_config(arch: str, d_in: int, n_latents: int, k: int, batch: int, dtype: str, impl: str,
-                 mesh: tuple[int, int], seed: int) -> TrainConfig:
+                 mesh: tuple[int, int], seed: int, topk_method: str = "auto") -> TrainConfig:
     return TrainConfig(
         steps=10**9, seed=seed,
         data=DataConfig(batch_size=batch),
-        sae=SAEConfig(architecture=arch, d_sae=n_latents, k=k, compute_dtype=dtype, impl=impl),
+        sae=SAEConfig(architecture=arch, d_sae=n_latents, k=k, compute_dtype=dtype, impl=impl,
+                      topk_method=topk_method),
         optim=OptimConfig(warmup_steps=10),
         mesh=MeshConfig(data=mesh[0], dict=mesh[1]),
     )
@@ -73,7 +74,8 @@ def prepare(point: dict, cfg: BenchConfig) -> _Prepared:
     data, dict_ = parse_mesh(point["mesh"])
     n_dev = data * dict_
     tcfg = train_config(point["architecture"], point["d_in"], point["n_latents"], point["k"],
-                        point["batch"], point["dtype"], point["impl"], (data, dict_), cfg.seed)
+                        point["batch"], point["dtype"], point["impl"], (data, dict_), cfg.seed,
+                        point.get("topk_method", "auto"))
     validate(tcfg, point["d_in"], n_dev)
     devices = jax.devices()[:n_dev]
     built = build_step(tcfg, point["d_in"], devices)
@@ -156,12 +158,15 @@ def bench_one(point: dict, cfg: BenchConfig, peak: float) -> dict:
 
 
 def grid(cfg: BenchConfig) -> list[dict]:
-    keys = ("architecture", "d_in", "n_latents", "k", "batch", "dtype", "impl", "mesh")
+    keys = ("architecture", "d_in", "n_latents", "k", "batch", "dtype", "impl", "topk_method", "mesh")
     points = []
     for values in itertools.product(*(getattr(cfg, key) for key in keys)):
         p = dict(zip(keys, values))
-        if p["architecture"] not in ("topk", "batchtopk") and p["impl"] != cfg.impl[0]:
-            continue  # impl only changes TopK and BatchTopK; run other architectures once
+        if p["architecture"] not in ("topk", "batchtopk") and (p["impl"], p["topk_method"]) != (cfg.impl[0],
+                                                                                        cfg.topk_method[0]):
+            continue  # impl and top-k method only change TopK and BatchTopK; run other architectures once
+        if p["impl"] == "dense" and p["topk_method"] != cfg.topk_method[0]:
+            continue  # the dense kernels do not use the sparse top-k
         points.append(p)
     return points
 

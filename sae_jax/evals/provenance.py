@@ -31,6 +31,18 @@ class StoreProvenance:
     pooled: bool = False
     """One row per text (mean/last pooling), not per token."""
 
+    def model_spec(self) -> str | None:
+        """What ``sae_jax.lm.models.load_model`` takes: the short name when it is a known one, else the path."""
+        from sae_jax.lm.models import known_models
+
+        return self.model if self.model in known_models() else self.model_path
+
+    def heldout_texts(self, rows: np.ndarray, n: int) -> list[str]:
+        """The first ``n`` texts whose rows all lie in ``rows`` (empty when texts or doc ids are unknown)."""
+        if self.texts is None or self.doc_ids is None:
+            return []
+        return [self.texts[i] for i in heldout_docs(self.doc_ids, rows)[:n]]
+
 
 def _root_of(path: str) -> str | None:
     from sae_jax.data import store as st

@@ -20,7 +20,7 @@ import numpy as np
 from sae_jax.config import DataConfig
 from sae_jax.evals import plots
 from sae_jax.evals.core import CoreMetrics, evaluate_core, iter_batches, split_rows
-from sae_jax.evals.provenance import heldout_docs, row_labels, store_provenance
+from sae_jax.evals.provenance import row_labels, store_provenance
 from sae_jax.evals.report import Report, figure_png, note, table
 from sae_jax.export import decoder_directions
 
@@ -269,12 +269,8 @@ class _Context:
         if self.cfg.text_file:
             return read_texts(self.cfg.text_file, self.cfg.n_texts), self.cfg.seq_len
         p = self.prov
-        if p is None or p.texts is None or p.doc_ids is None:
-            return None
-        docs = heldout_docs(p.doc_ids, self.rows)[: self.cfg.n_texts]
-        if not len(docs):
-            return None
-        return [p.texts[i] for i in docs], p.context_length or self.cfg.seq_len
+        texts = p.heldout_texts(self.rows, self.cfg.n_texts) if p is not None else []
+        return (texts, p.context_length or self.cfg.seq_len) if texts else None
 
     @property
     def lm(self):
@@ -287,9 +283,9 @@ class _Context:
         texts = self._texts()
         if not (cfg.model or (p and p.model)) or layer is None or hook is None or texts is None:
             return None
-        from sae_jax.lm.models import known_models, load_model
+        from sae_jax.lm.models import load_model
 
-        spec = cfg.model or (p.model if p.model in known_models() else p.model_path)
+        spec = cfg.model or p.model_spec()
         print(f"eval: loading language model {spec} (from {'--model' if cfg.model else 'the store metadata'}; "
               "local files only, no remote code)", file=sys.stderr)
         model, tok = load_model(spec)

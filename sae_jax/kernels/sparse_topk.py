@@ -62,25 +62,41 @@ def _topk_chunked(x: jax.Array, k: int, chunk: int, bias: jax.Array | None = Non
     return vals.reshape(*lead, k), idx.astype(jnp.int32).reshape(*lead, k)
 
 
+TOPK_METHODS = ("auto", "lax", "chunked", "native")
+
+
+def auto_method(n: int, k: int, backend: str | None = None) -> str:
+    """The pure-JAX top-k that 'auto' uses for rows of n (when the native CPU kernel is not used).
+
+    'chunked' wherever chunk maxima prune (at least 4k chunks), except on TPU. On GPU,
+    ``lax.top_k`` of a [B, F] row block lowers to a sort that kept ~10 [B, F] buffers live:
+    measured on an H200 (d 576, F 2^18, batch 4096) the sparse step peaked at 43 GB and ran
+    49k tokens/s, and F 2^20 did not fit in 141 GB (docs/performance.md). TPU's XLA has
+    its own top-k lowering.
+    """
+    backend = backend or jax.default_backend()
+    pays = -(-n // _chunk_size(n, k)) >= 4 * k  # else the second stage is the whole row
+    return "chunked" if (backend != "tpu" and pays) else "lax"
+
+
 def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None = None
          ) -> tuple[jax.Array, jax.Array]:
     """Exact top-k along the last axis of ``x + bias``: (values [..., k] descending, indices [..., k] int32).
 
     method: 'lax' (``lax.top_k``); 'chunked' (chunk-maxima pruning in pure JAX); 'native'
     (the C++ XLA:CPU kernel in cpu_kernels.cc, float32 and NaN-free input); 'auto' (native on
-    CPU when it builds, else chunked when the row is long enough to pay; ``lax.top_k`` on
-    GPU/TPU, which have their own lowerings). ``bias`` [n] (optional) is broadcast over rows.
+    CPU when it builds, else ``auto_method``: chunked when the row is long enough to pay,
+    ``lax.top_k`` on TPU). ``bias`` [n] (optional) is broadcast over rows.
     Values are differentiable (gathered from x + bias at the chosen indices).
     """
     n = x.shape[-1]
     if not 0 < k <= n:
         raise ValueError(f"top-k needs 0 < k <= {n} (the last axis), got k={k}")
-    if method not in ("auto", "lax", "chunked", "native"):
+    if method not in TOPK_METHODS:
         raise ValueError(f"topk method must be 'auto', 'lax', 'chunked' or 'native', got {method!r}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"topk bias must have shape ({n},), got {bias.shape}")
     chunk = _chunk_size(n, k)
-    pays = -(-n // chunk) >= 4 * k  # chunk maxima must prune, else the second stage is the whole row
     if method in ("auto", "native") and jax.default_backend() == "cpu" and x.dtype == jnp.float32:
         from sae_jax.kernels import cpu_kernels
 
@@ -93,7 +109,7 @@ def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None =
         raise ValueError("topk method='native' needs float32 input on XLA:CPU and a C++ compiler "
                          "(see sae_jax/kernels/cpu_kernels.py); use method='auto' to fall back")
     if method == "auto":
-        method = "chunked" if (jax.default_backend() == "cpu" and pays) else "lax"
+        method = auto_method(n, k)
     if method == "chunked" and -(-n // chunk) >= k:
         return _topk_chunked(x, k, chunk, bias)
     vals, idx = lax.top_k(x if bias is None else x + bias, k)

@@ -32,7 +32,7 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
         if choose_impl(cfg.impl) == "sparse":
             from sae_jax.kernels.topk_sae import SparseTopKSAE
 
-            arch = SparseTopKSAE.from_dense(arch, mesh=mesh)
+            arch = SparseTopKSAE.from_dense(arch, topk_method=cfg.topk_method, mesh=mesh)
         return arch
     if cfg.architecture == "batchtopk":
         arch = BatchTopKSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef,
@@ -43,7 +43,7 @@ def make_architecture(cfg: SAEConfig, d_in: int, mesh: Mesh | None = None):
         if choose_impl(cfg.impl) == "sparse":  # batch-level selection on the same kernels
             from sae_jax.kernels.batchtopk_sae import SparseBatchTopKSAE
 
-            arch = SparseBatchTopKSAE.from_dense(arch, mesh=mesh)
+            arch = SparseBatchTopKSAE.from_dense(arch, topk_method=cfg.topk_method, mesh=mesh)
         return arch
     if cfg.architecture == "crosscoder":
         return CrosscoderSAE(k=cfg.k, k_aux=k_aux, auxk_coef=cfg.auxk_coef, threshold_lr=cfg.batchtopk_threshold_lr,
