@@ -206,7 +206,7 @@ class SAEConfig:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """Matmul input dtype; master weights and accumulation stay float32."""
     impl: Literal["dense", "sparse", "auto"] = "auto"
-    """TopK kernels: dense matmuls, gathered sparse kernels, or pick by backend."""
+    """TopK / BatchTopK kernels: dense matmuls, gathered sparse kernels, or pick by backend."""
     topk_method: Literal["auto", "lax", "chunked", "native"] = "auto"
     """Top-k selection of the sparse kernels: native C++ (XLA:CPU), chunk-maxima pruning, or
     ``lax.top_k``; auto picks native on CPU, chunked on GPU, lax on TPU (docs/performance.md)."""
