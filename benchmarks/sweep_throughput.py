@@ -32,7 +32,7 @@ def base(run_dir: str, steps: int) -> TrainConfig:
         run_dir=run_dir, steps=steps,
         data=DataConfig(batch_size=1024, synthetic_d_in=64, synthetic_n_features=256, synthetic_n_rows=65536,
                         n_stat_rows=4096),
-        sae=SAEConfig(architecture="batchtopk", d_sae=512, k=8, dead_tokens=200_000),
+        sae=SAEConfig(architecture="batchtopk", d_sae=512, k=8, dead_tokens=200_000, impl="dense"),  # stackable (as measured)
         optim=OptimConfig(lr=2e-3, warmup_steps=20),
         checkpoint=CheckpointConfig(every=10**6), log=LogConfig(every=50, progress=False))
 
