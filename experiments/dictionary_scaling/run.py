@@ -610,7 +610,8 @@ is documented, with its planner output below, and was **not run** here; the same
 **Method.** See the docstring of `run.py`. TopK (ReLU after the top-k), decoder rows unit-norm, AuxK
 (k_aux = d/2, coefficient 1/32) unless marked, Adam at the library's default lr 2e-4/√(F/2^14) with warm-up,
 no decay; inputs scaled to E‖x‖ = √d (the trainer's `expected_norm`). One pass over the token budget (no
-repeated rows at the cpu budget). FVU on the store's held-out tail (last 10% of rows, whole texts);
+repeated rows at the cpu budget). Rows whose norm exceeds 10× the median (SmolLM2's attention sink on the
+first token of every text) are dropped before training and left unspliced in the CE eval (numbers below). FVU on the store's held-out tail (last 10% of rows, whole texts);
 CE-loss recovered = (CE_zero − CE_SAE)/(CE_zero − CE_clean) on texts never extracted. *Dead (train window)*:
 no firing in the last `dead_tokens` training tokens (the trainer's counter); *dead (held-out)*: no firing on
 the held-out rows (grows with F at a fixed number of rows: a latent with frequency < 1/rows looks dead).
