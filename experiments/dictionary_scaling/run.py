@@ -47,10 +47,10 @@ PRESETS = {
                   sizes=[64, 128, 256], tokens=1536, batch=64, matched_sizes=[256], auxk_sizes=[256],
                   mesh_size=256, mesh_dict=2, dead_tokens=512, eval_rows=2000, extract_procs=1,
                   torch_threads=1, isolate=False, warmup_steps=5, seed=0, plan_all=False, sink_factor=10.0),
-    # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^16 on 2^18
+    # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^15 on 2^18
     # tokens each (one pass; the largest run a few minutes)
     "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=8, k=32,
-                sizes=[2**11, 2**12, 2**13, 2**14, 2**15, 2**16], tokens=2**18, batch=1024,
+                sizes=[2**11, 2**12, 2**13, 2**14, 2**15], tokens=2**18, batch=1024,
                 matched_sizes=[2**12, 2**13, 2**14, 2**15], auxk_sizes=[2**12, 2**14], mesh_size=2**14, mesh_dict=2,
                 dead_tokens=2**16, eval_rows=50000, extract_procs=2, torch_threads=2, isolate=True,
                 warmup_steps=100, seed=0, plan_all=True, sink_factor=10.0),
@@ -599,7 +599,7 @@ dictionary-sharded mesh?
 
     P="python experiments/dictionary_scaling/run.py --preset cpu"
     flock /work/heavy.lock $P --stages extract
-    flock /work/heavy.lock $P --stages train --groups fixed       # then matched, noauxk, mesh
+    flock /work/heavy.lock $P --stages train      # all groups; or one at a time: --groups fixed (matched, noauxk, mesh)
     flock /work/heavy.lock $P --stages eval,plan
     $P --stages report                                            # fits, plots, this README
 
