@@ -469,8 +469,9 @@ def plots(res, folder):
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for g, m in (("fixed", "o"), ("matched", "s"), ("noauxk", "^"), ("mesh", "D")):
-        if by[g]:
-            ax.plot([r["F"] for r in by[g]], [r["fvu"] for r in by[g]], m + ("-" if g in ("fixed", "matched") else ""),
+        pts = by[g] if g != "matched" or not by["fixed"] else by["fixed"][:1] + by[g]  # matched starts at the same run
+        if pts:
+            ax.plot([r["F"] for r in pts], [r["fvu"] for r in pts], m + ("-" if g in ("fixed", "matched") else ""),
                     label={"fixed": f"same tokens ({res['params']['tokens']:,})", "matched": "compute-matched",
                            "noauxk": "no AuxK", "mesh": "dict-sharded mesh"}[g])
     for key, ls in (("fixed_fvu", "--"), ("matched_fvu", ":")):
