@@ -465,15 +465,17 @@ def plots(res, folder):
 
     runs = res["runs"]
     by = {g: sorted((r for r in runs.values() if r["group"] == g), key=lambda r: r["F"]) for g in GROUPS}
+    by["seed"] = [r for r in by["mesh"] if r["dict"] == 1]  # the one-device second-seed replicate
+    by["mesh"] = [r for r in by["mesh"] if r["dict"] > 1]
     names = []
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for g, m in (("fixed", "o"), ("matched", "s"), ("noauxk", "^"), ("mesh", "D")):
+    for g, m in (("fixed", "o"), ("matched", "s"), ("noauxk", "^"), ("mesh", "D"), ("seed", "x")):
         pts = by[g] if g != "matched" or not by["fixed"] else by["fixed"][:1] + by[g]  # matched starts at the same run
         if pts:
             ax.plot([r["F"] for r in pts], [r["fvu"] for r in pts], m + ("-" if g in ("fixed", "matched") else ""),
                     label={"fixed": f"same tokens ({res['params']['tokens']:,})", "matched": "compute-matched",
-                           "noauxk": "no AuxK", "mesh": "dict-sharded mesh"}[g])
+                           "noauxk": "no AuxK", "mesh": "dict-sharded mesh", "seed": "second seed"}[g])
     for key, ls in (("fixed_fvu", "--"), ("matched_fvu", ":")):
         if key in res["fits"]:
             f = res["fits"][key]
@@ -492,7 +494,7 @@ def plots(res, folder):
     names.append("fvu_vs_F.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for g, m in (("fixed", "o-"), ("matched", "s-"), ("noauxk", "^"), ("mesh", "D")):
+    for g, m in (("fixed", "o-"), ("matched", "s-"), ("noauxk", "^"), ("mesh", "D"), ("seed", "x")):
         pts = [(r["F"], r["ce_loss_recovered"]) for r in by[g] if "ce_loss_recovered" in r]
         if pts:
             axes[0].plot(*zip(*pts), m, label=g)
