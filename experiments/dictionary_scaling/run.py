@@ -46,21 +46,21 @@ PRESETS = {
     "smoke": dict(model="tiny", layer=1, n_texts=70, context_length=24, ce_texts=4, k=4,
                   sizes=[64, 128, 256], tokens=1536, batch=64, matched_sizes=[256], auxk_sizes=[256],
                   mesh_size=256, mesh_dict=2, dead_tokens=512, eval_rows=2000, extract_procs=1,
-                  torch_threads=1, isolate=False, warmup_steps=5, seed=0, plan_all=False),
-    # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^16 on 2^18
+                  torch_threads=1, isolate=False, warmup_steps=5, seed=0, plan_all=False, sink_factor=10.0),
+    # 2-core CPU: extraction runs at ~500 tokens/s here, so ~300k tokens (~10 min); F = 2^11..2^15 on 2^18
     # tokens each (one pass; the largest run a few minutes)
     "cpu": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=8, k=32,
-                sizes=[2**11, 2**12, 2**13, 2**14, 2**15, 2**16], tokens=2**18, batch=1024,
+                sizes=[2**11, 2**12, 2**13, 2**14, 2**15], tokens=2**18, batch=1024,
                 matched_sizes=[2**12, 2**13, 2**14, 2**15], auxk_sizes=[2**12, 2**14], mesh_size=2**14, mesh_dict=2,
                 dead_tokens=2**16, eval_rows=50000, extract_procs=2, torch_threads=2, isolate=True,
-                warmup_steps=100, seed=0, plan_all=True),
+                warmup_steps=100, seed=0, plan_all=True, sink_factor=10.0),
     # documented GPU/TPU study (not run here): every shipped Wikipedia lead (~1M tokens; several epochs at the
     # larger budgets), F = 2^14..2^24; run `--stages plan` first to see which sizes fit one device
     "full": dict(model="smollm2-135m-instruct", layer=15, n_texts=10000, context_length=128, ce_texts=64, k=32,
                  sizes=[2**i for i in range(14, 25)], tokens=2**23, batch=4096,
                  matched_sizes=[2**i for i in range(15, 25, 2)], auxk_sizes=[2**16, 2**20], mesh_size=2**20,
                  mesh_dict=2, dead_tokens=2**21, eval_rows=100000, extract_procs=1, torch_threads=None,
-                 isolate=True, warmup_steps=500, seed=0, plan_all=True),
+                 isolate=True, warmup_steps=500, seed=0, plan_all=True, sink_factor=10.0),
 }
 GROUPS = ("fixed", "matched", "noauxk", "mesh")
 SUMMARY = "extract_summary.json"  # beside the store (the store's own extract.json is its manifest)
@@ -145,6 +145,60 @@ def stage_extract(p, out, device):
 
 # ---------------------------------------------------------------- stage 2: training
 
+ROWS = "rows.npy"  # the training/eval rows: the store's rows without the attention-sink outliers
+
+
+def sink_rows(p, out):
+    """Write the store's rows without outlier-norm rows (> ``sink_factor`` × the median norm) to ``rows.npy``.
+
+    SmolLM2's first token of every text is an attention sink whose residual norm is ~100× the others'; those
+    ~1% of rows carry ~99% of the variance, so FVU over all rows would measure how well one direction is
+    copied. They are dropped here (and left unspliced in the CE eval), as is usual for BOS/sink tokens.
+    """
+    from sae_jax.data.open import open_path
+    from sae_jax.data.store import read_positions
+
+    summary_path = out / "rows_summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    src = open_path(store_path(p, out), store=True)
+    norms = np.concatenate([np.linalg.norm(src.read(np.arange(i, min(i + 65536, src.n_rows))), axis=1)
+                            for i in range(0, src.n_rows, 65536)])
+    threshold = float(p["sink_factor"] * np.median(norms))
+    keep = np.flatnonzero(norms <= threshold)
+    _, pos = read_positions(str(out / "store"))
+    pos = np.asarray(pos)
+    arr = np.lib.format.open_memmap(out / ROWS, mode="w+", dtype=np.float32, shape=(len(keep), src.d_in))
+    tot = 0.0
+    mean = np.zeros(src.d_in)
+    for i in range(0, src.n_rows, 65536):  # two passes over the store: copy the kept rows, then variance shares
+        rows = np.arange(i, min(i + 65536, src.n_rows))
+        x = src.read(rows)
+        mean += x.sum(0)
+        k = norms[rows] <= threshold
+        lo = np.searchsorted(keep, rows[0])
+        arr[lo:lo + int(k.sum())] = x[k]
+    arr.flush()
+    mean /= src.n_rows
+    dropped_var = 0.0
+    for i in range(0, src.n_rows, 65536):
+        rows = np.arange(i, min(i + 65536, src.n_rows))
+        d2 = ((src.read(rows) - mean) ** 2).sum(1)
+        tot += d2.sum()
+        dropped_var += d2[norms[rows] > threshold].sum()
+    dropped = np.flatnonzero(norms > threshold)
+    res = {"n_rows_store": int(src.n_rows), "n_rows_kept": int(len(keep)), "n_dropped": int(len(dropped)),
+           "threshold_norm": threshold, "median_norm": float(np.median(norms)),
+           "dropped_median_norm": float(np.median(norms[dropped])) if len(dropped) else None,
+           "dropped_share_at_position_0": float((pos[dropped] == 0).mean()) if len(dropped) else None,
+           "position_0_share_dropped": float((norms[pos == 0] > threshold).mean()) if (pos == 0).any() else None,
+           "dropped_share_of_variance": float(dropped_var / tot) if tot > 0 else None}
+    summary_path.write_text(json.dumps(res, indent=1))
+    log(f"rows: dropped {res['n_dropped']} outlier rows (norm > {threshold:.0f}; "
+        f"{res['dropped_share_of_variance']:.1%} of the variance), kept {res['n_rows_kept']}")
+    return res
+
+
 def run_specs(p):
     """Every run of the study: name, group, F, tokens, AuxK on/off, mesh dict size."""
     s0 = p["seed"]
@@ -171,7 +225,7 @@ def train_config(p, spec, out):
     steps = max(1, spec["tokens"] // p["batch"])
     return TrainConfig(
         run_dir=str(out / "runs" / spec["name"]), steps=steps, seed=spec["seed"],
-        data=DataConfig(store=store_path(p, out), batch_size=p["batch"], seed=spec["seed"]),
+        data=DataConfig(npy=str(out / ROWS), batch_size=p["batch"], seed=spec["seed"]),
         sae=SAEConfig(architecture="topk", d_sae=spec["F"], k=p["k"], dead_tokens=p["dead_tokens"],
                       **({} if spec["auxk"] else {"auxk_coef": 0.0})),
         optim=OptimConfig(warmup_steps=min(p["warmup_steps"], max(steps // 10, 1))),  # lr: 2e-4/sqrt(F/2^14)
@@ -213,7 +267,7 @@ def train_one(p, spec, out):
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the eval below adds its own
     dev_peak = device_peak_bytes()
-    src = open_path(store_path(p, out), store=True)
+    src = open_path(str(out / ROWS), store=False)
     lo = held_out_start_row(src.n_rows, cfg.data.holdout_fraction)
     rows = np.arange(lo, min(src.n_rows, lo + p["eval_rows"]))
     sae = load_sae(r.export_dir)
@@ -249,6 +303,7 @@ def child_env(spec):
 
 
 def stage_train(p, out, groups):
+    sink_rows(p, out)
     results = {}
     for spec in run_specs(p):
         if spec["group"] not in groups:
@@ -286,8 +341,8 @@ def stage_train(p, out, groups):
 def stage_eval(p, out, runs, device):
     import torch
 
+    from sae_jax.evals import splice as ev
     from sae_jax.evals.run import token_batches
-    from sae_jax.evals.splice import evaluate_splice
     from sae_jax.export import load_sae
     from sae_jax.lm import splice as lm_splice
     from sae_jax.lm.models import load_model
@@ -297,13 +352,27 @@ def stage_eval(p, out, runs, device):
     model.to(device)
     batches = token_batches(tok, ce_texts, p["context_length"], batch_size=8)
     special = tok.all_special_ids
+    threshold = sink_rows(p, out)["threshold_norm"]
+
+    def keep_sinks(transform):  # the attention-sink rows (dropped from training) stay clean in every variant
+        def apply(x):
+            out_rows = np.asarray(transform(x), dtype=np.float32).copy()
+            sink = np.linalg.norm(x, axis=1) > threshold
+            out_rows[sink] = x[sink]
+            return out_rows
+        return apply
+
     mean = lm_splice.mean_activation(model, batches, p["layer"], "resid", special)
     t0 = time.perf_counter()
     for name, res in runs.items():
         if "ce_loss_recovered" in res:
             continue
+        sae = load_sae(res["export"])
+        variants = {"spliced": ev.reconstruct(sae), "spliced_with_error": ev.reconstruct_with_error(sae),
+                    "zero": ev.zero_ablate(), "mean": ev.mean_ablate(mean)}
         with torch.no_grad():
-            s = evaluate_splice(model, load_sae(res["export"]), batches, p["layer"], "resid", special, mean=mean)
+            s = ev.splice_scores(lm_splice.splice_losses(model, batches, p["layer"], "resid",
+                                                         {k: keep_sinks(v) for k, v in variants.items()}, special))
         res |= {"ce_loss_recovered": s.ce_loss_recovered_zero, "ce_clean": s.ce_clean, "ce_spliced": s.ce_spliced,
                 "ce_zero": s.ce_zero, "kl_spliced": s.kl_spliced, "ce_tokens": s.n_tokens}
         (out / "runs" / name / "result.json").write_text(json.dumps(res, indent=1, default=float))
@@ -396,14 +465,17 @@ def plots(res, folder):
 
     runs = res["runs"]
     by = {g: sorted((r for r in runs.values() if r["group"] == g), key=lambda r: r["F"]) for g in GROUPS}
+    by["seed"] = [r for r in by["mesh"] if r["dict"] == 1]  # the one-device second-seed replicate
+    by["mesh"] = [r for r in by["mesh"] if r["dict"] > 1]
     names = []
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for g, m in (("fixed", "o"), ("matched", "s"), ("noauxk", "^"), ("mesh", "D")):
-        if by[g]:
-            ax.plot([r["F"] for r in by[g]], [r["fvu"] for r in by[g]], m + ("-" if g in ("fixed", "matched") else ""),
+    for g, m in (("fixed", "o"), ("matched", "s"), ("noauxk", "^"), ("mesh", "D"), ("seed", "x")):
+        pts = by[g] if g != "matched" or not by["fixed"] else by["fixed"][:1] + by[g]  # matched starts at the same run
+        if pts:
+            ax.plot([r["F"] for r in pts], [r["fvu"] for r in pts], m + ("-" if g in ("fixed", "matched") else ""),
                     label={"fixed": f"same tokens ({res['params']['tokens']:,})", "matched": "compute-matched",
-                           "noauxk": "no AuxK", "mesh": "dict-sharded mesh"}[g])
+                           "noauxk": "no AuxK", "mesh": "dict-sharded mesh", "seed": "second seed"}[g])
     for key, ls in (("fixed_fvu", "--"), ("matched_fvu", ":")):
         if key in res["fits"]:
             f = res["fits"][key]
@@ -422,7 +494,7 @@ def plots(res, folder):
     names.append("fvu_vs_F.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for g, m in (("fixed", "o-"), ("matched", "s-"), ("noauxk", "^"), ("mesh", "D")):
+    for g, m in (("fixed", "o-"), ("matched", "s-"), ("noauxk", "^"), ("mesh", "D"), ("seed", "x")):
         pts = [(r["F"], r["ce_loss_recovered"]) for r in by[g] if "ce_loss_recovered" in r]
         if pts:
             axes[0].plot(*zip(*pts), m, label=g)
@@ -530,7 +602,7 @@ dictionary-sharded mesh?
 
     P="python experiments/dictionary_scaling/run.py --preset cpu"
     flock /work/heavy.lock $P --stages extract
-    flock /work/heavy.lock $P --stages train --groups fixed       # then matched, noauxk, mesh
+    flock /work/heavy.lock $P --stages train      # all groups; or one at a time: --groups fixed (matched, noauxk, mesh)
     flock /work/heavy.lock $P --stages eval,plan
     $P --stages report                                            # fits, plots, this README
 
@@ -541,7 +613,8 @@ is documented, with its planner output below, and was **not run** here; the same
 **Method.** See the docstring of `run.py`. TopK (ReLU after the top-k), decoder rows unit-norm, AuxK
 (k_aux = d/2, coefficient 1/32) unless marked, Adam at the library's default lr 2e-4/√(F/2^14) with warm-up,
 no decay; inputs scaled to E‖x‖ = √d (the trainer's `expected_norm`). One pass over the token budget (no
-repeated rows at the cpu budget). FVU on the store's held-out tail (last 10% of rows, whole texts);
+repeated rows at the cpu budget). Rows whose norm exceeds 10× the median (SmolLM2's attention sink on the
+first token of every text) are dropped before training and left unspliced in the CE eval (numbers below). FVU on the store's held-out tail (last 10% of rows, whole texts);
 CE-loss recovered = (CE_zero − CE_SAE)/(CE_zero − CE_clean) on texts never extracted. *Dead (train window)*:
 no firing in the last `dead_tokens` training tokens (the trainer's counter); *dead (held-out)*: no firing on
 the held-out rows (grows with F at a fixed number of rows: a latent with frequency < 1/rows looks dead).
@@ -564,6 +637,12 @@ def write_readme(results):
              f"≤ {p['context_length']} tokens → {ex['n_tokens']:,} tokens (d = {ex['d_model']}), extracted at "
              f"{ex['tokens_per_s']:,.0f} tokens/s ({ex['procs']} process(es)). TopK k = {p['k']}, batch {p['batch']}, "
              f"compute budget of the matched runs: {p['tokens'] * p['sizes'][0]:,} latent-tokens.", "",
+             f"Attention-sink rows dropped before training (norm > {p['sink_factor']:g}× the median "
+             f"{res['rows']['median_norm']:.0f}): {res['rows']['n_dropped']:,} of {res['rows']['n_rows_store']:,} rows "
+             f"({res['rows']['dropped_share_at_position_0']:.0%} of them the first token of a text, median norm "
+             f"{res['rows']['dropped_median_norm']:,.0f}), carrying {res['rows']['dropped_share_of_variance']:.1%} of "
+             f"the variance; {res['rows']['n_rows_kept']:,} rows remain (last 10% held out). In the CE eval these "
+             "rows are left unspliced in every variant.", "",
              tables(res), "", "![FVU vs F](fvu_vs_F.png)", "", "![CE recovered and dead latents vs F](ce_dead_vs_F.png)",
              "", "![speed and memory vs F](speed_memory_vs_F.png)", ""]
     full = json.loads((HERE / "full_plan.json").read_text()) if (HERE / "full_plan.json").exists() else {}
@@ -660,6 +739,8 @@ def main():
         wall["extract"] = res["extract"]["wall_s"]  # the extraction's own time (a skipped rerun adds nothing)
     if "train" in stages:
         timed("train", lambda: stage_train(p, out, groups))
+    if (out / "rows_summary.json").exists():
+        res["rows"] = json.loads((out / "rows_summary.json").read_text())
     runs = load_runs(p, out)
     if "eval" in stages:
         timed("eval", lambda: stage_eval(p, out, runs, device))
