@@ -54,6 +54,11 @@ PRESETS = {
                 matched_sizes=[2**12, 2**13, 2**14, 2**15], auxk_sizes=[2**12, 2**14], mesh_size=2**14, mesh_dict=2,
                 dead_tokens=2**16, eval_rows=50000, extract_procs=2, torch_threads=2, isolate=True,
                 warmup_steps=100, seed=0, plan_all=True, sink_factor=10.0),
+    # the cpu preset's store and its fixed-budget sizes up to 2^14, with 4x the tokens (~3.4 passes over the rows)
+    "cpu_long": dict(model="smollm2-135m-instruct", layer=15, n_texts=3300, context_length=128, ce_texts=8, k=32,
+                     sizes=[2**11, 2**12, 2**13, 2**14], tokens=2**20, batch=1024, matched_sizes=[], auxk_sizes=[],
+                     mesh_size=2**14, mesh_dict=2, dead_tokens=2**16, eval_rows=50000, extract_procs=2,
+                     torch_threads=2, isolate=True, warmup_steps=100, seed=0, plan_all=False),
     # documented GPU/TPU study (not run here): every shipped Wikipedia lead (~1M tokens; several epochs at the
     # larger budgets), F = 2^14..2^24; run `--stages plan` first to see which sizes fit one device
     "full": dict(model="smollm2-135m-instruct", layer=15, n_texts=10000, context_length=128, ce_texts=64, k=32,
@@ -218,6 +223,11 @@ def run_specs(p):
     return specs
 
 
+def run_lr(F):
+    """Adam's peak lr of every run here: Gao et al.'s 2e-4 at 2^14 latents, scaled by 1/sqrt(F / 2^14)."""
+    return 2e-4 / float(np.sqrt(F / 2**14))
+
+
 def train_config(p, spec, out):
     from sae_jax.config import (CheckpointConfig, DataConfig, LogConfig, MeshConfig, OptimConfig, SAEConfig,
                                 TrainConfig)
@@ -228,7 +238,8 @@ def train_config(p, spec, out):
         data=DataConfig(npy=str(out / ROWS), batch_size=p["batch"], seed=spec["seed"]),
         sae=SAEConfig(architecture="topk", d_sae=spec["F"], k=p["k"], dead_tokens=p["dead_tokens"],
                       **({} if spec["auxk"] else {"auxk_coef": 0.0})),
-        optim=OptimConfig(warmup_steps=min(p["warmup_steps"], max(steps // 10, 1))),  # lr: 2e-4/sqrt(F/2^14)
+        # lr pinned to the rule these runs were made with (the library default may change): 2e-4/sqrt(F/2^14)
+        optim=OptimConfig(lr=run_lr(spec["F"]), warmup_steps=min(p["warmup_steps"], max(steps // 10, 1))),
         mesh=MeshConfig(dict=spec["dict"]),  # data axis: every other device
         checkpoint=CheckpointConfig(every=steps, keep=1),
         log=LogConfig(every=max(1, min(20, steps // 10)), progress=False))
@@ -273,7 +284,7 @@ def train_one(p, spec, out):
     sae = load_sae(r.export_dir)
     core = evaluate_core(sae, src, rows)
     res = spec | {"steps": cfg.steps, "tokens": cfg.steps * p["batch"], "batch": p["batch"], "k": p["k"],
-                  "lr": 2e-4 / np.sqrt(spec["F"] / 2**14), "wall_s": wall,
+                  "lr": run_lr(spec["F"]), "wall_s": wall,
                   "tokens_per_s": steady_rate(pathlib.Path(cfg.run_dir) / "metrics.jsonl", p["batch"]),
                   "peak_rss_bytes": rss, "rss_before_train_bytes": rss0, "device_peak_bytes": dev_peak,
                   "backend": jax.default_backend(), "n_devices": jax.device_count(),
@@ -455,7 +466,7 @@ def mem_slopes(runs, plans):
     return res
 
 
-def plots(res, folder):
+def plots(res, folder, longer=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -476,6 +487,9 @@ def plots(res, folder):
             ax.plot([r["F"] for r in pts], [r["fvu"] for r in pts], m + ("-" if g in ("fixed", "matched") else ""),
                     label={"fixed": f"same tokens ({res['params']['tokens']:,})", "matched": "compute-matched",
                            "noauxk": "no AuxK", "mesh": "dict-sharded mesh", "seed": "second seed"}[g])
+    if longer and longer.get("runs"):  # the cpu_long preset: same store, 4x the tokens
+        pts = sorted((r for r in longer["runs"].values() if r["group"] == "fixed"), key=lambda r: r["F"])
+        ax.plot([r["F"] for r in pts], [r["fvu"] for r in pts], "v-", label=f"same tokens ({longer['params']['tokens']:,})")
     for key, ls in (("fixed_fvu", "--"), ("matched_fvu", ":")):
         if key in res["fits"]:
             f = res["fits"][key]
@@ -645,6 +659,14 @@ def write_readme(results):
              "rows are left unspliced in every variant.", "",
              tables(res), "", "![FVU vs F](fvu_vs_F.png)", "", "![CE recovered and dead latents vs F](ce_dead_vs_F.png)",
              "", "![speed and memory vs F](speed_memory_vs_F.png)", ""]
+    if results.get("cpu_long", {}).get("runs"):
+        lg = results["cpu_long"]
+        lines += ["## Longer budget (`--preset cpu_long`)", "",
+                  f"The same store and settings, {lg['params']['tokens']:,} tokens per run (~"
+                  f"{lg['params']['tokens'] / res['rows']['n_rows_kept']:.1f} passes over the training rows), "
+                  f"F = 2^11…2^14 (run {lg.get('date', '?')} at commit `{lg.get('commit', '?')}`; "
+                  + ", ".join(f"{k} {v / 60:.1f} min" for k, v in lg.get("wall_s", {}).items()) + "):", "",
+                  tables(lg), ""]
     full = json.loads((HERE / "full_plan.json").read_text()) if (HERE / "full_plan.json").exists() else {}
     if full.get("full_plans"):
         fp = full["full_plans"]
@@ -713,7 +735,7 @@ def main():
         torch.set_num_threads(p["torch_threads"])
     out = pathlib.Path(args.out or f"runs/dictionary_scaling/{args.preset}")
     out.mkdir(parents=True, exist_ok=True)
-    folder = HERE if args.preset in ("cpu", "full") and not args.out else out
+    folder = HERE if args.preset in ("cpu", "cpu_long", "full") and not args.out else out
     results_path = folder / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     res = results.get(args.preset, {})
@@ -752,7 +774,8 @@ def main():
         res.setdefault("plans", {})
         res["fits"] = fits(runs)
         res["memory"] = mem_slopes(runs, res["plans"])
-        res["plots"] = plots(res, folder)
+        # cpu_long's curve is drawn in the cpu preset's FVU plot (rerun `--preset cpu --stages report`)
+        res["plots"] = [] if args.preset == "cpu_long" else plots(res, folder, results.get("cpu_long"))
         res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=HERE).stdout.strip()
         res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -761,7 +784,7 @@ def main():
     tmp = results_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=float))
     tmp.replace(results_path)
-    if args.preset == "cpu" and ("report" in stages or "readme" in stages) and folder == HERE:
+    if args.preset in ("cpu", "cpu_long") and ("report" in stages or "readme" in stages) and folder == HERE:
         write_readme(results)
     log(f"results: {results_path}")
 
