@@ -92,6 +92,7 @@ def variants() -> dict[str, dict]:
     mean_b_dec = lambda s: np.asarray(s, np.float64).mean(0)  # noqa: E731
     v = {
         "base": dict(note="sae_jax's recipe before this study (the demo's, `sae-jax demo`)"),
+        "defaults": dict(optim=dict(lr=None), note="sae_jax's defaults after this study (what `sae-jax demo` runs now)"),
         "init_sparsify": dict(patch=[(base, "init_tied_params", _sparsify_init)],
                               note="encoder Kaiming-uniform (row norm ~0.58), W_dec = its rows normalised"),
         "enc_scale_0.58": dict(patch=[(base, "init_tied_params", _scaled_init(1 / math.sqrt(3)))],
@@ -138,7 +139,8 @@ def train_variant(store: str, name: str, seed: int, work: Path, spec: dict | Non
         run_dir=str(work / f"{name}_s{seed}"), steps=STEPS, seed=seed,
         data=DataConfig(store=store, batch_size=BATCH, seed=seed, **spec.get("data", {})),
         sae=SAEConfig(architecture="topk", d_sae=D_SAE, k=K, **({"dead_tokens": 200_000} | spec.get("sae", {}))),
-        optim=OptimConfig(**({"warmup_steps": 50} | spec.get("optim", {}))),
+        # lr pinned to the old rule unless the variant sets it (None: the library's current default)
+        optim=OptimConfig(**({"warmup_steps": 50, "lr": BASE_LR} | spec.get("optim", {}))),
         checkpoint=CheckpointConfig(every=10**6, resume=False), log=LogConfig(progress=False))
     t = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -177,18 +179,25 @@ def dump(store: str, out: Path) -> None:
 
 
 def table(results: dict) -> str:
-    """Markdown rows: library, variant, held-out FVU (mean over seeds, with each), L0, dead %, note."""
+    """Markdown rows: library, variant, held-out FVU (mean over seeds, with each), L0, dead %, note;
+    sae_jax rows in the order of variants() (combinations last), then the sparsify rows."""
+    order = list(variants())
+    rank = lambda n: (order.index(n) if n in order else len(order), n)  # noqa: E731
     lines = ["| library | variant | held-out FVU | L0 | dead % (held-out) | seeds | what changes |",
              "|---|---|---|---|---|---|---|"]
+    rows = []
     for lib, runs in results.items():
-        names = dict.fromkeys(k.split("/")[0] for k in runs)
-        for name in names:
-            recs = [runs[k] for k in runs if k.split("/")[0] == name]
-            fvu = np.mean([r["fvu"] for r in recs])
-            each = "" if len(recs) == 1 else " (" + ", ".join(f"{r['fvu']:.4f}" for r in recs) + ")"
-            lines.append(f"| {lib} | {name} | {fvu:.4f}{each} | {np.mean([r['l0'] for r in recs]):.1f} | "
-                         f"{100 * np.mean([r['dead_frac_heldout'] for r in recs]):.1f} | {len(recs)} | "
-                         f"{recs[0].get('note', '')} |")
+        for name in sorted(dict.fromkeys(k.split("/")[0] for k in runs), key=rank):
+            recs = [runs[k] for k in sorted(runs) if k.split("/")[0] == name]
+            rows.append((lib, name, recs, recs[0].get("note", "")))
+            if "in_memory" in recs[0]:
+                rows.append((lib, name + " (in-memory weights)", [r["in_memory"] for r in recs],
+                             "the same run, evaluated with the weights the gradients were taken at"))
+    for lib, name, recs, note in rows:
+        fvu = np.mean([r["fvu"] for r in recs])
+        each = "" if len(recs) == 1 else " (" + ", ".join(f"{r['fvu']:.4f}" for r in recs) + ")"
+        lines.append(f"| {lib} | {name} | {fvu:.4f}{each} | {np.mean([r['l0'] for r in recs]):.1f} | "
+                     f"{100 * np.mean([r['dead_frac_heldout'] for r in recs]):.2f} | {len(recs)} | {note} |")
     return "\n".join(lines)
 
 
