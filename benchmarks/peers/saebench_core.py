@@ -14,6 +14,11 @@ Two steps, two virtualenvs:
    logits are checked against HF), loads the export with SAELens and runs SAEBench's core eval:
 
        python benchmarks/peers/saebench_core.py eval EXPORT MODEL_DIR OUT.npy --layer 9 --out core.json
+
+3. sae_jax's venv: its own metrics, and SAEBench's definitions (sae_jax.evals.core.saebench_reconstruction),
+   on the store rows of the same windows in the same batches, next to SAEBench's numbers:
+
+       python benchmarks/peers/saebench_core.py compare STORE EXPORT core.json
 """
 from __future__ import annotations
 
@@ -29,6 +34,13 @@ CONTEXT = 64
 def dump_tokens(store: str, out: str, context: int = CONTEXT) -> None:
     """Held-out texts of an extraction store as int64 [n, context] token windows (texts shorter than
     ``context`` tokens are dropped: SAELens' store reads fixed-length windows)."""
+    _, _, windows, n_texts = heldout_windows(store, context)
+    np.save(out, np.array([w for _, w in windows], np.int64))
+    print(f"{len(windows)} of {n_texts} held-out texts have {context} tokens -> {out}")
+
+
+def heldout_windows(store: str, context: int = CONTEXT):
+    """(store, [(doc, token ids)]) of the held-out texts with at least ``context`` tokens, in order."""
     from sae_jax.data.open import held_out_start_row
     from sae_jax.data.store import open_store
     from sae_jax.evals.provenance import heldout_docs, store_provenance
@@ -38,11 +50,40 @@ def dump_tokens(store: str, out: str, context: int = CONTEXT) -> None:
     prov = store_provenance(src)
     rows = np.arange(held_out_start_row(src.n_rows, 0.1), src.n_rows)
     _, tok = load_model(prov.model)
-    ids = [tok(prov.texts[i], truncation=True, max_length=context)["input_ids"]
-           for i in heldout_docs(prov.doc_ids, rows)]
-    windows = np.array([w for w in ids if len(w) == context], np.int64)
-    np.save(out, windows)
-    print(f"{len(windows)} of {len(ids)} held-out texts have {context} tokens -> {out}")
+    docs = heldout_docs(prov.doc_ids, rows)
+    ids = [tok(prov.texts[i], truncation=True, max_length=context)["input_ids"] for i in docs]
+    return src, prov, [(d, w) for d, w in zip(docs, ids) if len(w) == context], len(ids)
+
+
+def compare(store: str, export: str, saebench_json: str, batch: int) -> dict:
+    """sae_jax's core metrics and ``saebench_reconstruction`` on the store rows of the same windows,
+    in SAEBench's batches, next to SAEBench's own numbers."""
+    from sae_jax.evals.core import CoreAccumulator, saebench_reconstruction
+    from sae_jax.export import load_sae
+
+    sb = json.loads(Path(saebench_json).read_text())
+    src, prov, windows, _ = heldout_windows(store)
+    n = sb["n_batches"] * sb["batch_size_prompts"]
+    # SAEBench's variance/sparsity pass reads the windows AFTER those of its CE/KL pass: SAELens 6.54's
+    # ActivationsStore.reset_input_dataset does not rewind the sequence iterator get_batch_tokens reads
+    sae = load_sae(export)
+    xs = [src.read(np.flatnonzero(prov.doc_ids == d)[:CONTEXT]) for d, _ in windows[n:2 * n]]
+    if len(xs) < n:
+        raise SystemExit(f"{len(windows)} windows: run the eval with n_batches x batch <= {len(windows) // 2}")
+    acc, pairs = CoreAccumulator(sae.d_in, sae.d_sae), []
+    for i in range(0, n, batch):
+        x = np.concatenate(xs[i:i + batch])
+        h = sae.encode(x)
+        x_hat = np.asarray(sae.decode(h))
+        acc.update(x, x_hat, np.asarray(h))
+        pairs.append((x, x_hat))
+    ours = acc.result().to_dict()
+    out = {"sae_jax": {k: ours[k] for k in ("n_tokens", "fvu", "explained_variance", "nmse_vs_zero", "mse",
+                                           "cosine_similarity", "l2_ratio", "relative_reconstruction_bias", "l0")},
+           "saebench_definitions_in_sae_jax": saebench_reconstruction(pairs),
+           "saebench": sb["metrics"]}
+    print(json.dumps(out, indent=2, default=float))
+    return out
 
 
 def tl_model(model_dir: str):
@@ -126,9 +167,16 @@ def main() -> None:
     e.add_argument("--out", default="saebench_core.json")
     e.add_argument("--n-batches", type=int, default=4)
     e.add_argument("--batch", type=int, default=8)
+    c = sub.add_parser("compare")
+    c.add_argument("store")
+    c.add_argument("export")
+    c.add_argument("saebench_json")
+    c.add_argument("--batch", type=int, default=8)
     a = ap.parse_args()
     if a.cmd == "tokens":
         dump_tokens(a.store, a.out)
+    elif a.cmd == "compare":
+        compare(a.store, a.export, a.saebench_json, a.batch)
     else:
         run_core(a.export, a.model_dir, a.tokens, a.layer, a.out, a.n_batches, a.batch)
 
