@@ -3,8 +3,9 @@
 The demo's data and budget (SmolLM2-135M-Instruct layer-9 resid store as `sae-jax demo` extracts it,
 F 2048, k 32, 600 steps of 1,024 tokens, batch order = sae_jax's seed-0 order over the first 90% of
 rows), held-out FVU / L0 / dead fraction on the last 10% of rows. Each variant changes ONE thing
-from the demo's recipe as it was before this study (``base``), mostly to what EleutherAI sparsify
-1.3.3 does; the ``recipe_*`` variants are combinations. Results are merged into ``--out`` (one key
+from the demo's recipe as it was before this study (``base``: lr pinned to the old 2e-4 rule), mostly
+to what EleutherAI sparsify 1.3.3 does; ``a+b`` combines variants; ``defaults`` is the library's
+current default (docs/recipe.md). Results are merged into ``--out`` (one key
 per variant and seed), so variants can run one process at a time (each under the heavy lock):
 
     python benchmarks/peers/recipe_ablation.py runs/demo/store/layer9_resid --variants base,lr_x4
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import time
