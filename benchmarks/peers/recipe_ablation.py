@@ -215,7 +215,6 @@ def main() -> None:
         return print(table(json.loads(Path(a.out).read_text())))
     if a.dump:
         return dump(a.store, Path(a.dump))
-    import torch  # noqa: F401  (keeps the thread count of anything torch-backed low)
     out = Path(a.out)
     for name in a.variants.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
