@@ -190,7 +190,7 @@ def table(results: dict) -> str:
         for name in sorted(dict.fromkeys(k.split("/")[0] for k in runs), key=rank):
             recs = [runs[k] for k in sorted(runs) if k.split("/")[0] == name]
             rows.append((lib, name, recs, recs[0].get("note", "")))
-            if "in_memory" in recs[0]:
+            if any("in_memory" in r and r["in_memory"]["fvu"] != r["fvu"] for r in recs):  # schedule-free only
                 rows.append((lib, name + " (in-memory weights)", [r["in_memory"] for r in recs],
                              "the same run, evaluated with the weights the gradients were taken at"))
     for lib, name, recs, note in rows:
