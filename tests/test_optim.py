@@ -10,8 +10,12 @@ from sae_jax.optim import lr_schedule, sparsity_schedule
 
 
 def test_default_lr_rule_of_thumb():
-    for f in (2**14, 2**16, 24576):
-        assert TrainConfig(sae=SAEConfig(d_sae=f)).lr == pytest.approx(2e-4 / math.sqrt(f / 2**14))
+    # TopK: 4x the 2e-4 rule (docs/recipe.md); the others keep 2e-4; both scale as 1/sqrt(F)
+    for f in (2048, 2**14, 2**16, 24576):
+        assert TrainConfig(sae=SAEConfig(d_sae=f)).lr == pytest.approx(8e-4 / math.sqrt(f / 2**14))
+        for arch in ("batchtopk", "relu", "gated"):
+            assert TrainConfig(sae=SAEConfig(architecture=arch, d_sae=f)).lr == pytest.approx(2e-4 / math.sqrt(f / 2**14))
+    assert TrainConfig(sae=SAEConfig(d_sae=2048)).lr == pytest.approx(2.2627417e-3)  # the demo's: 4 x 5.657e-4
     assert TrainConfig(optim=OptimConfig(lr=1e-3)).lr == 1e-3
 
 

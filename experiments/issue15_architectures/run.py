@@ -7,11 +7,16 @@ rows. On mlp_in -> mlp_out: transcoder and skip-transcoder, held-out FVU of mlp_
 MLP of block 9 replaced by each in the model (CE / KL on held-out paragraphs).
 
     python experiments/issue15_architectures/run.py [WORK_DIR]     # results.json beside this file
+    python experiments/issue15_architectures/run.py WORK_DIR --only gated --l1 0.03 [--steps 200]
+
+``--only gated --l1 X`` trains one Gated SAE on the resid store (extracting only if WORK_DIR has
+none) and merges its held-out FVU/L0 into results.json as ``gated_l1_X`` (``gated_l1_X_steps_N``
+when ``--steps`` shortens the run: the matched-L0 bisection).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -37,10 +42,44 @@ def held_out_metrics(sae, x, y=None):
             "l0": float((h != 0).sum(1).mean()), "dead_frac_heldout": float((h == 0).all(0).mean())}
 
 
+def extract(work: Path, hooks=("resid", "mlp_in", "mlp_out")) -> None:
+    """The demo's extraction (resumes; a no-op when the store is complete)."""
+    run_extract(ExtractConfig(model=MODEL, out=str(work / "store"), text="wikipedia", max_texts=1200,
+                              layers=(LAYER,), hooks=hooks, context_length=64))
+
+
+def gated(sparsity_coef: float, steps: int = 600, seed: int = 0) -> SAEConfig:
+    """The Gated SAE of this experiment at L1 coefficient ``sparsity_coef`` (warm-up over the first 1/6)."""
+    return SAEConfig(architecture="gated", d_sae=2048, sparsity_coef=sparsity_coef,
+                     sparsity_warmup_steps=max(steps // 6, 1), dead_tokens=200_000)
+
+
+def run_one_gated(work: Path, sparsity_coef: float, steps: int = 600) -> dict:
+    """One Gated run on the resid store, merged into results.json."""
+    store = work / "store" / f"layer{LAYER}_resid"
+    if not store.exists():
+        extract(work, hooks=("resid",))
+    name = f"gated_l1_{sparsity_coef:g}" + ("" if steps == 600 else f"_steps_{steps}")
+    t = time.perf_counter()
+    result = train(TrainConfig(run_dir=str(work / name), data=DataConfig(store=str(store), batch_size=1024),
+                               sae=gated(sparsity_coef, steps), steps=steps, optim=OptimConfig(warmup_steps=50),
+                               checkpoint=CheckpointConfig(every=10**6, resume=False),
+                               log=LogConfig(progress=False)))
+    src = open_store(str(store))
+    held = src.read(np.arange(held_out_start_row(src.n_rows, 0.1), src.n_rows))
+    m = held_out_metrics(load_sae(result.export_dir), held) | {
+        "train_s": time.perf_counter() - t, "steps": steps, "export": str(result.export_dir)}
+    path = HERE / "results.json"
+    out = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    out["runs"][name] = m
+    path.write_text(json.dumps(out, indent=2))
+    print(name, m, flush=True)
+    return m
+
+
 def main(work: Path) -> dict:
     t0 = time.perf_counter()
-    run_extract(ExtractConfig(model=MODEL, out=str(work / "store"), text="wikipedia", max_texts=1200,
-                              layers=(LAYER,), hooks=("resid", "mlp_in", "mlp_out"), context_length=64))
+    extract(work)
     stores = {h: str(work / "store" / f"layer{LAYER}_{h}") for h in ("resid", "mlp_in", "mlp_out")}
     src = {h: open_store(p) for h, p in stores.items()}
     n = src["resid"].n_rows
@@ -54,8 +93,7 @@ def main(work: Path) -> dict:
         "batchtopk": (SAEConfig(architecture="batchtopk", d_sae=2048, k=32, dead_tokens=200_000), "resid"),
         "matryoshka_batchtopk": (SAEConfig(architecture="matryoshka_batchtopk", d_sae=2048, k=32,
                                            dead_tokens=200_000), "resid"),
-        **{f"gated_l1_{c}": (SAEConfig(architecture="gated", d_sae=2048, sparsity_coef=c, sparsity_warmup_steps=100,
-                                       dead_tokens=200_000), "resid") for c in (0.003, 0.01)},
+        **{f"gated_l1_{c}": (gated(c), "resid") for c in (0.003, 0.01)},
         **{f"{a}_l1_{c}": (SAEConfig(architecture=a, d_sae=2048, sparsity_coef=c, sparsity_warmup_steps=100,
                                      dead_tokens=200_000), "transcoder")
            for a in ("transcoder", "skip_transcoder") for c in (0.003,)},
@@ -93,4 +131,13 @@ def main(work: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/issue15_architectures"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("work", nargs="?", default="runs/issue15_architectures")
+    ap.add_argument("--only", choices=["gated"], help="train only this architecture (one run)")
+    ap.add_argument("--l1", type=float, default=0.01, help="--only gated: the L1 coefficient")
+    ap.add_argument("--steps", type=int, default=600, help="--only gated: steps (shorter for a bisection)")
+    a = ap.parse_args()
+    if a.only == "gated":
+        run_one_gated(Path(a.work), a.l1, a.steps)
+    else:
+        main(Path(a.work))

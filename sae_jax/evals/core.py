@@ -186,3 +186,32 @@ def evaluate_core(sae: SAELike, source: ActivationSource, rows: np.ndarray | Non
         h = sae.encode(x)
         acc.update(x, sae.decode(h), h)
     return acc.result()
+
+
+def saebench_reconstruction(batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """SAEBench 0.6.0's core-eval reconstruction metrics with ITS definitions, for comparing numbers.
+
+    ``batches``: ``(x, x_hat)`` pairs [tokens, d], one per SAEBench eval batch (its values depend on
+    the batching). Differs from ``CoreMetrics`` (docs/saebench.md):
+    ``explained_variance`` = 1 - mean_t ||x-x̂||² / (mean_t ||x||² - m²), m = mean over batches and
+    dimensions of mean_t x_d² (not the variance about the mean: not 1 - FVU);
+    ``explained_variance_legacy`` = mean over tokens of 1 - ||x_t-x̂_t||² / ||x_t - mean_batch(x)||²;
+    ``mse`` = mean over tokens of ||x_t-x̂_t||² / (tokens in its batch).
+    """
+    sq, per_dim, rss, legacy, mse = [], [], [], [], []
+    for x, x_hat in batches:
+        x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
+        if x.shape != x_hat.shape or x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"each batch needs x and x_hat of the same [tokens > 0, d] shape, got {x.shape}, {x_hat.shape}")
+        r = ((x - x_hat) ** 2).sum(1)
+        sq.append((x**2).sum(1).mean())
+        per_dim.append((x**2).mean(0))
+        rss.append(r.mean())
+        legacy.append(1 - r / ((x - x.mean(0)) ** 2).sum(1))
+        mse.append(r / len(x))
+    if not sq:
+        raise ValueError("no batches were given")
+    m = np.concatenate(per_dim).mean()
+    return {"explained_variance": float(1 - np.mean(rss) / (np.mean(sq) - m**2)),
+            "explained_variance_legacy": float(np.concatenate(legacy).mean()),
+            "mse": float(np.concatenate(mse).mean())}
