@@ -44,6 +44,14 @@ class StepClock:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux: VmHWM, which starts afresh at exec (ru_maxrss carries the parent's
+    peak across fork + exec, so a harness that had just generated the data reported its own peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
