@@ -1,24 +1,14 @@
 """The dictionary-scaling experiment's smoke preset end to end (tiny random Llama): wiring, not science."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.experiment_smoke import run_smoke
 
 
+@pytest.mark.slow  # ~40 s: the default suite is near its 10-minute budget
 def test_smoke_preset_writes_finite_results(tmp_path):
-    pytest.importorskip("torch")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)  # a plain host: one CPU device, the script forces 2 for the sharded run itself
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/dictionary_scaling/run.py"), "--preset", "smoke",
-                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "results.json").read_text())["smoke"]
+    # a plain host: one CPU device; the script forces 2 for the sharded run itself
+    res = run_smoke("dictionary_scaling", tmp_path, plain_host=True)["smoke"]
     runs = res["runs"]
     assert {r["group"] for r in runs.values()} == {"fixed", "matched", "noauxk", "mesh"}
     for r in runs.values():

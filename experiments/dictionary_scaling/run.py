@@ -620,7 +620,7 @@ dictionary-sharded mesh?
     flock /work/heavy.lock $P --stages eval,plan
     $P --stages report                                            # fits, plots, this README
 
-`--preset smoke` (tiny random Llama, seconds) is a CI test. `--preset full` (F = 2^14…2^24 on a GPU/TPU host)
+`--preset smoke` (tiny random Llama, ~30 s) is a test (`pytest -m slow tests/test_experiment_dictionary_scaling.py`). `--preset full` (F = 2^14…2^24 on a GPU/TPU host)
 is documented, with its planner output below, and was **not run** here; the same script runs it unchanged
 (`--device cuda` for the extraction; `--sizes`, `--tokens`, `--batch` override the preset).
 
