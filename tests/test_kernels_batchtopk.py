@@ -12,7 +12,7 @@ from sae_jax.kernels.batchtopk import sharded_batchtopk_autoencode
 from sae_jax.kernels.batchtopk_sae import SparseBatchTopKSAE
 from sae_jax.mesh import make_mesh
 from tests.helpers_train import tiny_config
-from tests.test_kernels_fused import _loss, _params, dense
+from tests.test_kernels_fused import _loss, _params, assert_grads_match, dense
 from tests.test_kernels_sharded import MESHES, _train
 
 
@@ -91,12 +91,7 @@ def test_batchtopk_values_and_grads_match_dense(mesh_shape, row_cap, dense_rows,
         _, e_hat = dense(p, x, k, dead, k_aux)
         return _loss(hd @ p["W_dec"] + p["b_dec"], e_hat, x) + jnp.sum(jnp.sin(jnp.where(listed, hd, 0.0)))
 
-    gs = jax.jit(jax.grad(sparse_loss, argnums=(0, 1)))(p, x)
-    gd = jax.jit(jax.grad(dense_loss, argnums=(0, 1)))(p, x)
-    for name in p:
-        np.testing.assert_allclose(np.asarray(gs[0][name]), np.asarray(gd[0][name]), rtol=1e-4, atol=1e-4,
-                                   err_msg=name)
-    np.testing.assert_allclose(np.asarray(gs[1]), np.asarray(gd[1]), rtol=1e-4, atol=1e-4)
+    assert_grads_match(sparse_loss, dense_loss, p, x)
 
 
 def test_batchtopk_ties_at_the_threshold_are_all_kept():

@@ -46,11 +46,12 @@ def whole_loop(args, x) -> None:
     n_steps = args.warmup + args.steps
     base = train_config("topk", x.shape[1], args.n_latents, args.k, args.batch, "float32", "auto", (1, 1), 0)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = sae_jax.TrainConfig.from_dict(base.to_dict() | {
+        d = base.to_dict()
+        cfg = sae_jax.TrainConfig.from_dict(d | {
             "steps": n_steps, "run_dir": tmp,
-            "data": base.to_dict()["data"] | {"holdout_fraction": 0.0},
-            "log": base.to_dict()["log"] | {"every": 1, "progress": False},
-            "checkpoint": base.to_dict()["checkpoint"] | {"every": 10**9}})
+            "data": d["data"] | {"holdout_fraction": 0.0},
+            "log": d["log"] | {"every": 1, "progress": False},
+            "checkpoint": d["checkpoint"] | {"every": 10**9}})
         sae_jax.train(cfg, ArraySource(x))
         lines = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     ends = [r["tokens"] / r["tokens_per_s"] for r in lines]

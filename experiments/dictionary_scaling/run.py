@@ -466,6 +466,20 @@ def mem_slopes(runs, plans):
     return res
 
 
+def _save_panels(fig, axes, folder, name):
+    """Log-2 F axis, legend on every panel; write the PNG and close the figure. Returns its name."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latents F")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return name
+
+
 def plots(res, folder, longer=None):
     import matplotlib
 
@@ -515,14 +529,7 @@ def plots(res, folder, longer=None):
         axes[1].plot([r["F"] for r in by[g]], [r["dead_fraction_train"] for r in by[g]], m, label=g)
     axes[0].set_ylabel("CE-loss recovered (zero ablation)")
     axes[1].set_ylabel(f"dead fraction (no firing in the last {res['params']['dead_tokens']:,} training tokens)")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("latents F")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "ce_dead_vs_F.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    names.append("ce_dead_vs_F.png")
+    names.append(_save_panels(fig, axes, folder, "ce_dead_vs_F.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     fx = by["fixed"]
@@ -540,14 +547,7 @@ def plots(res, folder, longer=None):
     pl = [res["plans"].get(f"{f}_1x1", {}).get("bytes_per_device", np.nan) / 2**30 for f in F]
     axes[1].plot(F, pl, "^--", label="planner: step bytes per device")
     axes[1].set_ylabel("GiB")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("latents F")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "speed_memory_vs_F.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    names.append("speed_memory_vs_F.png")
+    names.append(_save_panels(fig, axes, folder, "speed_memory_vs_F.png"))
     return names
 
 
