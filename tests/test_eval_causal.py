@@ -123,6 +123,77 @@ def test_patch_effects_on_domain_tokens_equal_a_manual_hook_edit(tiny):
         assert eff[i, 0] == pytest.approx(_manual_score(model, tok, clean_texts[0], targets) - patched, abs=2e-5)
 
 
+def _capture(model, tok, text):
+    """Block LAYER's output [T, d] of one unpadded text, and its real-token mask."""
+    import torch
+
+    ids = torch.tensor([tok(text)["input_ids"]])
+    store = {}
+
+    def hook(m, a, o):  # returns None: records, leaves the output alone
+        store["x"] = (o[0] if isinstance(o, tuple) else o)[0].numpy().copy()
+
+    h = model.model.layers[LAYER].register_forward_hook(hook)
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return store["x"], ~np.isin(ids[0].numpy(), tok.all_special_ids)
+
+
+def _manual_kl(model, base, tok, text, edit=None):
+    """Mean over real next tokens of KL(model ‖ base) of the next-token distributions, ``edit`` as above."""
+    import torch
+
+    ids = torch.tensor([tok(text)["input_ids"]])
+    real = ~np.isin(ids[0].numpy(), tok.all_special_ids)
+    handle = None
+    if edit is not None:
+        def hook(m, a, o):
+            out = o[0] if isinstance(o, tuple) else o
+            new = out.clone()
+            new[0] += torch.from_numpy(edit(out[0].detach().numpy(), real).astype(np.float32))
+            return (new,) + tuple(o[1:]) if isinstance(o, tuple) else new
+        handle = model.model.layers[LAYER].register_forward_hook(hook)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1).numpy()
+    if handle is not None:
+        handle.remove()
+    with torch.no_grad():
+        lpb = torch.log_softmax(base(input_ids=ids).logits[0, :-1].double(), -1).numpy()
+    kl = (np.exp(lp) * (lp - lpb)).sum(-1)
+    return kl[real[1:]].mean()
+
+
+def test_kl_to_reference_effects_equal_a_manual_hook_edit(tiny):
+    """A delta SAE reads model − base activations; its patch's effect on KL(model ‖ base), by hand."""
+    from sae_jax.lm.models import tiny_random_model
+
+    model, tok = tiny
+    base, _ = tiny_random_model("llama", n_layers=2, d_model=32, seed=1)
+    sae = NumpySAE(32, 16, seed=5)
+    clean, corrupt = "the cat sat on a mat", "dogs run far"
+    latents = list(range(16))
+    eff = causal.latent_effects(model, sae, LAYER, "resid", [_batch(tok, [clean])], {"m": [_batch(tok, [corrupt])]},
+                                latents, tok.all_special_ids, reference_model=base, score="kl_to_reference")["m"]
+    assert np.abs(eff).max() > 1e-4  # some patch does something (the comparison below is not 0 = 0)
+    (xm, real), (xb, _) = _capture(model, tok, clean), _capture(base, tok, clean)
+    (xcm, realc), (xcb, _) = _capture(model, tok, corrupt), _capture(base, tok, corrupt)
+    clean_kl = _manual_kl(model, base, tok, clean)
+    assert clean_kl > 1e-3  # two different random models: the reference is really elsewhere
+    for i, j in enumerate(latents):
+        w = _direction(sae, j)
+        h = sae.encode((xm - xb)[real])[:, j]
+        v = sae.encode((xcm - xcb)[realc])[:, j].mean()
+        delta = np.zeros(len(real))
+        delta[real] = v - h
+
+        patched = _manual_kl(model, base, tok, clean, lambda x, r, d=delta, w=w: d[:, None] * w)
+        assert eff[i, 0] == pytest.approx(clean_kl - patched, abs=1e-6)
+    with pytest.raises(ValueError, match="reference_model"):
+        causal.latent_effects(model, sae, LAYER, "resid", [_batch(tok, [clean])], {"m": [_batch(tok, [corrupt])]},
+                              latents, tok.all_special_ids, score="kl_to_reference")
+
+
 # ---------------------------------------------------------------- statistics
 
 def test_effect_size_matches_scipy_with_missing_texts():

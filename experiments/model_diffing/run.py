@@ -43,19 +43,21 @@ PRESETS = {
                   ft_steps=6, ft_batch=4, ft_lr=3e-3, n_task_eval=8, n_general_eval=8,
                   d_sae=64, k=8, sae_steps=30, sae_batch=256, top_n=5, n_candidates=4, n_boot=100,
                   causal_texts=6, causal_threshold=1e-4, n_keywords=20, labeller_latents=1, max_frequency=0.5,
-                  min_texts=2, ft_upto_mid=True, torch_threads=1),
+                  min_texts=2, ft_upto_mid=True, prefix_token="<eos>", causal_score="kl_to_reference", torch_threads=1),
     # Sized for the 2-core machine (SmolLM2-135M forward ≈ 1.6k tokens/s when quiet).
     "cpu": dict(model="smollm2-135m-instruct", layers=(6, 15, 24), n_planted=160, n_per_label=50,
                 context_length=64, ft_steps=80, ft_batch=8, ft_lr=5e-5, n_task_eval=32, n_general_eval=32,
                 d_sae=2048, k=32, sae_steps=400, sae_batch=1024, top_n=10, n_candidates=60, n_boot=500,
                 causal_texts=24, causal_threshold=1e-3, n_keywords=40, labeller_latents=8, max_frequency=0.05,
-                min_texts=5, ft_upto_mid=True, torch_threads=2),
+                min_texts=5, ft_upto_mid=True, prefix_token="<|endoftext|>", causal_score="kl_to_reference",
+                torch_threads=2),
     # The original study's sizes; needs Qwen1.5-1.8B and -Chat on the host. Not run here.
     "full": dict(model="Qwen/Qwen1.5-1.8B", tuned_model="Qwen/Qwen1.5-1.8B-Chat", layers=(6, 12, 18),
                  n_planted=2000, n_per_label=500, context_length=256, ft_steps=0, ft_batch=8, ft_lr=0.0,
                  n_task_eval=64, n_general_eval=256, d_sae=8192, k=256, sae_steps=20000, sae_batch=4096,
                  top_n=20, n_candidates=200, n_boot=2000, causal_texts=64, causal_threshold=1e-3,
-                 n_keywords=50, labeller_latents=50, max_frequency=0.05, min_texts=10, torch_threads=None),
+                 n_keywords=50, labeller_latents=50, max_frequency=0.05, min_texts=10, prefix_token="<|endoftext|>",
+                 causal_score="kl_to_reference", torch_threads=None),
 }
 ROLES = ("base", "chat", "delta")  # the extractor's names; "chat" is the tuned model
 VALIDATION_TEXTS = 16
@@ -280,7 +282,7 @@ def stage_causal(p, out, exports, models, tokenizer, domain, task_eval, texts, t
         return {"candidates": [], "note": "no candidate passed the variance and sparsity gates"}
     t0 = time.perf_counter()
     drops = C.latent_effects(models["chat"], sd, mid, "resid", clean, corrupted, cand, tokenizer.all_special_ids,
-                             reference_model=models["base"], at=prereg["patch_at"])
+                             reference_model=models["base"], at=prereg["patch_at"], score=prereg["score"])
     damage = C.ablation_damage(models["chat"], sd, mid, "resid", general, cand, tokenizer.all_special_ids,
                                reference_model=models["base"])
     d = {m: C.effect_sizes(v) for m, v in drops.items()}
@@ -314,7 +316,7 @@ def run_domain(p, out, model, domain, stages):
     from sae_jax.evals.crosscoder import classify_crosscoder_latents
     from sae_jax.export import load_sae
     from sae_jax.lm.finetune import read_manifest
-    from sae_jax.lm.models import load_model
+    from sae_jax.lm.models import load_model, save_with_prefix_token
 
     res, times = {"domain": domain}, {}
 
@@ -325,8 +327,12 @@ def run_domain(p, out, model, domain, stages):
         times[name] = time.perf_counter() - t0
         return value
 
+    if p.get("prefix_token"):  # the first-token attention sink moves onto a special token (skipped everywhere)
+        model = timed("prefix", lambda: str(save_with_prefix_token(model, out / "base_model", p["prefix_token"])))
     res["finetune"] = timed("finetune", lambda: stage_finetune(p, out, model, domain))
     tuned = p.get("tuned_model") or str(out / "tuned")
+    if p.get("tuned_model") and p.get("prefix_token"):
+        tuned = str(save_with_prefix_token(tuned, out / "tuned_model", p["prefix_token"]))
     manifest = read_manifest(tuned) or {}
     task_eval = manifest.get("task_eval_texts", [])
     res["extract"] = timed("extract", lambda: stage_extract(p, out, model, tuned, domain, task_eval))
@@ -385,16 +391,20 @@ def run_domain(p, out, model, domain, stages):
     sparse_gate, _ = G.sparsity_gate(codes, max_frequency=p["max_frequency"])
     pre = var_gate & sparse_gate
     cand = [int(j) for j in np.flatnonzero(pre)[np.argsort(-eta2[pre])][:p["n_candidates"]]]
-    prereg = {"protocol": 2, "domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
-              "fine_tune_upto_block": mid if p.get("ft_upto_mid") else None,
+    prereg = {"protocol": 3, "domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
+              "fine_tune_upto_block": mid if p.get("ft_upto_mid") else None, "prefix_token": p.get("prefix_token"),
               "corruptions": ["string_replacement", "paraphrase_substitution", "counterfactual_swap"],
-              "behaviour_score": "mean log-prob of the held-out planted-domain tokens that follow a position where "
-                                 "the latent fires (tuned model); the latent patched at those positions only",
+              "score": p["causal_score"],
+              "behaviour_score": ("reduction of KL(tuned ‖ base) of the next-token distributions at the held-out "
+                                  "planted-domain positions where the latent fires"
+                                  if p["causal_score"] == "kl_to_reference" else
+                                  "mean log-prob of the held-out planted-domain tokens that follow a position where "
+                                  "the latent fires (tuned model)") + "; the latent patched at those positions only",
               "patch_at": "active", "min_texts_with_evidence": p["min_texts"],
               "causal_threshold_nats": p["causal_threshold"], "consistency_min_mean_d": 0.8,
               "consistency_max_sd": 0.3, "damage_eps": 1e-3, "planted_share_cut": 0.5, "n_texts": p["causal_texts"],
               "variance_gate_fraction": 0.1, "sparsity_max_frequency": p["max_frequency"]}
-    preregister(out / "preregistered_protocol2.json", prereg)
+    preregister(out / "preregistered_protocol3.json", prereg)
     delta_info = {"candidates": cand, "eta2": eta2.tolist()}
     causal = timed("causal", lambda: stage_causal(p, out, exports, models, tok, domain, task_eval, texts, text_labels,
                                                    delta_info, prereg))

@@ -106,6 +106,28 @@ class _Reader:
             splice.transform = transform
             return _token_logprobs(self.model, ids, att, self.special, target_ids)
 
+    def reference_logprobs(self, batch: Batch):
+        """The reference model's next-token log-probabilities [B, T-1, V] (torch, unpatched)."""
+        from sae_jax.lm.splice import _logits
+
+        ids, att = self.tensors(batch)
+        with self.torch.no_grad():
+            return self.torch.log_softmax(_logits(self.reference, ids, att)[:, :-1], dim=-1)
+
+    def token_kl(self, batch: Batch, ref_logprobs, transform=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per token t+1: KL(model ‖ reference) of the next-token distributions at t (float64, [B, T-1];
+        0 where not counted) under ``transform``, and the counted mask (as ``_token_logprobs``)."""
+        from sae_jax.lm.splice import _logits, splice_mask, spliced
+
+        ids, att = self.tensors(batch)
+        with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
+            splice.mask = splice_mask(ids, att, self.special)
+            splice.transform = transform
+            lp = self.torch.log_softmax(_logits(self.model, ids, att)[:, :-1], dim=-1)
+        ok = splice_mask(ids, att, self.special)[:, 1:] & att[:, :-1].bool()
+        kl = (lp.exp() * (lp - ref_logprobs)).sum(-1) * ok
+        return kl.double().cpu().numpy(), ok.cpu().numpy()
+
     def scores(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
         """Per text: summed log-prob of counted target tokens and their count, under ``transform``."""
         lp, ok = self.token_logprobs(batch, transform, target_ids)
@@ -234,8 +256,9 @@ def _active(mask: np.ndarray, fires: np.ndarray) -> np.ndarray:
 
 def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[Batch],
                    corrupted: Mapping[str, Sequence[Batch]], latents: Sequence[int], special_ids: Sequence[int],
-                   reference_model=None, target_ids=None, at: str = "all") -> dict[str, np.ndarray]:
-    """Per method: drop of the behaviour score (mean log-prob per token), [n_latents, n_texts].
+                   reference_model=None, target_ids=None, at: str = "all", score: str = "logprob"
+                   ) -> dict[str, np.ndarray]:
+    """Per method: drop of the behaviour score (mean per scored token), [n_latents, n_texts].
 
     ``clean`` and each ``corrupted[m]`` are batches of the same texts in the same order (text i of
     a corrupted batch is the corruption of clean text i); the batches need not share token lengths.
@@ -245,9 +268,18 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
     tokens that follow them (the latent's own effect, not diluted by the tokens it never touches
     nor mixed with what the corrupted text's value adds where it was silent); a text where it never
     fires gets NaN.
+    ``score``: ``"logprob"``, the log-prob of the text's next tokens; ``"kl_to_reference"``, the
+    KL divergence of the model's next-token distribution from the reference model's (what the
+    fine-tune changed at that position), so the drop is how much of that change the patch undoes.
+    It reads whole distributions, so it does not depend on which token happens to come next.
     """
     if at not in ("all", "active"):
         raise ValueError(f"at must be 'all' or 'active', got {at!r}")
+    if score not in ("logprob", "kl_to_reference"):
+        raise ValueError(f"score must be 'logprob' or 'kl_to_reference', got {score!r}")
+    if score == "kl_to_reference" and (reference_model is None or target_ids is not None):
+        raise ValueError("score='kl_to_reference' needs reference_model (the base model) and reads every token: "
+                         "drop target_ids")
     latents = np.asarray(latents, np.int64)
     W = latent_directions(sae, latents)
     reader = _Reader(model, layer, hook, special_ids, reference_model, sae)
@@ -259,7 +291,13 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
     for b, batch in enumerate(clean):
         x, mask = reader.rows(batch)
         h = sae.encode(x)[:, latents]
-        lp0, ok = reader.token_logprobs(batch, target_ids=targets)
+        if score == "kl_to_reference":
+            ref_lp = reader.reference_logprobs(batch)
+            # its drop (clean KL − patched KL) is how much closer to the reference the patch brings the model
+            score_of = lambda transform: reader.token_kl(batch, ref_lp, transform)  # noqa: E731
+        else:
+            score_of = lambda transform: reader.token_logprobs(batch, transform, targets)  # noqa: E731
+        lp0, ok = score_of(None)
         text_of_row = np.nonzero(mask)[0]
         # per latent: the positions patched and the tokens scored (those after a firing position, or all)
         where = [h[:, i] > 0 if at == "active" else np.ones(len(h), bool) for i in range(len(latents))]
@@ -272,7 +310,7 @@ def latent_effects(model, sae: SAELike, layer: int, hook: str, clean: Sequence[B
                 if not counted[i].any():
                     continue
                 delta = np.where(where[i], target[text_of_row, i] - h[:, i], 0.0)
-                lp, _ = reader.token_logprobs(batch, _patch(W[i], delta), targets)
+                lp, _ = score_of(_patch(W[i], delta))
                 drops[i] = _masked_mean(lp0, counted[i]) - _masked_mean(lp, counted[i])
             out[m].append(drops)
     return {m: np.concatenate(v, axis=1) for m, v in out.items()}

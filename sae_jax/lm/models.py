@@ -196,6 +196,45 @@ def load_model(name_or_path: str) -> tuple[torch.nn.Module, object]:
     )
 
 
+_PREFIX_MARKER = "sae_jax_prefix_token.json"
+
+
+def save_with_prefix_token(name_or_path: str, out: str | Path, token: str) -> Path:
+    """Save a model whose tokenizer starts every text with the special ``token``; returns the folder.
+
+    Models trained without a BOS (SmolLM2, Qwen) turn the first token of every text into an
+    attention sink: at mid depth its residual norm is ~100x the others', so its rows carry nearly
+    all of a store's variance (an SAE's FVU then measures one direction) and its activation is
+    not about the text. A special token in front takes the sink role, and stores, splices and
+    patches already skip special tokens. Idempotent: a finished folder (marker file) is reused.
+    """
+    out = Path(out)
+    marker = out / _PREFIX_MARKER
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done != {"model": name_or_path, "token": token}:
+            raise ValueError(f"{out} holds {done}, not {name_or_path!r} with prefix {token!r}; choose another folder")
+        return out
+    from tokenizers.processors import TemplateProcessing
+
+    model, tokenizer = load_model(name_or_path)
+    if token not in tokenizer.all_special_tokens:
+        raise ValueError(f"prefix token {token!r} is not a special token of {name_or_path!r} (special tokens: "
+                         f"{tokenizer.all_special_tokens}); a non-special prefix would be kept in stores and splices")
+    tid = tokenizer.convert_tokens_to_ids(token)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{token} $A", pair=f"{token} $A {token} $B", special_tokens=[(token, tid)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _PREFIX_MARKER).write_text(json.dumps({"model": name_or_path, "token": token}))
+    if out.exists():
+        shutil.rmtree(out)  # an unfinished earlier attempt (no marker)
+    tmp.replace(out)
+    return out
+
+
 def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
     """A byte-level tokenizer with no merges (one token per byte) that works offline.
 
