@@ -641,20 +641,34 @@ weights (not run here; its memory plan is below).
 - *types*: A/B = base-SAE latents whose Cohen's d (tuned − base activations of the same tokens) is ≤ −0.5 /
   ≥ +0.5 with the 95% paired-bootstrap CI excluding 0; C = delta-SAE latents without a base- or tuned-SAE
   decoder row at |cos| ≥ 0.7;
+- *prefix token*: every text starts with the special token `<|endoftext|>` (the model's document
+  separator; `sae_jax.lm.models.save_with_prefix_token`). SmolLM2 was trained without a BOS, so without
+  it the first real token of every text is an attention sink whose residual norm is ~150× the median at
+  layers 15 and 24: under protocols 1–2 those ~1% of rows carried nearly all of a store's variance (the
+  FVU ≈ 0.001 of protocol 2's mid-depth SAEs measured how well one direction was copied). With the prefix
+  the sink sits on a special token, which stores, splices and patches skip.
 - *funnel* (delta SAE, mid depth, held-out 10% of rows as the probe set): alive → top decile of η² (share
   of the latent's variance explained by the text's topic) → rare but strong (fires on ≤ 5% of tokens,
   mean activation ≥ the median) → the 60 with the largest η² (cost) → causal: at the positions where the
   latent fires on a held-out planted-topic text (never trained on), its contribution in the tuned model is
-  patched to its mean value on a corrupted version of the text, and the log-prob of the tokens that follow
-  those positions drops by more than the threshold, averaged over three corruptions (keyword string
-  replacement, paraphrase-like substitution by frequent general words, counterfactual swap to a text of
-  another topic), with evidence (a firing position) on at least 5 texts → consistency: mean d > 0.8 and
-  SD < 0.3 across the three corruptions. Settings are written to `preregistered_protocol2.json` before
-  the causal stage; a re-run with other settings is refused.
-- *protocol 2* (this README) replaced *protocol 1* after protocol 1 found nothing (section at the end):
-  protocol 1 tuned every block, took the 20 candidates with the largest η², and patched and scored every
-  token of a text. A diagnostic (`causal.layer_delta_share`, reported per run below) showed why: under a
-  full fine-tune only about a third of the tuned-vs-base gap passes through the mid-depth residual.
+  patched to its mean value on a corrupted version of the text, and the tuned model's next-token
+  distribution there moves back toward the base model's: KL(tuned ‖ base) falls by more than the
+  threshold (0.001 nats), averaged over three corruptions (keyword string replacement, paraphrase-like
+  substitution by frequent general words, counterfactual swap to a text of another topic), with evidence
+  (a firing position) on at least 5 texts → consistency: mean d > 0.8 and SD < 0.3 across the three
+  corruptions, d = mean / SD over texts of the per-text effect. Settings are written to
+  `preregistered_protocol3.json` before the causal stage; a re-run with other settings is refused.
+- *protocols*: protocol 3 (this README) replaced protocol 2, which replaced protocol 1, each after the
+  previous one's final causal set came out empty (sections at the end). Protocol 1 tuned every block and
+  patched and scored every token; a diagnostic (`causal.layer_delta_share`) showed that under a full
+  fine-tune only about a third of the tuned-vs-base gap passes through the mid-depth residual. Protocol 2
+  tuned blocks 0–15 only and patched and scored only where a latent fires, with the log-prob of the next
+  token as the behaviour score; its causal gate kept 20 latents (planted precision 0.80) but none passed
+  the consistency gate: single-token log-probs are noisy, so per-text effects varied too much for
+  d > 0.8. Protocol 3 changed two things, fixed before its runs and for both domains: the prefix token
+  above, and the behaviour score, from the log-prob of the one token that came next to the KL divergence
+  of the whole next-token distribution from the base model's (the issue's "tuned-vs-base difference"),
+  which does not depend on which token happens to follow. Everything else is protocol 2's.
 - *score* (like the study's CCIS): max(mean d, 0) × η² / (damage + 0.001), damage = CE increase on
   general text with the latent zero-ablated; p-values: one-sided t-tests per corruption, the largest of
   the three, Benjamini–Hochberg across candidates.
@@ -670,6 +684,9 @@ def write_readme(results, here: pathlib.Path):
                   f"{res['total_wall_s'] / 60:.1f} min end to end ("
                   + ", ".join(f"{k} {v / 60:.1f}" for k, v in w.items()) + " min).", "",
                   tables(res), "", f"![{domain}]({res['plot']})", ""]
+    v2 = here / "results_protocol2.json"
+    if v2.exists():
+        lines += protocol2_section(json.loads(v2.read_text()))
     v1 = here / "results_protocol1.json"
     if v1.exists():
         lines += protocol1_section(json.loads(v1.read_text()))
@@ -679,6 +696,32 @@ def write_readme(results, here: pathlib.Path):
                   fp["output"].strip(), "```", ""]
     disc = here / "discussion.md"  # the hand-written reading of the tables above
     (here / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
+
+
+def protocol2_section(v2) -> list[str]:
+    """The second, superseded protocol's outcome (full tables: results_protocol2.json, protocol2_*.png)."""
+    L = ["## Protocol 2 (superseded): no prefix token, next-token log-prob as the behaviour score", "",
+         "Blocks 0–15 tuned, patched and scored where a latent fires, as protocol 3, but without the prefix token "
+         "(the first-token attention sink was kept in every store) and with the log-prob of the next token as the "
+         "behaviour score. Run on Mathematics only; full results in `results_protocol2.json` and "
+         "`protocol2_mathematics.png`.", "",
+         "| domain | task CE | delta enrichment [95% CI] | mid-depth FVU base / tuned / delta | candidates' precision | "
+         "causal | its precision | consistent | final |", "|---|---|---|---|---|---|---|---|---|"]
+    for domain, r in v2.get("domains", {}).items():
+        f, e, s, cz = r["finetune"], r["truth"]["delta_all_alive"], r["score"], r["causal"]
+        pp = v2["params"]
+        mid = pp["layers"][1]
+        fvu = " / ".join(f"{r['validate']['saes'][f'{x}_L{mid}']['fvu']:.3f}" for x in ROLES)
+        thr, min_texts = pp["causal_threshold"], pp["min_texts"]
+        share = {x["latent"]: x["planted_share"] for x in r["ranking"]}
+        passed = [j for j, md, n in zip(cz["candidates"], cz["mean_drop"], cz["n_texts_with_evidence"])
+                  if md is not None and np.isfinite(md) and md > thr and n >= min_texts]
+        prec = float(np.mean([share[j] >= 0.5 for j in passed])) if passed else None
+        fun = {x["gate"].split(" ")[0]: x["n_left"] for x in r["funnel"]}
+        L.append(f"| {domain} | {f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} | {e['ratio']:.2f} "
+                 f"[{e['ci_low']:.2f}, {e['ci_high']:.2f}] | {fvu} | {fmt(s['candidate_precision'], 2)} | "
+                 f"{len(passed)} | {fmt(prec, 2)} | {fun.get('consistency')} | {s['n_final']} |")
+    return L + [""]
 
 
 def protocol1_section(v1) -> list[str]:
