@@ -518,6 +518,13 @@ def plot(res, folder: pathlib.Path):
     return path.name
 
 
+def _wilson(hits, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(hits), int(n)).proportion_ci(0.95, method="wilson")
+    return ci.low, ci.high
+
+
 def fmt(v, nd=3):
     if v is None:
         return "–"
@@ -567,7 +574,9 @@ def tables(res) -> str:
     L += ["", "| gate | latents left |", "|---|---|"] + [f"| {r['gate']} | {r['n_left']} |" for r in res["funnel"]]
     s = res["score"]
     L += ["", f"Against the planted truth (a latent is planted-domain when ≥ 50% of its top contexts come from "
-          f"{res['domain']}): final causal set {s['n_final']} latents, precision **{fmt(s['precision'], 2)}**; "
+          f"{res['domain']}): final causal set {s['n_final']} latents, precision **{fmt(s['precision'], 2)}**"
+          + (" (95% Wilson CI [{:.2f}, {:.2f}])".format(*_wilson(round(s['precision'] * s['n_final']), s['n_final']))
+             if s['n_final'] else "") + "; "
           f"candidates' precision {fmt(s['candidate_precision'], 2)}; all alive delta latents "
           f"{fmt(s['alive_precision'], 2)}; recall of planted candidates {fmt(s['recall_of_candidates'], 2)}.", ""]
     cz = res["causal"]
@@ -587,7 +596,8 @@ def tables(res) -> str:
     if res["ranking"]:
         L += ["| latent | score | mean d | SD d | mean drop (nats) | damage (nats) | p (BH) | final | planted share | C | keywords |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in res["ranking"][:12]:
+        shown = [r for i, r in enumerate(res["ranking"]) if i < 12 or r["final"]]  # every final latent is listed
+        for r in shown:
             L.append(f"| {r['latent']} | {r['score']:.3g} | {r['mean_d']:.2f} | {r['sd_d']:.2f} | {r['mean_drop']:.4f} | "
                      f"{r['damage']:.4f} | {r['p_bh']:.2g} | {'yes' if r['final'] else ''} | {r['planted_share']:.2f} | "
                      f"{'yes' if r['type_c'] else ''} | {r['label'].replace('|', '/')} |")
