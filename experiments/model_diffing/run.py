@@ -43,13 +43,13 @@ PRESETS = {
                   ft_steps=6, ft_batch=4, ft_lr=3e-3, n_task_eval=8, n_general_eval=8,
                   d_sae=64, k=8, sae_steps=30, sae_batch=256, top_n=5, n_candidates=4, n_boot=100,
                   causal_texts=6, causal_threshold=1e-4, n_keywords=20, labeller_latents=1, max_frequency=0.5,
-                  min_texts=2, ft_upto_mid=True, prefix_token="<eos>", causal_score="kl_to_reference", torch_threads=1),
+                  min_texts=2, ft_upto_mid=True, ft_general_kl=1.0, prefix_token="<eos>", causal_score="kl_to_reference", torch_threads=1),
     # Sized for the 2-core machine (SmolLM2-135M forward ≈ 1.6k tokens/s when quiet).
     "cpu": dict(model="smollm2-135m-instruct", layers=(6, 15, 24), n_planted=160, n_per_label=50,
                 context_length=64, ft_steps=80, ft_batch=8, ft_lr=5e-5, n_task_eval=32, n_general_eval=32,
                 d_sae=2048, k=32, sae_steps=400, sae_batch=1024, top_n=10, n_candidates=60, n_boot=500,
                 causal_texts=24, causal_threshold=1e-3, n_keywords=40, labeller_latents=8, max_frequency=0.05,
-                min_texts=5, ft_upto_mid=True, prefix_token="<|endoftext|>", causal_score="kl_to_reference",
+                min_texts=5, ft_upto_mid=True, ft_general_kl=1.0, prefix_token="<|endoftext|>", causal_score="kl_to_reference",
                 torch_threads=2),
     # The original study's sizes; needs Qwen1.5-1.8B and -Chat on the host. Not run here.
     "full": dict(model="Qwen/Qwen1.5-1.8B", tuned_model="Qwen/Qwen1.5-1.8B-Chat", layers=(6, 12, 18),
@@ -391,7 +391,7 @@ def run_domain(p, out, model, domain, stages):
     sparse_gate, _ = G.sparsity_gate(codes, max_frequency=p["max_frequency"])
     pre = var_gate & sparse_gate
     cand = [int(j) for j in np.flatnonzero(pre)[np.argsort(-eta2[pre])][:p["n_candidates"]]]
-    prereg = {"protocol": 3, "domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
+    prereg = {"protocol": 4, "ft_general_kl": p.get("ft_general_kl", 0.0), "domain": domain, "model": model, "sae": f"delta_L{mid}", "candidates": cand,
               "fine_tune_upto_block": mid if p.get("ft_upto_mid") else None, "prefix_token": p.get("prefix_token"),
               "corruptions": ["string_replacement", "paraphrase_substitution", "counterfactual_swap"],
               "score": p["causal_score"],
@@ -404,7 +404,7 @@ def run_domain(p, out, model, domain, stages):
               "causal_threshold_nats": p["causal_threshold"], "consistency_min_mean_d": 0.8,
               "consistency_max_sd": 0.3, "damage_eps": 1e-3, "planted_share_cut": 0.5, "n_texts": p["causal_texts"],
               "variance_gate_fraction": 0.1, "sparsity_max_frequency": p["max_frequency"]}
-    preregister(out / "preregistered_protocol3.json", prereg)
+    preregister(out / "preregistered_protocol4.json", prereg)
     delta_info = {"candidates": cand, "eta2": eta2.tolist()}
     causal = timed("causal", lambda: stage_causal(p, out, exports, models, tok, domain, task_eval, texts, text_labels,
                                                    delta_info, prereg))
@@ -626,8 +626,9 @@ README_HEAD = """# Model diffing on a tuned model whose change we planted
 amplify, and can a triple-SAE pipeline (base, tuned and delta = tuned − base SAEs, feature types,
 identifiability gates, causal validation) find them? Offline there is no base/chat pair that shares a
 tokenizer, so we **plant** the change: SmolLM2-135M-Instruct's blocks 0–15 are fine-tuned on one Wikipedia
-topic (blocks 16–29, embeddings and head stay the base's, so the whole change reaches the output through the
-block-15 residual stream, where the causal stage looks), and the pipeline is scored against that known answer (precision of planted-domain latents in its final causal
+topic (blocks 16–29, embeddings and head stay the base's, so the change reaches the output through the
+block-15 residual stream, where the causal stage looks), with a KL anchor to the base model on texts of the
+other topics so that what changes is the topic and not the style of Wikipedia text, and the pipeline is scored against that known answer (precision of planted-domain latents in its final causal
 set, planted-domain enrichment among delta latents), with a BatchTopK crosscoder on the same data as the
 field's current baseline.
 
@@ -667,18 +668,24 @@ weights (not run here; its memory plan is below).
   substitution by frequent general words, counterfactual swap to a text of another topic), with evidence
   (a firing position) on at least 5 texts → consistency: mean d > 0.8 and SD < 0.3 across the three
   corruptions, d = mean / SD over texts of the per-text effect. Settings are written to
-  `preregistered_protocol3.json` before the causal stage; a re-run with other settings is refused.
-- *protocols*: protocol 3 (this README) replaced protocol 2, which replaced protocol 1, each after the
-  previous one's final causal set came out empty (sections at the end). Protocol 1 tuned every block and
+  `preregistered_protocol4.json` before the causal stage; a re-run with other settings is refused.
+- *protocols*: protocol 4 (this README) is the fourth; each earlier one ended with a final causal set that
+  was empty or not mostly planted-domain latents (sections at the end). Protocol 1 tuned every block and
   patched and scored every token; a diagnostic (`causal.layer_delta_share`) showed that under a full
   fine-tune only about a third of the tuned-vs-base gap passes through the mid-depth residual. Protocol 2
-  tuned blocks 0–15 only and patched and scored only where a latent fires, with the log-prob of the next
-  token as the behaviour score; its causal gate kept 20 latents (planted precision 0.80) but none passed
-  the consistency gate: single-token log-probs are noisy, so per-text effects varied too much for
-  d > 0.8. Protocol 3 changed two things, fixed before its runs and for both domains: the prefix token
-  above, and the behaviour score, from the log-prob of the one token that came next to the KL divergence
-  of the whole next-token distribution from the base model's (the issue's "tuned-vs-base difference"),
-  which does not depend on which token happens to follow. Everything else is protocol 2's.
+  tuned blocks 0–15 only and patched and scored only where a latent fires, with the next token's log-prob
+  as the behaviour score: its causal gate kept 20 latents (planted precision 0.80), none passed the
+  consistency gate (single-token log-probs are noisy, so per-text effects varied too much for d > 0.8).
+  Protocol 3 added the prefix token and replaced the behaviour score by the KL divergence of the whole
+  next-token distribution from the base model's (the issue's "tuned-vs-base difference"), which does not
+  depend on which token happens to follow: 6 latents passed every gate on each domain, with planted
+  precision 0.67 (Mathematics) and 0.17 (Philosophy and religion). Its fine-tunes lowered general-text CE
+  by 0.22–0.28 nats, about half to two thirds of the task-CE drop, against the issue's "general-text loss
+  barely moves": the model learned the style of Wikipedia leads as much as the topic, and the delta SAE
+  spent its latents on that. Protocol 4 adds a KL anchor to the base model on other topics' texts during
+  the fine-tune (`ft_general_kl` = 1, `FinetuneConfig.general_kl`); everything else is protocol 3's. It was
+  designed after seeing protocol 3's results on both domains and fixed (`preregistered_protocol4.json`)
+  before its own runs.
 - *score* (like the study's CCIS): max(mean d, 0) × η² / (damage + 0.001), damage = CE increase on
   general text with the latent zero-ablated; p-values: one-sided t-tests per corruption, the largest of
   the three, Benjamini–Hochberg across candidates.
@@ -694,9 +701,10 @@ def write_readme(results, here: pathlib.Path):
                   f"{res['total_wall_s'] / 60:.1f} min end to end ("
                   + ", ".join(f"{k} {v / 60:.1f}" for k, v in w.items()) + " min).", "",
                   tables(res), "", f"![{domain}]({res['plot']})", ""]
-    v2 = here / "results_protocol2.json"
-    if v2.exists():
-        lines += protocol2_section(json.loads(v2.read_text()))
+    for n in sorted(SUPERSEDED, reverse=True):
+        v = here / f"results_protocol{n}.json"
+        if v.exists():
+            lines += superseded_section(json.loads(v.read_text()), n)
     v1 = here / "results_protocol1.json"
     if v1.exists():
         lines += protocol1_section(json.loads(v1.read_text()))
@@ -708,29 +716,40 @@ def write_readme(results, here: pathlib.Path):
     (here / "README.md").write_text("\n".join(lines) + "\n" + (disc.read_text() if disc.exists() else ""))
 
 
-def protocol2_section(v2) -> list[str]:
-    """The second, superseded protocol's outcome (full tables: results_protocol2.json, protocol2_*.png)."""
-    L = ["## Protocol 2 (superseded): no prefix token, next-token log-prob as the behaviour score", "",
-         "Blocks 0–15 tuned, patched and scored where a latent fires, as protocol 3, but without the prefix token "
-         "(the first-token attention sink was kept in every store) and with the log-prob of the next token as the "
-         "behaviour score. Run on Mathematics only; full results in `results_protocol2.json` and "
-         "`protocol2_mathematics.png`.", "",
-         "| domain | task CE | delta enrichment [95% CI] | mid-depth FVU base / tuned / delta | candidates' precision | "
-         "causal | its precision | consistent | final |", "|---|---|---|---|---|---|---|---|---|"]
-    for domain, r in v2.get("domains", {}).items():
+SUPERSEDED = {  # protocol -> (title, what differed from the current protocol)
+    3: ("Protocol 3 (superseded): fine-tune without a general-text anchor",
+        "As protocol 4 but the fine-tune had no KL anchor on general text, so it also learned the style of "
+        "Wikipedia leads and lowered the CE of every topic. Full results in `results_protocol3.json` and "
+        "`protocol3_*.png`."),
+    2: ("Protocol 2 (superseded): no prefix token, next-token log-prob as the behaviour score",
+        "Blocks 0–15 tuned, patched and scored where a latent fires, but without the prefix token (the "
+        "first-token attention sink was kept in every store), with the log-prob of the next token as the "
+        "behaviour score and no general-text anchor. Run on Mathematics only; full results in "
+        "`results_protocol2.json` and `protocol2_mathematics.png`."),
+}
+
+
+def superseded_section(v, protocol) -> list[str]:
+    """A superseded protocol's outcome in one table (its full tables: results_protocolN.json)."""
+    title, text = SUPERSEDED[protocol]
+    L = [f"## {title}", "", text, "",
+         "| domain | task CE | general CE | delta enrichment [95% CI] | mid-depth FVU base / tuned / delta | "
+         "candidates' precision | causal | its precision | consistent | final | its precision |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    pp = v["params"]
+    mid = pp["layers"][1]
+    for domain, r in v.get("domains", {}).items():
         f, e, s, cz = r["finetune"], r["truth"]["delta_all_alive"], r["score"], r["causal"]
-        pp = v2["params"]
-        mid = pp["layers"][1]
         fvu = " / ".join(f"{r['validate']['saes'][f'{x}_L{mid}']['fvu']:.3f}" for x in ROLES)
-        thr, min_texts = pp["causal_threshold"], pp["min_texts"]
         share = {x["latent"]: x["planted_share"] for x in r["ranking"]}
         passed = [j for j, md, n in zip(cz["candidates"], cz["mean_drop"], cz["n_texts_with_evidence"])
-                  if md is not None and np.isfinite(md) and md > thr and n >= min_texts]
+                  if md is not None and np.isfinite(md) and md > pp["causal_threshold"] and n >= pp["min_texts"]]
         prec = float(np.mean([share[j] >= 0.5 for j in passed])) if passed else None
         fun = {x["gate"].split(" ")[0]: x["n_left"] for x in r["funnel"]}
-        L.append(f"| {domain} | {f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} | {e['ratio']:.2f} "
+        L.append(f"| {domain} | {f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} | "
+                 f"{f['before']['general_ce']:.3f} → {f['after']['general_ce']:.3f} | {e['ratio']:.2f} "
                  f"[{e['ci_low']:.2f}, {e['ci_high']:.2f}] | {fvu} | {fmt(s['candidate_precision'], 2)} | "
-                 f"{len(passed)} | {fmt(prec, 2)} | {fun.get('consistency')} | {s['n_final']} |")
+                 f"{len(passed)} | {fmt(prec, 2)} | {fun.get('consistency')} | {s['n_final']} | {fmt(s['precision'], 2)} |")
     return L + [""]
 
 
