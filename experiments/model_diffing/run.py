@@ -827,6 +827,9 @@ def main():
             for res in results.get("domains", {}).values():
                 res["plot"] = plot(res, here)
         write_readme(results, here)
+    if results_path.exists():  # another domain's run may have finished since this one started: keep its entry
+        done = json.loads(results_path.read_text()).get("domains", {})
+        results["domains"] = done | results.get("domains", {})
     tmp = results_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=float))
     tmp.replace(results_path)
