@@ -60,6 +60,12 @@ def main() -> None:
             **({"native (C++ FFI)": lambda p, b: topk(p, k, method="native", bias=b)}
                if cpu_kernels.available() else {}),
         }, (pre, bias)),
+        **({"encoder matmul + top-k (the forward's selection)": ({
+            "matmul, then top-k of the whole [B, F]": lambda x, w, b: topk(x @ w, k, method="native", bias=b),
+            "512-row blocks, each selected while cached (used)": lambda x, w, b: tuple(
+                o.reshape(B, k) for o in lax.map(lambda xs: topk(xs @ w, k, method="native", bias=b),
+                                                 x.reshape(B // 512, 512, d))),
+        }, (x, W_enc, bias))} if cpu_kernels.available() else {}),
         "decoder sum_j v[:,j] W[idx[:,j]]": ({
             "gather (B,k,d) + einsum": lambda v, i, w: jnp.einsum("bk,bkd->bd", v, w[i]),
             "scan over k": lambda v, i, w: lax.scan(

@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py --config A --impl sparse [--mesh 1x4]
 
 Times a few steps, then records two with jax.profiler and sums the duration of each
-top-level HLO instruction (fusions, custom calls, loops), labelled with the JAX operation
-it came from. What docs/performance.md quotes as "the profile".
+HLO instruction (fusions, custom calls, loops, and the instructions inside loop bodies,
+marked), labelled with the JAX operation it came from. What docs/performance.md quotes as "the profile".
 """
 from __future__ import annotations
 
@@ -60,12 +60,15 @@ def main() -> None:
     hlo = step.as_text()
     entry = hlo[hlo.index("\nENTRY"):]
     entry = entry[:entry.index("\n}\n")]
-    label = {}
-    for line in entry.splitlines():
+    label, entry_lines = {}, set(entry.splitlines())
+    # every computation: instructions inside loop bodies (the blocked encoder) run as their own
+    # events; those outside ENTRY are marked "(in loop/cond)"
+    for line in hlo.splitlines():
         m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+)", line)
         if m:
             op = re.search(r'op_name="([^"]*)"', line)
-            label[m.group(1)] = f"{m.group(2)[:40]:40s} {op.group(1) if op else ''}"
+            where = "" if line in entry_lines else "(in loop/cond) "
+            label[m.group(1)] = f"{m.group(2)[:40]:40s} {where}{op.group(1) if op else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
         for i in range(2):
@@ -78,7 +81,7 @@ def main() -> None:
     for e in events:
         if e.get("ph") == "X" and e.get("name") in label:
             total[e["name"]] += e["dur"] / 2 / 1e3
-    print(f"{'ms/step':>8}  instruction / shape / JAX op")
+    print(f"{'ms/step':>8}  instruction / shape / JAX op   (all events: {sum(total.values()):.1f} ms/step)")
     for name, ms in total.most_common(a.top):
         print(f"{ms:8.1f}  {name[:30]:30s} {label[name][:140]}")
 

@@ -2,12 +2,13 @@
 (the primal player, with dual ascent on a multiplier, for constrained training)."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
 from sae_jax.config import TrainConfig
 from sae_jax.constraints import BoundConstrainedOptimizer, ConstrainedOptimizer
-from sae_jax.decoder_norm import project_rows, remove_parallel_component
+from sae_jax.decoder_norm import KEY, project_rows, remove_parallel_component
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -56,6 +57,68 @@ def make_optimizer(cfg: TrainConfig):
     return BoundConstrainedOptimizer(copt, num_ineq=1)
 
 
+def _fusion_key(cfg: TrainConfig) -> tuple:
+    """What the fused Adam step must agree on with the optax chain it replaces."""
+    return (cfg.optim, cfg.lr, cfg.steps, cfg.sae.decoder_unit_norm)
+
+
+def fused_adam_applies(cfg: TrainConfig, optimizer, n_devices: int) -> bool:
+    """True when the step can run ``optimizer`` (the Adam chain ``make_optimizer(cfg)`` built) as
+    ``fused_adam_update``: one device (unsharded parameters) on XLA:CPU with the native kernels,
+    no gradient clipping (it needs the global norm before Adam). Not under ``jax.vmap``."""
+    if n_devices != 1 or cfg.optim.max_grad_norm > 0 or jax.default_backend() != "cpu":
+        return False
+    if getattr(optimizer.update, "sae_jax_fusion_key", None) != _fusion_key(cfg):
+        return False  # a custom optimizer, or one built for another config
+    from sae_jax.kernels import cpu_kernels
+
+    return cpu_kernels.available()
+
+
+def _safe_increment(count: jax.Array) -> jax.Array:
+    top = jnp.iinfo(count.dtype).max
+    return jnp.where(count < top, count + 1, top)  # as optax: saturates instead of overflowing
+
+
+def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: dict):
+    """(params, opt_state, sum of squared gradients) after one step of ``make_optimizer(cfg)``'s chain,
+    ``optax.apply_updates`` and (unit-norm decoder) ``project_rows``, with each 2-D parameter updated
+    in one native pass (cpu_kernels.cc, ``SaeJaxAdamF32``) instead of XLA's four to six passes.
+
+    Same formulas and state as the optax chain (tests/test_fused_adam.py compares them); float
+    sums are taken in another order. The squared-gradient sum is of the raw gradients, as
+    ``optax.tree.norm(grads)`` is."""
+    from sae_jax.kernels import cpu_kernels
+
+    *head, adam, sched = opt_state
+    if not (isinstance(adam, optax.ScaleByAdamState) and isinstance(sched, optax.ScaleByScheduleState)):
+        raise TypeError(f"fused_adam_update needs the state of make_optimizer(cfg)'s chain, got {type(opt_state)}")
+    o = cfg.optim
+    count = _safe_increment(adam.count)
+    f32 = jnp.float32
+    bc1, bc2 = 1 - o.b1 ** count, 1 - o.b2 ** count  # as optax.tree.bias_correction
+    step = -lr_schedule(cfg)(sched.count)  # scale_by_learning_rate: -lr at the schedule's own count
+    scalars = jnp.stack([jnp.asarray(v, f32) for v in (o.b1, 1 - o.b1, o.b2, 1 - o.b2, o.eps, bc1, bc2, step)])
+    new_p, mu, nu, sq = {}, {}, {}, []
+    for name, g in grads.items():
+        w, m, v = params[name], adam.mu[name], adam.nu[name]
+        unit = cfg.sae.decoder_unit_norm and name == KEY
+        if w.ndim == 2 and w.dtype == f32:
+            new_p[name], mu[name], nu[name], s = cpu_kernels.adam_native(w, g, m, v, scalars, tangent=unit,
+                                                                         renorm=unit)
+            sq.append(s)
+            continue
+        if unit:
+            raise ValueError(f"fused_adam_update: {KEY} must be a 2-D float32 array, got {w.shape} {w.dtype}")
+        sq.append(jnp.sum(g * g))
+        mu[name] = (1 - o.b1) * g + o.b1 * m
+        nu[name] = (1 - o.b2) * (g ** 2) + o.b2 * v
+        u = (mu[name] / bc1.astype(g.dtype)) / (jnp.sqrt(nu[name] / bc2.astype(g.dtype)) + o.eps)
+        new_p[name] = (w + step.astype(g.dtype) * u).astype(w.dtype)
+    new_state = (*head, adam._replace(count=count, mu=mu, nu=nu), sched._replace(count=_safe_increment(sched.count)))
+    return new_p, tuple(new_state), sum(sq)
+
+
 def _primal_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     parts = []
     if cfg.sae.decoder_unit_norm:
@@ -64,4 +127,7 @@ def _primal_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(cfg.optim.max_grad_norm))
     parts.append(optax.scale_by_adam(b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps))
     parts.append(optax.scale_by_learning_rate(lr_schedule(cfg)))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    if cfg.optim.max_grad_norm <= 0:  # the chain fused_adam_update reproduces (train_step.py uses it on CPU)
+        chain.update.sae_jax_fusion_key = _fusion_key(cfg)
+    return chain

@@ -19,7 +19,7 @@ from sae_jax.config import TrainConfig
 from sae_jax.decoder_norm import project_rows
 from sae_jax.mesh import batch_sharding, replicated
 from sae_jax.normalization import layer_norm_in
-from sae_jax.optim import lr_schedule, sparsity_schedule
+from sae_jax.optim import fused_adam_applies, fused_adam_update, lr_schedule, sparsity_schedule
 from sae_jax.sae.base import LossContext
 from sae_jax.train_state import TrainState
 
@@ -45,8 +45,11 @@ def _advance(state: TrainState, n_tokens: int, dead_tokens: int, params, opt_sta
     return new_state, metrics
 
 
-def make_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
-    """The un-jitted step (for tests, benchmarks and custom loops)."""
+def make_step_fn(cfg: TrainConfig, arch, optimizer, fused_optimizer: bool = False) -> Callable:
+    """The un-jitted step (for tests, benchmarks and custom loops).
+
+    ``fused_optimizer``: run ``optimizer`` (which must be ``make_optimizer(cfg)``'s Adam chain; see
+    ``optim.fused_adam_applies``) as the native one-pass update, on one CPU device, not under vmap."""
     if cfg.sae.architecture == "ssae":
         return _constrained_step_fn(cfg, arch, optimizer)
     dead_tokens = cfg.sae.dead_tokens
@@ -59,13 +62,18 @@ def make_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
                           sparsity_coef=jnp.asarray(coef_at(state.step), jnp.float32))
         (loss, out), grads = jax.value_and_grad(arch.loss, has_aux=True)(
             state.params, state.arch_state, x, ctx)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if cfg.sae.decoder_unit_norm:
-            params = project_rows(params)
+        if fused_optimizer:
+            params, opt_state, grad_sq = fused_adam_update(cfg, grads, state.opt_state, state.params)
+            grad_norm = jnp.sqrt(grad_sq)
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            if cfg.sae.decoder_unit_norm:
+                params = project_rows(params)
+            grad_norm = optax.tree.norm(grads)
         metrics = out.metrics | {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "lr": jnp.asarray(lr_at(state.step), jnp.float32),
         }
         return _advance(state, batch.shape[0], dead_tokens, params, opt_state, out, metrics)
@@ -96,9 +104,11 @@ def _constrained_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
 
 
 def make_train_step(cfg: TrainConfig, arch, optimizer, mesh: Mesh, shardings) -> Callable:
-    """The jitted, state-donating step for a mesh and the state's shardings."""
+    """The jitted, state-donating step for a mesh and the state's shardings (on one CPU device
+    with the native kernels, Adam runs as one fused pass per parameter: ``optim.fused_adam_update``)."""
+    fused = cfg.sae.architecture != "ssae" and fused_adam_applies(cfg, optimizer, mesh.size)
     return jax.jit(
-        make_step_fn(cfg, arch, optimizer),
+        make_step_fn(cfg, arch, optimizer, fused_optimizer=fused),
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,

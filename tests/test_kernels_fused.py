@@ -80,3 +80,48 @@ def test_bad_arguments_are_named():
         sparse_autoencode(jnp.zeros((2, 5)), p, 2)
     with pytest.raises(ValueError, match="0 < k"):
         sparse_autoencode(jnp.zeros((2, 4)), p, 17)
+
+
+@pytest.mark.parametrize("path,n_dead", [  # the train step's path (1x1 mesh) with AuxK in the default suite
+    pytest.param(p, n, marks=() if (p, n) == ("sharded_1x1", 5) else pytest.mark.slow)
+    for p in ("fused", "sharded_1x1", "sharded_1x2") for n in (0, 5)])
+def test_row_blocked_encoder_matches_dense(path, n_dead, monkeypatch):
+    """The encoder matmul + top-k in row blocks (CPU, native top-k): same values, AuxK and gradients."""
+    import sae_jax.kernels.fused as fused
+    from sae_jax.config import MeshConfig
+    from sae_jax.kernels.sharded import sharded_autoencode
+    from sae_jax.mesh import make_mesh
+
+    if not fused._native():
+        pytest.skip("row blocks are used with the native CPU top-k only")
+    monkeypatch.setattr(fused, "_ENCODER_ROWS", 64)
+    B, d, F, k, k_aux = 256, 12, 512, 6, 10
+    assert fused._encoder_rows(B, "auto") == 64 and fused._encoder_rows(B, "chunked") == B
+    p = _params(jax.random.PRNGKey(3 + n_dead), d, F)
+    x = jax.random.normal(jax.random.PRNGKey(4), (B, d))
+    dead = jnp.zeros((F,), bool).at[jnp.arange(n_dead) * 7].set(True)
+    if path == "fused":
+        run = lambda p, x: sparse_autoencode(x, p, k, dead_mask=dead, k_aux=k_aux)
+    else:
+        mesh = make_mesh(MeshConfig(data=1, dict=int(path[-1])), jax.devices()[: int(path[-1])])
+        run = lambda p, x: sharded_autoencode(x, p, k, mesh, dead_mask=dead, k_aux=k_aux)
+    x_hat, vals, idx, e_hat, on = jax.jit(run)(p, x)
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    ref_vals, ref_idx = lax.top_k(pre, k)
+    np.testing.assert_array_equal(np.asarray(idx), np.asarray(ref_idx))
+    np.testing.assert_allclose(np.asarray(vals), np.asarray(jax.nn.relu(ref_vals)), rtol=1e-5, atol=1e-5)
+    rx, re = dense(p, x, k, dead, k_aux)
+    np.testing.assert_allclose(np.asarray(x_hat), np.asarray(rx), rtol=1e-5, atol=1e-5)
+    assert bool(on) == (n_dead > 0)
+    np.testing.assert_allclose(np.asarray(e_hat), np.asarray(re if n_dead else jnp.zeros_like(re)),
+                               rtol=1e-5, atol=1e-5)
+
+    def dense_loss(p, x):
+        x_hat, e_hat = dense(p, x, k, dead, k_aux)
+        return _loss(x_hat, e_hat if n_dead else jnp.zeros_like(e_hat), x)
+
+    def blocked_loss(p, x):
+        x_hat, _, _, e_hat, _ = run(p, x)
+        return _loss(x_hat, e_hat, x)
+
+    assert_grads_match(blocked_loss, dense_loss, p, x)

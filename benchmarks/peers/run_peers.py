@@ -111,11 +111,22 @@ def table(results: dict, order: list[str], a) -> str:
     loads = [l for c in results.values() for r in c.values() for l in r["load_1min"]]
     lines.append("")
     lines.append(f"TopK k={a.k}, batch {a.batch} tokens, fp32, Adam; {a.rounds} interleaved rounds x "
-                 f"{a.steps} timed steps after {a.warmup} warm-up steps; machine: {platform.processor() or platform.machine()}, "
+                 f"{a.steps} timed steps after {a.warmup} warm-up steps; machine: {cpu_model()}, "
                  f"{os.cpu_count()} logical CPUs; 1-min load before each run: {min(loads):.1f}–{max(loads):.1f}.")
     ref = REFERENCE if any(REFERENCE in c for c in results.values()) else "sae_jax:default"
     lines.append(f"'vs sae_jax' = {ref} tokens/s / this row's tokens/s.")
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the project's machines have changed between runs)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -169,8 +180,8 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = table(results, [f"{i}:{v}" for i, v in impls], a)
-    out.with_suffix(".json").write_text(json.dumps({"summary": results, "runs": raw,
-                                                    "args": vars(a), "time": time.time()}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"summary": results, "runs": raw, "args": vars(a),
+                                                    "time": time.time(), "cpu": cpu_model()}, indent=1))
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
 

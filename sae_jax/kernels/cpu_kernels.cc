@@ -8,6 +8,7 @@
 // does. NaNs are never selected (lax.top_k ranks them highest); the train step treats
 // non-finite inputs as an error anyway.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -298,3 +299,98 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxSparseBwdF32, SparseBwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+// 3. SaeJaxAdamF32: one Adam step of a [R, C] parameter in one pass over its rows, as optax's
+//    chain [remove_parallel_component] -> scale_by_adam -> scale_by_learning_rate -> apply_updates
+//    [-> project_rows] computes it in four to six passes. Per row (attributes turn the parts on):
+//      tangent: g <- g - (<g, w> / <w, w>) w            (unit-norm decoder rows)
+//      mu <- c1 g + b1 mu;  nu <- c2 g^2 + b2 nu;  w <- w + step * (mu / bc1) / (sqrt(nu / bc2) + eps)
+//      (the bias corrections as multiplications by 1 / bc: float rounding differs from optax's division)
+//      renorm:  w <- w / max(|w|, 1e-12)
+//    and the sum of squares of the raw gradient (for the global gradient norm).
+//    s = [b1, c1 = 1 - b1, b2, c2 = 1 - b2, eps, bc1, bc2, step = -lr]. w, mu, nu may alias the
+//    outputs (updated in place): every row is read before it is written.
+namespace {
+
+ffi::Error AdamImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> mu,
+                    ffi::Buffer<ffi::F32> nu, ffi::Buffer<ffi::F32> s, ffi::ResultBuffer<ffi::F32> w_out,
+                    ffi::ResultBuffer<ffi::F32> mu_out, ffi::ResultBuffer<ffi::F32> nu_out,
+                    ffi::ResultBuffer<ffi::F32> sumsq, bool tangent, bool renorm) {
+  auto wd = w.dimensions();
+  if (wd.size() != 2 || g.element_count() != w.element_count() || mu.element_count() != w.element_count() ||
+      nu.element_count() != w.element_count() || s.element_count() != 8) {
+    return ffi::Error::InvalidArgument("sae_jax_adam: need w, g, mu, nu of one [R, C] shape and 8 scalars");
+  }
+  const int64_t R = wd[0], C = wd[1];
+  const float* sp = s.typed_data();
+  const float b1 = sp[0], c1 = sp[1], b2 = sp[2], c2 = sp[3], eps = sp[4], bc1 = sp[5], bc2 = sp[6],
+              step = sp[7];
+  const float* wi = w.typed_data();
+  const float* gi = g.typed_data();
+  const float* mi = mu.typed_data();
+  const float* ni = nu.typed_data();
+  float* wo = w_out->typed_data();
+  float* mo = mu_out->typed_data();
+  float* no = nu_out->typed_data();
+  double total = 0.0;
+  std::mutex mu_total;
+  const float ibc1 = 1.0f / bc1, ibc2 = 1.0f / bc2;
+  Parallel(R, [&](int64_t r0, int64_t r1) {
+    double acc = 0.0;
+    std::vector<float> tg(C), row(C);
+    float* __restrict t = tg.data();
+    float* __restrict nw = row.data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* wr = wi + r * C;
+      const float* gr = gi + r * C;
+      acc += Dot(gr, gr, C);
+      const float* gt = gr;
+      if (tangent) {
+        const float coef = Dot(gr, wr, C) / Dot(wr, wr, C);
+        for (int64_t c = 0; c < C; ++c) t[c] = gr[c] - coef * wr[c];
+        gt = t;
+      }
+      const float* mr = mi + r * C;
+      const float* nr = ni + r * C;
+      float* mw = mo + r * C;
+      float* vw = no + r * C;
+      // mu/nu may be updated in place (same index read, then written): no loop-carried dependency
+#pragma GCC ivdep
+      for (int64_t c = 0; c < C; ++c) {
+        const float gc = gt[c];
+        const float m = c1 * gc + b1 * mr[c];
+        const float v = c2 * (gc * gc) + b2 * nr[c];
+        mw[c] = m;
+        vw[c] = v;
+        nw[c] = wr[c] + step * ((m * ibc1) / (std::sqrt(v * ibc2) + eps));
+      }
+      float* out = wo + r * C;
+      if (renorm) {
+        const float norm = std::max(std::sqrt(Dot(nw, nw, C)), 1e-12f);
+        for (int64_t c = 0; c < C; ++c) out[c] = nw[c] / norm;
+      } else {
+        std::copy(nw, nw + C, out);
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_total);
+    total += acc;
+  });
+  sumsq->typed_data()[0] = static_cast<float>(total);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxAdamF32, AdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("tangent")
+                                  .Attr<bool>("renorm"));

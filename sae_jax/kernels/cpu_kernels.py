@@ -1,4 +1,4 @@
-"""Optional native XLA:CPU kernels (cpu_kernels.cc: top-k and the sparse backward), built with
+"""Optional native XLA:CPU kernels (cpu_kernels.cc: top-k, the sparse backward, a one-pass Adam), built with
 the system C++ compiler on first use and cached; everything falls back to the pure-JAX kernels
 when they cannot be built.
 
@@ -20,7 +20,10 @@ import jax.numpy as jnp
 _SRC = Path(__file__).with_name("cpu_kernels.cc")
 _TARGET = "sae_jax_topk_f32"
 _BWD = "sae_jax_sparse_bwd_f32"
+_ADAM = "sae_jax_adam_f32"
 _state: dict[str, object] = {}
+# -fno-math-errno: sqrt without errno, so the Adam loop vectorises (its inputs are never negative)
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
 
 def _cpu_signature() -> bytes:
@@ -35,7 +38,8 @@ def _cpu_signature() -> bytes:
 
 
 def _library_path() -> Path:
-    key = hashlib.sha256(_SRC.read_bytes() + jax.__version__.encode() + _cpu_signature()).hexdigest()[:16]
+    key = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode() + jax.__version__.encode()
+                         + _cpu_signature()).hexdigest()[:16]
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sae_jax" / "kernels"
     return root / f"cpu_kernels-{key}.so"
 
@@ -43,8 +47,7 @@ def _library_path() -> Path:
 def _build(lib: Path) -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
-           f"-I{jax.ffi.include_dir()}", str(_SRC), "-o", str(tmp)]
+    cmd = [os.environ.get("CXX", "g++"), *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SRC), "-o", str(tmp)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     os.replace(tmp, lib)  # atomic: concurrent builders never load a half-written file
 
@@ -62,6 +65,7 @@ def available() -> bool:
             handle = ctypes.cdll.LoadLibrary(str(lib))
             jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.SaeJaxTopKF32), platform="cpu")
             jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(handle.SaeJaxSparseBwdF32), platform="cpu")
+            jax.ffi.register_ffi_target(_ADAM, jax.ffi.pycapsule(handle.SaeJaxAdamF32), platform="cpu")
             _state["handle"] = handle
             ok = True
         except (OSError, subprocess.CalledProcessError, AttributeError) as e:
@@ -91,3 +95,15 @@ def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
            jax.ShapeDtypeStruct((n,), f32), jax.ShapeDtypeStruct((b, k), f32))
     return jax.ffi.ffi_call(_BWD, out)(g.astype(f32), g_vals.astype(f32), vals.astype(f32),
                                        idx.astype(jnp.int32), xc.astype(f32), W_dec.astype(f32))
+
+
+def adam_native(w, g, mu, nu, scalars, *, tangent: bool, renorm: bool):
+    """(w', mu', nu', sum of g^2) of one Adam step of a [R, C] float32 parameter in one pass; see the .cc.
+    ``scalars`` = [b1, 1 - b1, b2, 1 - b2, eps, bias correction 1, bias correction 2, -lr]. w, mu and
+    nu alias the outputs (updated in place when the caller donates them)."""
+    if not available():
+        raise RuntimeError("adam_native needs the native CPU kernels (a C++ compiler; SAE_JAX_CPU_KERNELS != 0)")
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct(w.shape, f32),) * 3 + (jax.ShapeDtypeStruct((), f32),)
+    return jax.ffi.ffi_call(_ADAM, out, input_output_aliases={0: 0, 2: 1, 3: 2})(
+        w, g, mu, nu, scalars.astype(f32), tangent=bool(tangent), renorm=bool(renorm))

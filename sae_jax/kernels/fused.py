@@ -18,13 +18,54 @@ from sae_jax.kernels.sparse_topk import (_gather_combine, _gather_dot, _scatter_
                                          _transpose_materialised, topk)
 
 
-def _select(pre, bias, k, method):
-    v, idx = topk(pre, k, method=method, bias=bias)
-    return jax.nn.relu(v), idx
-
-
 def _native() -> bool:
     return jax.default_backend() == "cpu" and cpu_kernels.available()
+
+
+_ENCODER_ROWS = 512  # rows per encoder block on CPU: [512, F] pre-activations stay in cache for the top-k
+
+
+def _encoder_rows(b: int, method: str) -> int:
+    """Rows per block of the encoder matmul + top-k: b (one block) unless the native CPU top-k runs.
+
+    Blocked, each block's [rows, F] pre-activations are read by the top-k while still cached
+    instead of being written out whole and read back; the [B, F] buffer is never allocated
+    (measured on CPU: the top-k's time disappears behind the matmul; docs/performance.md)."""
+    if method not in ("auto", "native") or not _native():
+        return b
+    rows = _ENCODER_ROWS
+    while rows >= 64 and b % rows:
+        rows //= 2
+    return rows if 64 <= rows < b else b
+
+
+def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask=None, aux_on=None):
+    """Top-k of ``xc @ W_enc + b_enc`` per row, and (when ``aux_on``) AuxK's top-k_aux of it among
+    ``dead_mask`` latents: raw values (no ReLU) and indices, [b, min(k, F)] and [b, min(k_aux, F)].
+
+    The matmul runs in row blocks (``_encoder_rows``), each block's selections made from its
+    pre-activations right away; AuxK's selection is skipped (zeros) when ``aux_on`` is false."""
+    b, d = xc.shape
+    f = W_enc.shape[1]
+    ka = min(k_aux, f)
+    bias = b_enc.astype(jnp.float32)
+    aux_bias = jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32) if k_aux else None
+
+    def block(xs):
+        pre = jnp.dot(xs.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
+        v, i = topk(pre, min(k, f), method=method, bias=bias)
+        if not k_aux:
+            return v, i, jnp.zeros((xs.shape[0], 0), jnp.float32), jnp.zeros((xs.shape[0], 0), jnp.int32)
+        av, ai = lax.cond(aux_on, lambda p: topk(p, ka, method=method, bias=aux_bias),
+                          lambda p: (jnp.zeros((p.shape[0], ka), jnp.float32), jnp.zeros((p.shape[0], ka), jnp.int32)),
+                          pre)
+        return v, i, av, ai
+
+    rows = _encoder_rows(b, method)
+    if rows == b:
+        return block(xc)
+    out = lax.map(block, xc.reshape(b // rows, rows, d))
+    return tuple(o.reshape(b, o.shape[-1]) for o in out)
 
 
 def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native):
@@ -55,16 +96,16 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, k, k_aux, method, dtyp
 
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, k, k_aux, method, dtype):
     xc = x - b_dec
-    pre = jnp.dot(xc.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
-    vals, idx = _select(pre, b_enc.astype(jnp.float32), k, method)
+    active = jnp.any(dead_mask) if k_aux else jnp.zeros((), bool)
+    v, idx, av, ai = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
+                                        dead_mask=dead_mask, aux_on=active)
+    vals = jax.nn.relu(v)
     x_hat0 = _gather_combine(vals, idx, W_dec)
     b, d = x.shape
     if k_aux:
-        active = jnp.any(dead_mask)
-
         def aux(_):
-            av, ai = _select(pre, jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32), k_aux, method)
-            return av, ai, _gather_combine(av, ai, W_dec)
+            av_ = jax.nn.relu(av)
+            return av_, ai, _gather_combine(av_, ai, W_dec)
 
         def none(_):
             return (jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32),
@@ -72,7 +113,6 @@ def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, k, k_aux, method, 
 
         av, ai, e_hat = lax.cond(active, aux, none, None)
     else:
-        active = jnp.zeros((), bool)
         av, ai, e_hat = jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), jnp.zeros_like(x_hat0)
     out = (x_hat0, vals, idx, e_hat, active)
     return out, (x, b_dec, W_enc, W_dec, vals, idx, av, ai, active)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sae_jax.kernels.fused import _accumulate, _native
+from sae_jax.kernels.fused import _accumulate, _native, encoder_candidates
 from sae_jax.kernels.sparse_topk import _gather_combine, _transpose_materialised, topk
 from sae_jax.mesh import BATCH_SPEC, PARAM_SPECS
 
@@ -35,8 +35,13 @@ _LATENTS = PARAM_SPECS["b_enc"]  # [F] over 'dict'
 
 def _global_topk(pre, bias, k, method):
     """(relu values, global indices) [b, k]: local top-k per shard, then top-k of all candidates."""
-    b, f = pre.shape
-    v, i = topk(pre, min(k, f), method=method, bias=bias)
+    v, i = topk(pre, min(k, pre.shape[1]), method=method, bias=bias)
+    return _global_stage(v, i, k, pre.shape[1])
+
+
+def _global_stage(v, i, k, f):
+    """(relu values, global indices) [b, k] from each shard's local top-k (v, local i) of its f latents."""
+    b = v.shape[0]
     n_dict = lax.axis_size("dict")
     if n_dict == 1:  # one shard's candidates already are the answer
         return jax.nn.relu(v), i
@@ -86,11 +91,25 @@ def _decode(vals, idx, W_dec, split):
 
 def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split):
     xc = x - b_dec
-    pre = jnp.dot(xc.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
-    vals, idx = _global_topk(pre, b_enc.astype(jnp.float32), k, method)
+    f = W_enc.shape[1]
+    # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept)
+    v, i, av, ai = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
+                                      dead_mask=dead_mask, aux_on=aux_on)
+    vals, idx = _global_stage(v, i, k, f)
     x_hat0 = _decode(vals, idx, W_dec, split)
-    return (x_hat0, vals, idx, *_aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, k_aux=k_aux,
-                                            method=method, split=split))
+    if not k_aux:
+        b = x.shape[0]
+        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
+
+    def aux(_):
+        av_, ai_ = _global_stage(av, ai, k_aux, f)
+        return _decode(av_, ai_, W_dec, split), av_, ai_
+
+    def none(_):
+        b = x.shape[0]
+        return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
+
+    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None))  # aux_on is replicated: shards branch alike
 
 
 def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method, split):
