@@ -17,7 +17,7 @@ from sae_jax.export import WHITENING_FILE, load_sae, write_sae  # noqa: E402
 from sae_jax.lm import splice as lm_splice  # noqa: E402
 from sae_jax.lm.models import tiny_random_model  # noqa: E402
 from sae_jax.lm.sae_torch import TorchSAE, sae_spliced  # noqa: E402
-from sae_jax.lm.tune import TuneConfig, check_splice_target, lm_ce, run_tune  # noqa: E402
+from sae_jax.lm.tune import TuneConfig, check_splice_target, lm_ce, run_tune, split_texts  # noqa: E402
 from sae_jax.whitening import fit_zca  # noqa: E402
 
 D = 32
@@ -233,6 +233,24 @@ def test_tune_runs_every_method_and_resumes_exactly(tune_dir, tmp_path):
     assert np.abs(ca["c"] - 1).max() > 0  # c moved
     with pytest.raises(ValueError, match="another configuration"):
         run_tune(_tune_cfg(tune_dir, out, steps=7))
+
+
+def test_cd_control_tunes_c_d_on_the_other_labels(tune_dir, tmp_path):
+    texts, labels = TOPIC_A + TOPIC_B, ["math"] * len(TOPIC_A) + ["geo"] * len(TOPIC_B)
+    data = split_texts(texts, labels, "math", 6, 6, seed=0)
+    assert set(data.control) <= set(TOPIC_B) and set(data.control).isdisjoint(data.general_eval)
+    assert len(data.control) == min(len(data.train), len(TOPIC_B) - 6)
+    r = run_tune(_tune_cfg(tune_dir, tmp_path / "c", methods=("cd", "cd_control")))
+    m = r["methods"]
+    assert set(m) == {"cd", "cd_control"}
+    assert m["cd_control"]["trainable_params"] == m["cd"]["trainable_params"] == 2 * 48
+    assert m["cd_control"]["lr"] == m["cd"]["lr"]
+    # each run lowers the CE of its own kind of text more than the other run does
+    assert m["cd"]["task_gain"] > m["cd_control"]["task_gain"]
+    assert m["cd_control"]["general_damage"] < m["cd"]["general_damage"]
+    from safetensors.numpy import load_file
+    task, ctrl = (load_file(str(tmp_path / "c" / k / "scale_shift.safetensors")) for k in ("cd", "cd_control"))
+    assert np.abs(ctrl["c"] - 1).max() > 0 and not np.array_equal(task["c"], ctrl["c"])
 
 
 def test_tune_bad_input_errors_before_training(tune_dir, tmp_path):
