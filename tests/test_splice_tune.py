@@ -278,3 +278,26 @@ def test_tune_bad_input_errors_before_training(tune_dir, tmp_path):
     del model.model.layers[1].mlp.down_proj
     with pytest.raises(ValueError, match="no 'mlp_hidden' hook point"):
         check_splice_target(model, load_sae(tune_dir / "sae"), 1, "mlp_hidden")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_zero_ablation_ce_is_log_vocab_only_without_biases(arch):
+    # A bias-free Llama maps a residual zeroed at every position to logits 0 at every later block
+    # (RMSNorm(0) = 0, attention and SwiGLU of 0 are 0): CE = ln V whatever the targets. GPT-2 has
+    # biases and a LayerNorm shift, so its zeroed residual is refilled and the CE is not ln V.
+    model, tok = tiny_random_model(arch, n_layers=3, d_model=D, seed=1)
+    torch.manual_seed(1)
+    with torch.no_grad():  # large random weights (GPT-2's biases included, HF starts them at 0)
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.tensor([[5, 9, 11, 7, 3, 8]])
+    att = torch.ones_like(ids)
+    batches = [(ids.numpy(), att.numpy())]
+    for layer in (0, 1):
+        r = lm_splice.splice_losses(model, batches, layer, "resid", {"zero": ev_splice.zero_ablate()}, special_ids=[])
+        assert abs(r["clean"].ce - np.log(vocab)) > 0.1  # the clean model is far from uniform
+        if arch == "llama":
+            assert r["zero"].ce == pytest.approx(np.log(vocab), abs=1e-5)
+        else:
+            assert abs(r["zero"].ce - np.log(vocab)) > 1e-3
