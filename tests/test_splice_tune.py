@@ -272,7 +272,9 @@ def test_tune_bad_input_errors_before_training(tune_dir, tmp_path):
         run_tune(_tune_cfg(tune_dir, tmp_path / "o4", hook="mlp_pre"))
     with pytest.raises(ValueError, match="no text has label"):
         run_tune(_tune_cfg(tune_dir, tmp_path / "o5", label="poetry"))
-    for i in range(1, 6):
+    with pytest.raises(ValueError, match="cd_control needs texts"):  # all 20 'geo' texts are general-CE texts
+        run_tune(_tune_cfg(tune_dir, tmp_path / "o6", methods=("cd", "cd_control"), n_general_eval=20))
+    for i in range(1, 7):
         assert not (tmp_path / f"o{i}" / "results.json").exists()
     model, _ = tiny_random_model("llama", n_layers=2, d_model=D)
     del model.model.layers[1].mlp.down_proj

@@ -6,12 +6,16 @@ Stages (each resumable: a finished stage's outputs are reused):
 2. train: one TopK SAE per layer (``sae_jax.train``), the main one at ``--layer``;
 3. sweep: CE with the main SAE spliced at every block (the SAE's own layer should be best) and
    CE recovered by each per-layer SAE at its own layer; ``layer_sweep.png``;
-4. tune: ``sae-jax tune`` (c,d only vs one MLP vs full fine-tuning) on one Wikipedia topic;
-5. read: the latents whose pre-activation input moved most (E|(c−1)·pre + d| over a topic-stratified
-   corpus), their top contexts and keywords, and the share of those contexts from the tuning topic
-   against random latents (bootstrap CI, permutation p).
+4. tune: ``sae-jax tune`` (c,d only vs one MLP vs full fine-tuning) on one Wikipedia topic, and the
+   same c,d tuning on the other topics (``cd_control``);
+5. read: the latents whose pre-activation input moved most beyond the control (E|Δpre_task| −
+   E|Δpre_control| over a topic-stratified corpus; other rankings as secondary), their top contexts
+   and keywords, and the share of those contexts from the tuning topic against random latents
+   (bootstrap CI, permutation p).
 
     python experiments/splice_and_tune/run.py --preset smoke|cpu [--out DIR]
+    python experiments/splice_and_tune/run.py --preset cpu --stages tune,read --methods cd,cd_control \
+        --variant NAME --set tune_steps=120 --set lr_cd=0.0025      # a re-run of tune + read, kept beside
 
 ``--preset full`` documents the original study's scale (Pythia-70M; Pythia-6.9B in the README);
 it runs unchanged on a host that has the weights, and was not run here.

@@ -354,9 +354,6 @@ def _train_method(t: _Tuner, splice, data: TuneData, method: str, folder: Path,
         p.requires_grad_(True)
     opt = torch.optim.Adam(list(params.values()), lr=t.lr(method))
     texts = data.control if method == "cd_control" else data.train
-    if not texts:
-        raise ValueError(f"no training texts for {method!r} (cd_control needs texts of other labels beyond the "
-                         "general-CE ones)")
     ckpt_path = folder / "checkpoint.pt"
     step, wall, losses, tokens = 0, 0.0, [], 0
     if ckpt_path.exists():
@@ -438,6 +435,9 @@ def run_tune(cfg: TuneConfig, stop_after_steps: int | None = None) -> dict[str, 
     data_src = load_text(cfg.text, field=cfg.text_field, label_field=cfg.label_field)
     data = split_texts(data_src.texts, data_src.labels, cfg.label, cfg.n_task_eval, cfg.n_general_eval, cfg.seed,
                        cfg.max_train_texts)
+    if "cd_control" in cfg.methods and not data.control:
+        raise ValueError(f"cd_control needs texts of labels other than {cfg.label!r} beyond the {len(data.general_eval)} "
+                         "general-CE ones; lower --n-general-eval")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     model, tok = load_model(model_name)
