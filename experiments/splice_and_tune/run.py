@@ -298,7 +298,7 @@ def _read_lines(r) -> list[str]:
                      f"{100 * e['difference']:+.1f} points, 95% bootstrap CI [{100 * e['ci_low']:+.1f}, "
                      f"{100 * e['ci_high']:+.1f}], permutation p = {e['p_permutation']:.4f}")
     if "share_c_near_ceiling" in r:
-        sat = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["share_c_near_ceiling"].items())
+        sat = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["share_c_near_ceiling"].items())
         lines.append(f"- share of latents with |c − 1| > 0.8 × steps × lr = {0.8 * r['adam_ceiling']:.3f} "
                      f"(Adam's sign-consistent ceiling): {sat}")
     for name in ([r["primary"]] if r.get("primary", "shift") != "shift" else []) + ["shift"]:
