@@ -17,7 +17,7 @@ from sae_jax.export import WHITENING_FILE, load_sae, write_sae  # noqa: E402
 from sae_jax.lm import splice as lm_splice  # noqa: E402
 from sae_jax.lm.models import tiny_random_model  # noqa: E402
 from sae_jax.lm.sae_torch import TorchSAE, sae_spliced  # noqa: E402
-from sae_jax.lm.tune import TuneConfig, check_splice_target, lm_ce, run_tune  # noqa: E402
+from sae_jax.lm.tune import TuneConfig, check_splice_target, lm_ce, run_tune, split_texts  # noqa: E402
 from sae_jax.whitening import fit_zca  # noqa: E402
 
 D = 32
@@ -235,6 +235,24 @@ def test_tune_runs_every_method_and_resumes_exactly(tune_dir, tmp_path):
         run_tune(_tune_cfg(tune_dir, out, steps=7))
 
 
+def test_cd_control_tunes_c_d_on_the_other_labels(tune_dir, tmp_path):
+    texts, labels = TOPIC_A + TOPIC_B, ["math"] * len(TOPIC_A) + ["geo"] * len(TOPIC_B)
+    data = split_texts(texts, labels, "math", 6, 6, seed=0)
+    assert set(data.control) <= set(TOPIC_B) and set(data.control).isdisjoint(data.general_eval)
+    assert len(data.control) == min(len(data.train), len(TOPIC_B) - 6)
+    r = run_tune(_tune_cfg(tune_dir, tmp_path / "c", methods=("cd", "cd_control")))
+    m = r["methods"]
+    assert set(m) == {"cd", "cd_control"}
+    assert m["cd_control"]["trainable_params"] == m["cd"]["trainable_params"] == 2 * 48
+    assert m["cd_control"]["lr"] == m["cd"]["lr"]
+    # each run lowers the CE of its own kind of text more than the other run does
+    assert m["cd"]["task_gain"] > m["cd_control"]["task_gain"]
+    assert m["cd_control"]["general_damage"] < m["cd"]["general_damage"]
+    from safetensors.numpy import load_file
+    task, ctrl = (load_file(str(tmp_path / "c" / k / "scale_shift.safetensors")) for k in ("cd", "cd_control"))
+    assert np.abs(ctrl["c"] - 1).max() > 0 and not np.array_equal(task["c"], ctrl["c"])
+
+
 def test_tune_bad_input_errors_before_training(tune_dir, tmp_path):
     # SAE width != hook width
     _write_random_sae(tmp_path / "wide", "topk", d_in=2 * D,
@@ -254,9 +272,34 @@ def test_tune_bad_input_errors_before_training(tune_dir, tmp_path):
         run_tune(_tune_cfg(tune_dir, tmp_path / "o4", hook="mlp_pre"))
     with pytest.raises(ValueError, match="no text has label"):
         run_tune(_tune_cfg(tune_dir, tmp_path / "o5", label="poetry"))
-    for i in range(1, 6):
+    with pytest.raises(ValueError, match="cd_control needs texts"):  # all 20 'geo' texts are general-CE texts
+        run_tune(_tune_cfg(tune_dir, tmp_path / "o6", methods=("cd", "cd_control"), n_general_eval=20))
+    for i in range(1, 7):
         assert not (tmp_path / f"o{i}" / "results.json").exists()
     model, _ = tiny_random_model("llama", n_layers=2, d_model=D)
     del model.model.layers[1].mlp.down_proj
     with pytest.raises(ValueError, match="no 'mlp_hidden' hook point"):
         check_splice_target(model, load_sae(tune_dir / "sae"), 1, "mlp_hidden")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_zero_ablation_ce_is_log_vocab_only_without_biases(arch):
+    # A bias-free Llama maps a residual zeroed at every position to logits 0 at every later block
+    # (RMSNorm(0) = 0, attention and SwiGLU of 0 are 0): CE = ln V whatever the targets. GPT-2 has
+    # biases and a LayerNorm shift, so its zeroed residual is refilled and the CE is not ln V.
+    model, tok = tiny_random_model(arch, n_layers=3, d_model=D, seed=1)
+    torch.manual_seed(1)
+    with torch.no_grad():  # large random weights (GPT-2's biases included, HF starts them at 0)
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.tensor([[5, 9, 11, 7, 3, 8]])
+    att = torch.ones_like(ids)
+    batches = [(ids.numpy(), att.numpy())]
+    for layer in (0, 1):
+        r = lm_splice.splice_losses(model, batches, layer, "resid", {"zero": ev_splice.zero_ablate()}, special_ids=[])
+        assert abs(r["clean"].ce - np.log(vocab)) > 0.1  # the clean model is far from uniform
+        if arch == "llama":
+            assert r["zero"].ce == pytest.approx(np.log(vocab), abs=1e-5)
+        else:
+            assert abs(r["zero"].ce - np.log(vocab)) > 1e-3

@@ -6,7 +6,10 @@ The SAE (an export, any architecture the loader reads) sits at ``(layer, hook)``
 
 - ``cd``: only the per-latent scale c and shift d of the SAE's pre-activations (h = act(c ⊙ pre + d));
 - ``mlp``: only one block's MLP (default: the splice layer's), the SAE frozen at c=1, d=0;
-- ``full``: every model weight, the SAE frozen at c=1, d=0.
+- ``full``: every model weight, the SAE frozen at c=1, d=0;
+- ``cd_control``: c and d as in ``cd`` (same steps, learning rate, batch size, seed), trained on
+  texts of the *other* labels (disjoint from the general-CE texts): what c,d tuning on any text
+  does, so a latent's movement can be read relative to it.
 
 Each is scored before/after on held-out texts of the slice (task CE) and on texts of the other
 labels (general CE: the damage), with its trainable parameter count and training wall time.
@@ -34,7 +37,8 @@ import torch
 from sae_jax.lm import hooks as lm_hooks
 from sae_jax.lm.sae_torch import TorchSAE, sae_spliced
 
-METHODS = ("cd", "mlp", "full")
+METHODS = ("cd", "mlp", "full", "cd_control")
+CD_METHODS = ("cd", "cd_control")  # the methods that train only c and d
 CONFIG_FILE = "tune.json"
 RESULTS_FILE = "results.json"
 
@@ -61,8 +65,9 @@ class TuneConfig:
     """Label column of a file source."""
     label: str = "Mathematics"
     """The tuning slice: texts with this label (held-out texts of the other labels measure the damage)."""
-    methods: tuple[str, ...] = METHODS
-    """Methods to run, in order: cd (c, d only), mlp (one block's MLP), full (every weight)."""
+    methods: tuple[str, ...] = ("cd", "mlp", "full")
+    """Methods to run, in order: cd (c, d only), mlp (one block's MLP), full (every weight), cd_control (c, d
+    trained on texts of the other labels)."""
     mlp_layer: int | None = None
     """Block whose MLP the 'mlp' baseline tunes (default: the splice layer)."""
     error_term: bool = True
@@ -211,11 +216,15 @@ class TuneData:
     train: tuple[str, ...]
     task_eval: tuple[str, ...]
     general_eval: tuple[str, ...]
+    control: tuple[str, ...] = ()
+    """Texts of the other labels, disjoint from general_eval, as many as ``train`` where there are enough."""
 
 
 def split_texts(texts, labels, label: str, n_task_eval: int, n_general_eval: int, seed: int,
                 max_train: int | None = None) -> TuneData:
-    """Slice texts (shuffled): the first n_task_eval held out, the rest for training; general = other labels."""
+    """Slice texts (shuffled): the first n_task_eval held out, the rest for training; general = other labels.
+
+    The control set (for ``cd_control``) is the next ``len(train)`` texts of the other labels after the general ones."""
     if labels is None:
         raise ValueError("the text source has no labels: tuning needs a labelled slice (--text wikipedia, bbc, "
                          "or a file with --label-field)")
@@ -233,7 +242,8 @@ def split_texts(texts, labels, label: str, n_task_eval: int, n_general_eval: int
         raise ValueError(f"every text has label {label!r}: no general texts to measure the damage on")
     train = inside[n_task_eval:][:max_train]
     pick = lambda idx: tuple(texts[i] for i in idx)  # noqa: E731
-    return TuneData(pick(train), pick(inside[:n_task_eval]), pick(outside[:n_general_eval]))
+    control = outside[n_general_eval:][:len(train)]
+    return TuneData(pick(train), pick(inside[:n_task_eval]), pick(outside[:n_general_eval]), pick(control))
 
 
 def step_texts(n_train: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -289,7 +299,7 @@ class _Tuner:
             self.sae.d.zero_()
 
     def trainable(self, method: str) -> dict[str, torch.nn.Parameter]:
-        if method == "cd":
+        if method in CD_METHODS:
             return {"sae.c": self.sae.c, "sae.d": self.sae.d}
         if method == "mlp":
             layer = self.cfg.mlp_layer if self.cfg.mlp_layer is not None else self.layer
@@ -299,7 +309,7 @@ class _Tuner:
         return dict(self.model.named_parameters())
 
     def lr(self, method: str) -> float:
-        return {"cd": self.cfg.lr_cd, "mlp": self.cfg.lr_mlp, "full": self.cfg.lr_full}[method]
+        return {"cd": self.cfg.lr_cd, "cd_control": self.cfg.lr_cd, "mlp": self.cfg.lr_mlp, "full": self.cfg.lr_full}[method]
 
     def ce(self, splice, texts, spliced: bool = True) -> dict[str, float]:
         total, n = 0.0, 0
@@ -343,6 +353,7 @@ def _train_method(t: _Tuner, splice, data: TuneData, method: str, folder: Path,
     for p in params.values():
         p.requires_grad_(True)
     opt = torch.optim.Adam(list(params.values()), lr=t.lr(method))
+    texts = data.control if method == "cd_control" else data.train
     ckpt_path = folder / "checkpoint.pt"
     step, wall, losses, tokens = 0, 0.0, [], 0
     if ckpt_path.exists():
@@ -371,8 +382,8 @@ def _train_method(t: _Tuner, splice, data: TuneData, method: str, folder: Path,
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            idx = step_texts(len(data.train), cfg.batch_size, step, cfg.seed)
-            ids, att = _encode(t.tok, [data.train[i] for i in idx], cfg.context_length, t.device)
+            idx = step_texts(len(texts), cfg.batch_size, step, cfg.seed)
+            ids, att = _encode(t.tok, [texts[i] for i in idx], cfg.context_length, t.device)
             splice.mask = _mask(ids, att, t.special)
             total, n = lm_ce(t.model, ids, att, t.special)
             loss = total / max(n, 1)
@@ -424,6 +435,9 @@ def run_tune(cfg: TuneConfig, stop_after_steps: int | None = None) -> dict[str, 
     data_src = load_text(cfg.text, field=cfg.text_field, label_field=cfg.label_field)
     data = split_texts(data_src.texts, data_src.labels, cfg.label, cfg.n_task_eval, cfg.n_general_eval, cfg.seed,
                        cfg.max_train_texts)
+    if "cd_control" in cfg.methods and not data.control:
+        raise ValueError(f"cd_control needs texts of labels other than {cfg.label!r} beyond the {len(data.general_eval)} "
+                         "general-CE ones; lower --n-general-eval")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     model, tok = load_model(model_name)
@@ -461,7 +475,8 @@ def run_tune(cfg: TuneConfig, stop_after_steps: int | None = None) -> dict[str, 
                 "eval_wall_s": time.perf_counter() - t0,
             }
             results |= {"model": model_name, "layer": layer, "hook": hook, "label": cfg.label,
-                        "n_train_texts": len(data.train), "n_task_eval": len(data.task_eval),
+                        "n_train_texts": len(data.train), "n_control_texts": len(data.control),
+                        "n_task_eval": len(data.task_eval),
                         "n_general_eval": len(data.general_eval), "error_term": cfg.error_term,
                         "sae": str(cfg.sae), "sae_d_sae": sae.d_sae, "sae_architecture": sae.architecture,
                         "total_params": int(sum(p.numel() for p in model.parameters())), "methods": {}}
@@ -485,7 +500,7 @@ def run_tune(cfg: TuneConfig, stop_after_steps: int | None = None) -> dict[str, 
                 "general_ce_before": b["general"]["ce"], "general_ce_after": after["general"]["ce"],
                 "task_gain": b["task"]["ce"] - after["task"]["ce"],
                 "general_damage": after["general"]["ce"] - b["general"]["ce"], "lr": tuner.lr(method)}
-            if method == "cd":
+            if method in CD_METHODS:
                 from safetensors.torch import save_file
 
                 save_file({"c": sae.c.detach().cpu().contiguous(), "d": sae.d.detach().cpu().contiguous()},
