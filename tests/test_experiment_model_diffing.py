@@ -9,7 +9,15 @@ from tests.experiment_smoke import run_smoke
 def test_smoke_preset_writes_finite_results(tmp_path):
     r = run_smoke("model_diffing", tmp_path, timeout=900)["domains"]["Mathematics"]
     assert (tmp_path / r["plot"]).stat().st_size > 1000
-    assert json.loads((tmp_path / "preregistered_protocol2.json").read_text())["settings"]["patch_at"] == "active"
+    reg = json.loads((tmp_path / "preregistered_protocol4.json").read_text())["settings"]
+    assert reg["patch_at"] == "active" and reg["score"] == "kl_to_reference" and reg["ft_general_kl"] > 0
+    assert reg["prefix_token"] == "<eos>" and reg == r["prereg"]
+    # the prefix token starts every text of the base and the tuned model, so stores skip it
+    import transformers
+
+    for folder in ("base_model", "tuned"):
+        tok = transformers.AutoTokenizer.from_pretrained(tmp_path / folder)
+        assert tok("some text")["input_ids"][0] == tok.convert_tokens_to_ids("<eos>")
     assert r["finetune"]["task_ce_drop"] > 0  # the planted change is learned even by the tiny model
     saes = r["validate"]["saes"]
     assert len(saes) == 15 and all(np.isfinite(s["fvu"]) for s in saes.values())
