@@ -20,9 +20,9 @@ def tiny():
     return model, tok
 
 
-def _manual_score(model, tok, text, targets=None, edit=None):
-    """Mean next-token log-prob of one unpadded text, optionally with ``edit(x [T, d], real) -> delta``
-    added to block LAYER's output by a hand-written forward hook."""
+def _edited_logprobs(model, tok, text, edit=None):
+    """Next-token log-probs [T-1, V] (float64) of one unpadded text, its ids and real-token mask; with
+    ``edit(x [T, d], real) -> delta`` added to block LAYER's output by a hand-written forward hook."""
     import torch
 
     ids = torch.tensor([tok(text)["input_ids"]])
@@ -39,9 +39,32 @@ def _manual_score(model, tok, text, targets=None, edit=None):
         logits = model(input_ids=ids).logits
     if handle is not None:
         handle.remove()
-    lp = torch.log_softmax(logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0].numpy()
-    ok = real[1:] & (np.isin(ids[0, 1:].numpy(), targets) if targets is not None else True)
+    return torch.log_softmax(logits[0, :-1].double(), -1).numpy(), ids[0].numpy(), real
+
+
+def _manual_score(model, tok, text, targets=None, edit=None):
+    """Mean next-token log-prob of one unpadded text's real tokens (``targets``: only those), ``edit`` as above."""
+    lp, ids, real = _edited_logprobs(model, tok, text, edit)
+    lp = lp[np.arange(len(ids) - 1), ids[1:]]
+    ok = real[1:] & (np.isin(ids[1:], targets) if targets is not None else True)
     return lp[ok].mean() if ok.any() else np.nan
+
+
+def _capture(model, tok, text):
+    """Block LAYER's output [T, d] of one unpadded text, and its real-token mask."""
+    import torch
+
+    ids = torch.tensor([tok(text)["input_ids"]])
+    store = {}
+
+    def hook(m, a, o):  # returns None: records, leaves the output alone
+        store["x"] = (o[0] if isinstance(o, tuple) else o)[0].numpy().copy()
+
+    h = model.model.layers[LAYER].register_forward_hook(hook)
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    return store["x"], ~np.isin(ids[0].numpy(), tok.all_special_ids)
 
 
 def _direction(sae, j):
@@ -106,60 +129,19 @@ def test_patch_effects_on_domain_tokens_equal_a_manual_hook_edit(tiny):
                                 target_ids=targets)["m"]
     assert np.all(eff[0, :1] == 0) and np.isnan(eff[:, 1]).all()  # dead latent; a text with no domain token
     assert abs(eff[1, 0]) > 1e-4  # the live latent's patch does something (the comparison below is not 0 = 0)
-    import torch
+    xc, realc = _capture(model, tok, corrupt_texts[0])
     for i, j in enumerate(latents):
         w = _direction(sae, j)
-        ids_c = torch.tensor([tok(corrupt_texts[0])["input_ids"]])
-        store = {}
-        h = model.model.layers[LAYER].register_forward_hook(
-            lambda m, a, o: store.setdefault("x", o[0] if isinstance(o, tuple) else o))
-        with torch.no_grad():
-            model(input_ids=ids_c)
-        h.remove()
-        realc = ~np.isin(ids_c[0].numpy(), tok.all_special_ids)
-        v = sae.encode(store["x"][0].numpy()[realc])[:, j].mean()  # the latent's mean on the corrupted text
+        v = sae.encode(xc[realc])[:, j].mean()  # the latent's mean on the corrupted text
         patched = _manual_score(model, tok, clean_texts[0], targets,
                                 lambda x, real, j=j, w=w, v=v: np.where(real, v - sae.encode(x)[:, j], 0)[:, None] * w)
         assert eff[i, 0] == pytest.approx(_manual_score(model, tok, clean_texts[0], targets) - patched, abs=2e-5)
 
 
-def _capture(model, tok, text):
-    """Block LAYER's output [T, d] of one unpadded text, and its real-token mask."""
-    import torch
-
-    ids = torch.tensor([tok(text)["input_ids"]])
-    store = {}
-
-    def hook(m, a, o):  # returns None: records, leaves the output alone
-        store["x"] = (o[0] if isinstance(o, tuple) else o)[0].numpy().copy()
-
-    h = model.model.layers[LAYER].register_forward_hook(hook)
-    with torch.no_grad():
-        model(input_ids=ids)
-    h.remove()
-    return store["x"], ~np.isin(ids[0].numpy(), tok.all_special_ids)
-
-
 def _manual_kl(model, base, tok, text, edit=None):
     """Mean over real next tokens of KL(model ‖ base) of the next-token distributions, ``edit`` as above."""
-    import torch
-
-    ids = torch.tensor([tok(text)["input_ids"]])
-    real = ~np.isin(ids[0].numpy(), tok.all_special_ids)
-    handle = None
-    if edit is not None:
-        def hook(m, a, o):
-            out = o[0] if isinstance(o, tuple) else o
-            new = out.clone()
-            new[0] += torch.from_numpy(edit(out[0].detach().numpy(), real).astype(np.float32))
-            return (new,) + tuple(o[1:]) if isinstance(o, tuple) else new
-        handle = model.model.layers[LAYER].register_forward_hook(hook)
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1).numpy()
-    if handle is not None:
-        handle.remove()
-    with torch.no_grad():
-        lpb = torch.log_softmax(base(input_ids=ids).logits[0, :-1].double(), -1).numpy()
+    lp, _, real = _edited_logprobs(model, tok, text, edit)
+    lpb, _, _ = _edited_logprobs(base, tok, text)
     kl = (np.exp(lp) * (lp - lpb)).sum(-1)
     return kl[real[1:]].mean()
 

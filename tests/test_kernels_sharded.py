@@ -16,7 +16,7 @@ from sae_jax.mesh import batch_sharding, make_mesh
 from sae_jax.train_state import create_state
 from sae_jax.train_step import make_train_step
 from tests.helpers_train import tiny_config
-from tests.test_kernels_fused import _loss, _params, dense
+from tests.test_kernels_fused import _loss, _params, assert_grads_match, dense
 
 MESHES = [(1, 1), (1, 2), (2, 2), (1, 4), (4, 2)]
 
@@ -65,12 +65,7 @@ def test_sharded_values_and_grads_match_dense(mesh_shape, B, d, native, n_dead, 
     assert bool(on) == (n_dead > 0)
     np.testing.assert_allclose(np.asarray(e_hat), np.asarray(re if n_dead else jnp.zeros_like(re)),
                                rtol=1e-5, atol=1e-5)
-    gs = jax.jit(jax.grad(sharded_loss, argnums=(0, 1)))(p, x)
-    gd = jax.jit(jax.grad(dense_loss, argnums=(0, 1)))(p, x)
-    for name in p:
-        np.testing.assert_allclose(np.asarray(gs[0][name]), np.asarray(gd[0][name]), rtol=1e-4, atol=1e-4,
-                                   err_msg=name)
-    np.testing.assert_allclose(np.asarray(gs[1]), np.asarray(gd[1]), rtol=1e-4, atol=1e-4)
+    assert_grads_match(sharded_loss, dense_loss, p, x)
 
 
 def _train(cfg, src, mesh_shape, steps):

@@ -96,35 +96,30 @@ class _Reader:
             x = x - next(hooked_activations(self.reference, [batch], self.layer, self.hook))[mask]
         return x, mask
 
-    def token_logprobs(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
-        """Per token: log-prob of counted target tokens and the counted mask, under ``transform``."""
+    def _patched_logprobs(self, batch: Batch, transform):
+        """The model's next-token log-probabilities [B, T-1, V] under ``transform``, and the batch's tensors."""
         from sae_jax.lm.splice import splice_mask, spliced
 
         ids, att = self.tensors(batch)
-        with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
+        with spliced(self.model, self.layer, self.hook) as splice:
             splice.mask = splice_mask(ids, att, self.special)
             splice.transform = transform
-            return _token_logprobs(self.model, ids, att, self.special, target_ids)
+            return _next_logprobs(self.model, ids, att), ids, att
+
+    def token_logprobs(self, batch: Batch, transform=None, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per token: log-prob of counted target tokens and the counted mask, under ``transform``."""
+        lp, ids, att = self._patched_logprobs(batch, transform)
+        return _gathered(lp, ids, _counted(ids, att, self.special, target_ids))
 
     def reference_logprobs(self, batch: Batch):
         """The reference model's next-token log-probabilities [B, T-1, V] (torch, unpatched)."""
-        from sae_jax.lm.splice import _logits
-
-        ids, att = self.tensors(batch)
-        with self.torch.no_grad():
-            return self.torch.log_softmax(_logits(self.reference, ids, att)[:, :-1], dim=-1)
+        return _next_logprobs(self.reference, *self.tensors(batch))
 
     def token_kl(self, batch: Batch, ref_logprobs, transform=None) -> tuple[np.ndarray, np.ndarray]:
         """Per token t+1: KL(model ‖ reference) of the next-token distributions at t (float64, [B, T-1];
         0 where not counted) under ``transform``, and the counted mask (as ``_token_logprobs``)."""
-        from sae_jax.lm.splice import _logits, splice_mask, spliced
-
-        ids, att = self.tensors(batch)
-        with self.torch.no_grad(), spliced(self.model, self.layer, self.hook) as splice:
-            splice.mask = splice_mask(ids, att, self.special)
-            splice.transform = transform
-            lp = self.torch.log_softmax(_logits(self.model, ids, att)[:, :-1], dim=-1)
-        ok = splice_mask(ids, att, self.special)[:, 1:] & att[:, :-1].bool()
+        lp, ids, att = self._patched_logprobs(batch, transform)
+        ok = _counted(ids, att, self.special)
         kl = (lp.exp() * (lp - ref_logprobs)).sum(-1) * ok
         return kl.double().cpu().numpy(), ok.cpu().numpy()
 
@@ -134,20 +129,37 @@ class _Reader:
         return lp.sum(1), ok.sum(1)
 
 
-def _token_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per token t+1: next-token log-prob (float64, [B, T-1]; 0 where not counted) and the counted mask.
-
-    Counted: token t+1 where t and t+1 are attended and t+1 is not special (as ``splice_losses``),
-    and with ``target_ids`` only tokens in that set (e.g. the planted domain's tokens)."""
+def _next_logprobs(model, ids, att):
+    """Next-token log-probabilities [B, T-1, V] (torch, no gradient)."""
     import torch
 
-    from sae_jax.lm.splice import _logits, splice_mask
+    from sae_jax.lm.splice import _logits
 
     with torch.no_grad():
-        lp = torch.log_softmax(_logits(model, ids, att)[:, :-1], dim=-1)
+        return torch.log_softmax(_logits(model, ids, att)[:, :-1], dim=-1)
+
+
+def _counted(ids, att, special_ids, target_ids=None):
+    """bool [B, T-1]: token t+1 counts where t and t+1 are attended and t+1 is not special (as
+    ``splice_losses``), and with ``target_ids`` only tokens in that set (e.g. the planted domain's)."""
+    import torch
+
+    from sae_jax.lm.splice import splice_mask
+
     ok = splice_mask(ids, att, special_ids)[:, 1:] & att[:, :-1].bool()
     if target_ids is not None:
         ok &= torch.isin(ids[:, 1:], torch.as_tensor(np.asarray(list(target_ids)), dtype=ids.dtype, device=ids.device))
+    return ok
+
+
+def _token_logprobs(model, ids, att, special_ids, target_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per token t+1: next-token log-prob (float64, [B, T-1]; 0 where not counted, see ``_counted``)
+    and the counted mask."""
+    return _gathered(_next_logprobs(model, ids, att), ids, _counted(ids, att, special_ids, target_ids))
+
+
+def _gathered(lp, ids, ok) -> tuple[np.ndarray, np.ndarray]:
+    """The log-prob of each actual next token (float64 [B, T-1], 0 where not counted) and the mask."""
     tok = lp.gather(2, ids[:, 1:, None]).squeeze(2) * ok
     return tok.double().cpu().numpy(), ok.cpu().numpy()
 
