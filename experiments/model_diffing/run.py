@@ -413,9 +413,7 @@ def run_domain(p, out, model, domain, stages):
     consistent_mask = np.zeros(F, bool)
     if causal["candidates"]:
         idx = np.asarray(causal["candidates"])
-        drop = np.nan_to_num(np.asarray(causal["mean_drop"], float), nan=0.0)
-        causal_mask[idx] = (G.causal_gate(drop, p["causal_threshold"]) & (drop > 0)
-                            & (np.asarray(causal["n_texts_with_evidence"]) >= p["min_texts"]))
+        causal_mask[idx] = causal_gate_passed(causal, p["causal_threshold"], p["min_texts"])
         consistent_mask[idx] = np.asarray(causal["consistent"])
     cand_mask = np.zeros(F, bool)
     cand_mask[cand] = True
@@ -518,6 +516,16 @@ def plot(res, folder: pathlib.Path):
     return path.name
 
 
+def causal_gate_passed(causal, threshold, min_texts) -> np.ndarray:
+    """bool per candidate of ``causal``: mean drop above ``threshold`` nats in the expected direction, with
+    evidence (a firing position) on at least ``min_texts`` texts."""
+    from sae_jax.evals.gates import causal_gate
+
+    drop = np.asarray(causal["mean_drop"], float)  # None (no evidence) -> NaN, which fails
+    return causal_gate(drop, threshold) & (np.nan_to_num(drop) > 0) & (
+        np.asarray(causal["n_texts_with_evidence"]) >= min_texts)
+
+
 def _wilson(hits, n):
     from scipy.stats import binomtest
 
@@ -583,15 +591,12 @@ def tables(res) -> str:
     if res["ranking"] and "n_texts_with_evidence" in cz:  # precision after the causal gate alone
         share = {r["latent"]: r["planted_share"] for r in res["ranking"]}
         thr, min_texts = res.get("prereg", {}).get("causal_threshold_nats", 1e-3), res.get("prereg", {}).get("min_texts_with_evidence", 5)
-        passed = [j for j, md, n in zip(cz["candidates"], cz["mean_drop"], cz["n_texts_with_evidence"])
-                  if md is not None and np.isfinite(md) and md > thr and n >= min_texts]
-        if passed:
-            from scipy.stats import binomtest
-
+        passed = np.asarray(cz["candidates"])[causal_gate_passed(cz, thr, min_texts)]
+        if passed.size:
             hits = int(sum(share[j] >= 0.5 for j in passed))
-            ci = binomtest(hits, len(passed)).proportion_ci(0.95, method="wilson")
+            lo, hi = _wilson(hits, len(passed))
             L += [f"After the causal gate alone (before consistency): {len(passed)} latents, planted precision "
-                  f"**{hits / len(passed):.2f}** (95% Wilson CI [{ci.low:.2f}, {ci.high:.2f}]; candidates "
+                  f"**{hits / len(passed):.2f}** (95% Wilson CI [{lo:.2f}, {hi:.2f}]; candidates "
                   f"{fmt(s['candidate_precision'], 2)}).", ""]
     if res["ranking"]:
         L += ["| latent | score | mean d | SD d | mean drop (nats) | damage (nats) | p (BH) | final | planted share | C | keywords |",
@@ -742,9 +747,8 @@ def superseded_section(v, protocol) -> list[str]:
         f, e, s, cz = r["finetune"], r["truth"]["delta_all_alive"], r["score"], r["causal"]
         fvu = " / ".join(f"{r['validate']['saes'][f'{x}_L{mid}']['fvu']:.3f}" for x in ROLES)
         share = {x["latent"]: x["planted_share"] for x in r["ranking"]}
-        passed = [j for j, md, n in zip(cz["candidates"], cz["mean_drop"], cz["n_texts_with_evidence"])
-                  if md is not None and np.isfinite(md) and md > pp["causal_threshold"] and n >= pp["min_texts"]]
-        prec = float(np.mean([share[j] >= 0.5 for j in passed])) if passed else None
+        passed = np.asarray(cz["candidates"])[causal_gate_passed(cz, pp["causal_threshold"], pp["min_texts"])]
+        prec = float(np.mean([share[j] >= 0.5 for j in passed])) if passed.size else None
         fun = {x["gate"].split(" ")[0]: x["n_left"] for x in r["funnel"]}
         L.append(f"| {domain} | {f['before']['task_ce']:.3f} → {f['after']['task_ce']:.3f} | "
                  f"{f['before']['general_ce']:.3f} → {f['after']['general_ce']:.3f} | {e['ratio']:.2f} "
