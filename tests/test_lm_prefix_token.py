@@ -30,3 +30,8 @@ def test_prefix_token_is_saved_reloaded_and_checked(tmp_path):
     with pytest.raises(ValueError, match="not a special token"):
         save_with_prefix_token(src, tmp_path / "bad", "cat")
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a finished prefix-token copy"):
+        save_with_prefix_token(src, tmp_path / "mine", "<eos>")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"  # a folder it did not write is left alone

@@ -206,7 +206,9 @@ def save_with_prefix_token(name_or_path: str, out: str | Path, token: str) -> Pa
     attention sink: at mid depth its residual norm is ~100x the others', so its rows carry nearly
     all of a store's variance (an SAE's FVU then measures one direction) and its activation is
     not about the text. A special token in front takes the sink role, and stores, splices and
-    patches already skip special tokens. Idempotent: a finished folder (marker file) is reused.
+    patches already skip special tokens. Idempotent: a finished folder (marker file) is reused; the copy
+    is written beside ``out`` and renamed when complete, and an existing folder without the marker is
+    refused, never overwritten.
     """
     out = Path(out)
     marker = out / _PREFIX_MARKER
@@ -215,6 +217,9 @@ def save_with_prefix_token(name_or_path: str, out: str | Path, token: str) -> Pa
         if done != {"model": name_or_path, "token": token}:
             raise ValueError(f"{out} holds {done}, not {name_or_path!r} with prefix {token!r}; choose another folder")
         return out
+    if out.exists():
+        raise ValueError(f"{out} exists but is not a finished prefix-token copy (no {_PREFIX_MARKER}); "
+                         "delete it or choose another folder")
     from tokenizers.processors import TemplateProcessing
 
     model, tokenizer = load_model(name_or_path)
@@ -226,12 +231,14 @@ def save_with_prefix_token(name_or_path: str, out: str | Path, token: str) -> Pa
         single=f"{token} $A", pair=f"{token} $A {token} $B", special_tokens=[(token, tid)])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / _PREFIX_MARKER).write_text(json.dumps({"model": name_or_path, "token": token}))
-    if out.exists():
-        shutil.rmtree(out)  # an unfinished earlier attempt (no marker)
-    tmp.replace(out)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _PREFIX_MARKER).write_text(json.dumps({"model": name_or_path, "token": token}))
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own unfinished copy
+        raise
     return out
 
 
