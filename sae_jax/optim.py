@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
 from sae_jax.config import TrainConfig
 from sae_jax.constraints import BoundConstrainedOptimizer, ConstrainedOptimizer
 from sae_jax.decoder_norm import KEY, project_rows, remove_parallel_component
+from sae_jax.mesh import PARAM_SPECS
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -62,11 +64,12 @@ def _fusion_key(cfg: TrainConfig) -> tuple:
     return (cfg.optim, cfg.lr, cfg.steps, cfg.sae.decoder_unit_norm)
 
 
-def fused_adam_applies(cfg: TrainConfig, optimizer, n_devices: int) -> bool:
+def fused_adam_applies(cfg: TrainConfig, optimizer, mesh: Mesh | None = None) -> bool:
     """True when the step can run ``optimizer`` (the Adam chain ``make_optimizer(cfg)`` built) as
-    ``fused_adam_update``: one device (unsharded parameters) on XLA:CPU with the native kernels,
-    no gradient clipping (it needs the global norm before Adam). Not under ``jax.vmap``."""
-    if n_devices != 1 or cfg.optim.max_grad_norm > 0 or jax.default_backend() != "cpu":
+    ``fused_adam_update``: XLA:CPU devices with the native kernels, no gradient clipping (it needs the
+    global norm before Adam). Not under ``jax.vmap``."""
+    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
+    if cfg.optim.max_grad_norm > 0 or any(dev.platform != "cpu" for dev in devices):
         return False
     if getattr(optimizer.update, "sae_jax_fusion_key", None) != _fusion_key(cfg):
         return False  # a custom optimizer, or one built for another config
@@ -80,10 +83,12 @@ def _safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < top, count + 1, top)  # as optax: saturates instead of overflowing
 
 
-def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: dict):
+def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: dict, mesh: Mesh | None = None):
     """(params, opt_state, sum of squared gradients) after one step of ``make_optimizer(cfg)``'s chain,
     ``optax.apply_updates`` and (unit-norm decoder) ``project_rows``, with each 2-D parameter updated
     in one native pass (cpu_kernels.cc, ``SaeJaxAdamF32``) instead of XLA's four to six passes.
+    On a ``mesh`` of several devices each device updates its own block of every parameter (laid out
+    as ``sae_jax.mesh.PARAM_SPECS``; a unit-norm decoder is split by rows, so its rows stay whole).
 
     Same formulas and state as the optax chain (tests/test_fused_adam.py compares them); float
     sums are taken in another order. The squared-gradient sum is of the raw gradients, as
@@ -104,8 +109,7 @@ def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: d
         w, m, v = params[name], adam.mu[name], adam.nu[name]
         unit = cfg.sae.decoder_unit_norm and name == KEY
         if w.ndim == 2 and w.dtype == f32:
-            new_p[name], mu[name], nu[name], s = cpu_kernels.adam_native(w, g, m, v, scalars, tangent=unit,
-                                                                         renorm=unit)
+            new_p[name], mu[name], nu[name], s = _adam_blocks(name, w, g, m, v, scalars, unit, mesh)
             sq.append(s)
             continue
         if unit:
@@ -117,6 +121,29 @@ def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: d
         new_p[name] = (w + step.astype(g.dtype) * u).astype(w.dtype)
     new_state = (*head, adam._replace(count=count, mu=mu, nu=nu), sched._replace(count=_safe_increment(sched.count)))
     return new_p, tuple(new_state), sum(sq)
+
+
+def _adam_blocks(name: str, w, g, m, v, scalars, unit: bool, mesh: Mesh | None):
+    """``cpu_kernels.adam_native`` on one device, or on each device's block of a sharded parameter
+    (the custom call is not partitioned by XLA, which would gather the whole parameter to each device)."""
+    from sae_jax.kernels import cpu_kernels
+
+    def one(w, g, m, v, scalars):
+        return cpu_kernels.adam_native(w, g, m, v, scalars, tangent=unit, renorm=unit)
+
+    if mesh is None or mesh.size == 1:
+        return one(w, g, m, v, scalars)
+    spec = PARAM_SPECS.get(name, P())
+    if unit and spec != PARAM_SPECS[KEY]:
+        raise ValueError(f"fused_adam_update: the unit-norm {KEY} must be split by rows, got {spec}")
+    axes = tuple(a for entry in spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry))
+
+    def local(w, g, m, v, scalars):
+        w, m, v, sq = one(w, g, m, v, scalars)
+        return w, m, v, jax.lax.psum(sq, axes) if axes else sq  # replicated axes hold copies: not summed
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4 + (P(),), out_specs=(spec,) * 3 + (P(),),
+                         check_vma=False)(w, g, m, v, scalars)
 
 
 def _primal_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:

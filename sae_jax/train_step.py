@@ -45,11 +45,13 @@ def _advance(state: TrainState, n_tokens: int, dead_tokens: int, params, opt_sta
     return new_state, metrics
 
 
-def make_step_fn(cfg: TrainConfig, arch, optimizer, fused_optimizer: bool = False) -> Callable:
+def make_step_fn(cfg: TrainConfig, arch, optimizer, fused_optimizer: bool = False,
+                 mesh: Mesh | None = None) -> Callable:
     """The un-jitted step (for tests, benchmarks and custom loops).
 
     ``fused_optimizer``: run ``optimizer`` (which must be ``make_optimizer(cfg)``'s Adam chain; see
-    ``optim.fused_adam_applies``) as the native one-pass update, on one CPU device, not under vmap."""
+    ``optim.fused_adam_applies``) as the native one-pass update on CPU devices (each device its own
+    block of the parameters on a ``mesh``), not under vmap."""
     if cfg.sae.architecture == "ssae":
         return _constrained_step_fn(cfg, arch, optimizer)
     dead_tokens = cfg.sae.dead_tokens
@@ -63,7 +65,7 @@ def make_step_fn(cfg: TrainConfig, arch, optimizer, fused_optimizer: bool = Fals
         (loss, out), grads = jax.value_and_grad(arch.loss, has_aux=True)(
             state.params, state.arch_state, x, ctx)
         if fused_optimizer:
-            params, opt_state, grad_sq = fused_adam_update(cfg, grads, state.opt_state, state.params)
+            params, opt_state, grad_sq = fused_adam_update(cfg, grads, state.opt_state, state.params, mesh)
             grad_norm = jnp.sqrt(grad_sq)
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -104,11 +106,11 @@ def _constrained_step_fn(cfg: TrainConfig, arch, optimizer) -> Callable:
 
 
 def make_train_step(cfg: TrainConfig, arch, optimizer, mesh: Mesh, shardings) -> Callable:
-    """The jitted, state-donating step for a mesh and the state's shardings (on one CPU device
-    with the native kernels, Adam runs as one fused pass per parameter: ``optim.fused_adam_update``)."""
-    fused = cfg.sae.architecture != "ssae" and fused_adam_applies(cfg, optimizer, mesh.size)
+    """The jitted, state-donating step for a mesh and the state's shardings (on CPU devices with
+    the native kernels, Adam runs as one fused pass per parameter: ``optim.fused_adam_update``)."""
+    fused = cfg.sae.architecture != "ssae" and fused_adam_applies(cfg, optimizer, mesh)
     return jax.jit(
-        make_step_fn(cfg, arch, optimizer, fused_optimizer=fused),
+        make_step_fn(cfg, arch, optimizer, fused_optimizer=fused, mesh=mesh),
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,

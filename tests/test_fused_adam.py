@@ -7,9 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from sae_jax.config import OptimConfig, SAEConfig, TrainConfig
+from sae_jax.config import MeshConfig, OptimConfig, SAEConfig, TrainConfig
 from sae_jax.decoder_norm import project_rows
 from sae_jax.kernels import cpu_kernels
+from sae_jax.mesh import PARAM_SPECS, make_mesh, state_shardings
 from sae_jax.optim import fused_adam_applies, fused_adam_update, make_optimizer
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu" or not cpu_kernels.available(),
@@ -28,12 +29,22 @@ def _params(key, d=24, F=96):
             "b_enc": 0.1 * jax.random.normal(k[2], (F,)), "b_dec": 0.1 * jax.random.normal(k[3], (d,))}
 
 
-@pytest.mark.parametrize("unit_norm", [True, False])
-def test_matches_the_optax_chain_over_steps(unit_norm):
+def _mesh(shape):
+    return None if shape is None else make_mesh(MeshConfig(data=shape[0], dict=shape[1]), jax.devices()[:shape[0] * shape[1]])
+
+
+@pytest.mark.parametrize("unit_norm,mesh_shape", [(True, None), (False, None), (True, (1, 4)), (False, (2, 2))])
+def test_matches_the_optax_chain_over_steps(unit_norm, mesh_shape):
+    """On a mesh, each device updates its block of the sharded parameters (laid out as in training)."""
     cfg = _cfg(unit_norm)
     opt = make_optimizer(cfg)
-    p_ref = p_fused = _params(jax.random.PRNGKey(0))
-    s_ref = s_fused = opt.init(p_ref)
+    mesh = _mesh(mesh_shape)
+    p_ref = _params(jax.random.PRNGKey(0))
+    s_ref = opt.init(p_ref)
+    p_fused, s_fused = p_ref, s_ref
+    if mesh is not None:
+        p_fused, s_fused = jax.device_put((p_ref, s_ref), state_shardings(mesh, (p_ref, s_ref)))
+        assert p_fused["W_dec"].sharding.spec == PARAM_SPECS["W_dec"]
 
     @jax.jit
     def ref(p, s, g):
@@ -43,7 +54,7 @@ def test_matches_the_optax_chain_over_steps(unit_norm):
 
     @jax.jit
     def fused(p, s, g):
-        p, s, sq = fused_adam_update(cfg, g, s, p)
+        p, s, sq = fused_adam_update(cfg, g, s, p, mesh)
         return p, s, jnp.sqrt(sq)
 
     for t in range(cfg.steps):  # warm-up, then linear decay: lr and bias corrections change every step
@@ -63,18 +74,19 @@ def test_matches_the_optax_chain_over_steps(unit_norm):
 
 def test_used_only_where_it_reproduces_the_optimizer():
     cfg = _cfg()
-    assert fused_adam_applies(cfg, make_optimizer(cfg), 1)
-    assert not fused_adam_applies(cfg, make_optimizer(cfg), 2)  # sharded parameters
+    assert fused_adam_applies(cfg, make_optimizer(cfg))
+    assert fused_adam_applies(cfg, make_optimizer(cfg), _mesh((2, 4)))  # each device its own blocks
     clip = _cfg(clip=1.0)
-    assert not fused_adam_applies(clip, make_optimizer(clip), 1)  # clipping needs the norm before Adam
-    assert not fused_adam_applies(cfg, make_optimizer(_cfg(decay="cosine")), 1)  # built for another config
-    assert not fused_adam_applies(cfg, optax.adam(1e-3), 1)  # a custom optimizer
+    assert not fused_adam_applies(clip, make_optimizer(clip))  # clipping needs the norm before Adam
+    assert not fused_adam_applies(cfg, make_optimizer(_cfg(decay="cosine")))  # built for another config
+    assert not fused_adam_applies(cfg, optax.adam(1e-3))  # a custom optimizer
     with pytest.raises(TypeError, match="make_optimizer"):
         p = _params(jax.random.PRNGKey(0))
         fused_adam_update(cfg, p, optax.adam(1e-3).init(p), p)
 
 
-def test_train_step_runs_it_and_matches_the_unfused_step():
+@pytest.mark.parametrize("n_devices,n_dict", [(1, 1), (8, 4)])
+def test_train_step_runs_it_and_matches_the_unfused_step(n_devices, n_dict):
     from sae_jax.assemble import assemble
     from sae_jax.data.loader import BatchLoader
     from sae_jax.data.synthetic import synthetic_source
@@ -83,13 +95,14 @@ def test_train_step_runs_it_and_matches_the_unfused_step():
     from sae_jax.train_step import make_step_fn, make_train_step
     from tests.helpers_train import tiny_config
 
-    cfg = tiny_config(d_sae=128, k=4)
+    cfg = dataclasses.replace(tiny_config(d_sae=128, k=4), mesh=MeshConfig(dict=n_dict))
     src = synthetic_source(4096, 16, 48, 3)
-    pieces = assemble(cfg, src.d_in, devices=jax.devices()[:1])
+    pieces = assemble(cfg, src.d_in, devices=jax.devices()[:n_devices])
     new = lambda: create_state(pieces.arch, pieces.optimizer, src.d_in, cfg.sae.d_sae, pieces.mesh, cfg.seed,
                                np.zeros(src.d_in, np.float32), 1.0)
     fused = make_train_step(cfg, pieces.arch, pieces.optimizer, pieces.mesh, pieces.shardings)
-    plain = jax.jit(make_step_fn(cfg, pieces.arch, pieces.optimizer))
+    plain = jax.jit(make_step_fn(cfg, pieces.arch, pieces.optimizer), in_shardings=(pieces.shardings, None),
+                    out_shardings=(pieces.shardings, None))
     loader = BatchLoader(src, cfg.data.batch_size, cfg.data.seed, batch_sharding(pieces.mesh))
     assert "sae_jax_adam_f32" in fused.lower(new(), loader.device_batch(0)).as_text()
     s_f, s_p = new(), new()

@@ -199,7 +199,8 @@ def test_blocked_transpose_and_large_dictionary_grads():
         np.testing.assert_allclose(np.asarray(gs[name]), np.asarray(gd[name]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n,k", [(8192, 32), (1000, 7), (70, 32), (33, 33)])
+# (2048, 32) and (1024, 32): a dictionary shard's rows (few blocks per selected latent; 1024 halves the block)
+@pytest.mark.parametrize("n,k", [(8192, 32), (2048, 32), (1024, 32), (1000, 7), (70, 32), (33, 33)])
 def test_native_cpu_topk_equals_lax_top_k(n, k):
     from sae_jax.kernels import cpu_kernels
 
@@ -215,6 +216,12 @@ def test_native_cpu_topk_equals_lax_top_k(n, k):
     rv, ri = lax.top_k(jnp.asarray(x) + jnp.asarray(b), k)
     np.testing.assert_array_equal(np.asarray(v), np.asarray(rv))
     np.testing.assert_array_equal(np.asarray(i), np.asarray(ri))
+    # unsorted (a first stage): the same k entries, in any order
+    uv, ui = jax.jit(lambda x, b: topk(x, k, method="native", bias=b, sorted=False))(jnp.asarray(x), jnp.asarray(b))
+    order = np.argsort(np.asarray(ui), axis=-1)
+    np.testing.assert_array_equal(np.take_along_axis(np.asarray(ui), order, -1), np.sort(np.asarray(ri), axis=-1))
+    np.testing.assert_array_equal(np.take_along_axis(np.asarray(uv), order, -1),
+                                  np.take_along_axis(np.asarray(rv), np.argsort(np.asarray(ri), axis=-1), -1))
     # values stay differentiable: d(sum of top-k)/dx is 1 exactly at the chosen entries
     g = jax.grad(lambda x: jnp.sum(topk(x, k, method="native")[0]))(jnp.asarray(x))
     _, ri0 = lax.top_k(jnp.asarray(x), k)

@@ -45,7 +45,7 @@ inline bool Before(const Entry& a, const Entry& b) {
 }
 
 // Plain heap scan of one row (rows with fewer than k blocks).
-void HeapRow(const float* row, const float* bias, int64_t n, int64_t k, std::vector<Entry>& heap,
+void HeapRow(const float* row, const float* bias, int64_t n, int64_t k, bool sorted, std::vector<Entry>& heap,
              float* out_v, int32_t* out_i) {
   heap.resize(k);
   for (int64_t j = 0; j < k; ++j) heap[j] = {row[j] + bias[j], static_cast<int32_t>(j)};
@@ -59,29 +59,33 @@ void HeapRow(const float* row, const float* bias, int64_t n, int64_t k, std::vec
       std::push_heap(heap.begin(), heap.end(), Before);
     }
   }
-  std::sort_heap(heap.begin(), heap.end(), Before);  // best first
+  if (sorted) std::sort_heap(heap.begin(), heap.end(), Before);  // best first
   for (int64_t j = 0; j < k; ++j) {
     out_v[j] = heap[j].v;
     out_i[j] = heap[j].i;
   }
 }
 
-// Per row: maxima of kBlock-wide blocks (vectorised); t0 = k-th largest block maximum is a
+// Per row: maxima of bw-wide blocks (vectorised); t0 = k-th largest block maximum is a
 // lower bound of the row's k-th largest value (k blocks each hold an element >= t0), so the
 // top k lie among the elements >= t0 of the blocks whose maximum is >= t0 (~k blocks).
-void Rows(const float* x, const float* bias, int64_t n, int64_t k, int64_t r0, int64_t r1,
+// bw halves (down to 8) while a row has fewer than 2k blocks (short rows, e.g. a dictionary
+// shard's), instead of falling back to the plain heap scan.
+void Rows(const float* x, const float* bias, int64_t n, int64_t k, bool sorted, int64_t r0, int64_t r1,
           float* out_v, int32_t* out_i) {
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  int64_t bw = kBlock;
+  while (bw > 8 && (n + bw - 1) / bw < 2 * k) bw /= 2;
+  const int64_t nblocks = (n + bw - 1) / bw;
   std::vector<float> bmax(nblocks), tmp(nblocks);
   std::vector<Entry> cand;
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = x + r * n;
     if (nblocks < 2 * k) {
-      HeapRow(row, bias, n, k, cand, out_v + r * k, out_i + r * k);
+      HeapRow(row, bias, n, k, sorted, cand, out_v + r * k, out_i + r * k);
       continue;
     }
     for (int64_t b = 0; b < nblocks; ++b) {
-      const int64_t j0 = b * kBlock, j1 = std::min(n, j0 + kBlock);
+      const int64_t j0 = b * bw, j1 = std::min(n, j0 + bw);
       // 8 independent lanes: no loop-carried dependency, and the compiler emits SIMD max.
       float lane[8];
       for (int t = 0; t < 8; ++t) lane[t] = -std::numeric_limits<float>::infinity();
@@ -106,17 +110,22 @@ void Rows(const float* x, const float* bias, int64_t n, int64_t k, int64_t r0, i
     cand.clear();
     for (int64_t b = 0; b < nblocks; ++b) {
       if (!(bmax[b] >= t0)) continue;
-      const int64_t j0 = b * kBlock, j1 = std::min(n, j0 + kBlock);
+      const int64_t j0 = b * bw, j1 = std::min(n, j0 + bw);
       for (int64_t j = j0; j < j1; ++j) {
         const float v = row[j] + bias[j];
         if (v >= t0) cand.push_back({v, static_cast<int32_t>(j)});  // -0.0 == 0.0 here: a superset
       }
     }
     if (static_cast<int64_t>(cand.size()) < k) {  // only with NaNs/-inf in the way: be exact anyway
-      HeapRow(row, bias, n, k, cand, out_v + r * k, out_i + r * k);
+      HeapRow(row, bias, n, k, sorted, cand, out_v + r * k, out_i + r * k);
       continue;
     }
-    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), Before);
+    // unsorted (a first stage whose candidates are ranked again later): a selection, no heap
+    if (sorted) {
+      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), Before);
+    } else {
+      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), Before);
+    }
     for (int64_t j = 0; j < k; ++j) {
       out_v[r * k + j] = cand[j].v;
       out_i[r * k + j] = cand[j].i;
@@ -125,7 +134,7 @@ void Rows(const float* x, const float* bias, int64_t n, int64_t k, int64_t r0, i
 }
 
 ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
-                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx) {
+                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx, bool sorted) {
   auto xd = x.dimensions();
   auto vd = vals->dimensions();
   if (xd.size() == 0 || vd.size() != xd.size()) {
@@ -144,16 +153,16 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
   int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
   threads = std::min<int64_t>(threads, std::max<int64_t>(1, rows / 64));
   if (threads == 1) {
-    Rows(xp, bp, n, k, 0, rows, vp, ip);
+    Rows(xp, bp, n, k, sorted, 0, rows, vp, ip);
     return ffi::Error::Success();
   }
   std::vector<std::thread> pool;
   const int64_t per = (rows + threads - 1) / threads;
   for (int64_t t = 1; t < threads; ++t) {
     const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
-    if (r0 < r1) pool.emplace_back(Rows, xp, bp, n, k, r0, r1, vp, ip);
+    if (r0 < r1) pool.emplace_back(Rows, xp, bp, n, k, sorted, r0, r1, vp, ip);
   }
-  Rows(xp, bp, n, k, 0, std::min(rows, per), vp, ip);
+  Rows(xp, bp, n, k, sorted, 0, std::min(rows, per), vp, ip);
   for (auto& th : pool) th.join();
   return ffi::Error::Success();
 }
@@ -165,7 +174,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<bool>("sorted"));
 
 // 2. SaeJaxSparseBwdF32: the backward of the sparse autoencoder in two passes.
 //    gp[b,j]    = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])

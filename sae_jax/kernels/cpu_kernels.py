@@ -75,14 +75,17 @@ def available() -> bool:
     return ok
 
 
-def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k of x + bias along the last axis (float32, NaN-free input) on XLA:CPU."""
+def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None, *, sorted: bool = True
+                ) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k of x + bias along the last axis (float32, NaN-free input) on XLA:CPU; with
+    ``sorted=False`` the k are in no particular order (cheaper: a selection instead of a sort)."""
     n = x.shape[-1]
     # -0.0, not 0.0: x + (-0.0) == x bit for bit, while -0.0 + 0.0 would turn into +0.0
     bias = jnp.full((n,), -0.0, jnp.float32) if bias is None else bias.astype(jnp.float32)
     out = (jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.float32),
            jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.int32))
-    return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x.astype(jnp.float32), bias)
+    return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x.astype(jnp.float32), bias,
+                                                                      sorted=bool(sorted))
 
 
 def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):

@@ -39,9 +39,11 @@ def _encoder_rows(b: int, method: str) -> int:
     return rows if 64 <= rows < b else b
 
 
-def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask=None, aux_on=None):
+def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask=None, aux_on=None,
+                       sorted=True):
     """Top-k of ``xc @ W_enc + b_enc`` per row, and (when ``aux_on``) AuxK's top-k_aux of it among
-    ``dead_mask`` latents: raw values (no ReLU) and indices, [b, min(k, F)] and [b, min(k_aux, F)].
+    ``dead_mask`` latents: raw values (no ReLU) and indices, [b, min(k, F)] and [b, min(k_aux, F)]
+    (descending unless ``sorted=False``, for candidates that are ranked again).
 
     The matmul runs in row blocks (``_encoder_rows``), each block's selections made from its
     pre-activations right away; AuxK's selection is skipped (zeros) when ``aux_on`` is false."""
@@ -53,10 +55,10 @@ def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask
 
     def block(xs):
         pre = jnp.dot(xs.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
-        v, i = topk(pre, min(k, f), method=method, bias=bias)
+        v, i = topk(pre, min(k, f), method=method, bias=bias, sorted=sorted)
         if not k_aux:
             return v, i, jnp.zeros((xs.shape[0], 0), jnp.float32), jnp.zeros((xs.shape[0], 0), jnp.int32)
-        av, ai = lax.cond(aux_on, lambda p: topk(p, ka, method=method, bias=aux_bias),
+        av, ai = lax.cond(aux_on, lambda p: topk(p, ka, method=method, bias=aux_bias, sorted=sorted),
                           lambda p: (jnp.zeros((p.shape[0], ka), jnp.float32), jnp.zeros((p.shape[0], ka), jnp.int32)),
                           pre)
         return v, i, av, ai

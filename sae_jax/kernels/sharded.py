@@ -35,7 +35,7 @@ _LATENTS = PARAM_SPECS["b_enc"]  # [F] over 'dict'
 
 def _global_topk(pre, bias, k, method):
     """(relu values, global indices) [b, k]: local top-k per shard, then top-k of all candidates."""
-    v, i = topk(pre, min(k, pre.shape[1]), method=method, bias=bias)
+    v, i = topk(pre, min(k, pre.shape[1]), method=method, bias=bias, sorted=lax.axis_size("dict") == 1)
     return _global_stage(v, i, k, pre.shape[1])
 
 
@@ -60,7 +60,7 @@ def _global_stage(v, i, k, f):
 
 def _finish(cand, k):
     """Second stage: (relu values, indices) of the k largest of [rows, m, 2] (value, index bits) candidates."""
-    v, pos = lax.top_k(cand[..., 0], k)
+    v, pos = topk(cand[..., 0], k)  # the native kernel on CPU: XLA's own TopK is a partial sort per row
     i = jnp.take_along_axis(lax.bitcast_convert_type(cand[..., 1], jnp.int32), pos, axis=1)
     return jax.nn.relu(v), i
 
@@ -93,8 +93,9 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     xc = x - b_dec
     f = W_enc.shape[1]
     # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept)
+    # unsorted when a second stage ranks them again (n_dict > 1)
     v, i, av, ai = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
-                                      dead_mask=dead_mask, aux_on=aux_on)
+                                      dead_mask=dead_mask, aux_on=aux_on, sorted=lax.axis_size("dict") == 1)
     vals, idx = _global_stage(v, i, k, f)
     x_hat0 = _decode(vals, idx, W_dec, split)
     if not k_aux:
