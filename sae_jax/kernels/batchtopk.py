@@ -164,7 +164,7 @@ def _backward_shard(x, b_dec, W_enc, b_enc, W_dec, vals, idx, av, ai, aux_on, kt
                     g_ehat, *, k_aux, dtype, split):
     xc = (x - b_dec).astype(jnp.float32)
     if split:  # every shard's selections need the whole [b, d] output gradients
-        g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=0, tiled=True) for g in (g_xhat, g_ehat))
+        g_xhat = lax.all_gather(g_xhat, "dict", axis=0, tiled=True)
     part = functools.partial(_sh._part, xc=xc, W_enc=W_enc, W_dec=W_dec)
     g_out = g_xhat.astype(jnp.float32)
 
@@ -192,7 +192,8 @@ def _backward_shard(x, b_dec, W_enc, b_enc, W_dec, vals, idx, av, ai, aux_on, kt
         return dense_grads(acc, xc, h, g_out, direct)
 
     acc, g_x = lax.cond(ok, sparse, dense, _sh._zero_acc(W_dec))
-    return _sh._finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux)
+    return _sh._finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux, gather_ehat=split,
+                                split_x=False)
 
 
 _FWD_IN = _sh._FWD_IN

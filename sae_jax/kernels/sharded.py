@@ -90,6 +90,8 @@ def _decode(vals, idx, W_dec, split):
 
 
 def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split):
+    if split:  # x arrives split over 'dict' too (the work before and after is split): gather its rows
+        x = lax.all_gather(x, "dict", axis=0, tiled=True)
     xc = x - b_dec
     f = W_enc.shape[1]
     # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept)
@@ -100,7 +102,7 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     x_hat0 = _decode(vals, idx, W_dec, split)
     if not k_aux:
         b = x.shape[0]
-        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
+        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), x
 
     def aux(_):
         av_, ai_ = _global_stage(av, ai, k_aux, f)
@@ -110,7 +112,7 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
         b = x.shape[0]
         return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
 
-    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None))  # aux_on is replicated: shards branch alike
+    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None), x)  # aux_on is replicated: shards branch alike
 
 
 def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method, split):
@@ -132,11 +134,12 @@ def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method,
 
 def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
     xc = (x - b_dec).astype(jnp.float32)
-    if split:  # every shard's selections need the whole [b, d] output gradients
-        g_xhat, g_ehat = (lax.all_gather(g, "dict", axis=0, tiled=True) for g in (g_xhat, g_ehat))
+    if split:  # every shard's selections need the whole [b, d] output gradient (AuxK's: only when on)
+        g_xhat = lax.all_gather(g_xhat, "dict", axis=0, tiled=True)
     part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec)
     acc, g_x = part(g_xhat, g_vals, vals, idx, _zero_acc(W_dec))
-    return _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux)
+    return _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux, gather_ehat=split,
+                            split_x=split)
 
 
 def _zero_acc(W_dec):
@@ -157,24 +160,28 @@ def _part(g_out, g_direct, v, i, acc, *, xc, W_enc, W_dec):
     return tuple(acc), _gather_combine(gp, li, W_enc.T)
 
 
-def _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, *, k_aux):
-    """Add AuxK's gradients, reduce over the mesh: (g_x, g_b_dec, g_W_enc, g_b_enc, g_W_dec)."""
+def _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, *, k_aux, gather_ehat, split_x):
+    """Add AuxK's gradients, reduce over the mesh: (g_x, g_b_dec, g_W_enc, g_b_enc, g_W_dec).
+    ``gather_ehat``: AuxK's output gradient arrives with its rows split over 'dict'; ``split_x``: so
+    does the input's gradient leave."""
     if k_aux:
         def aux(args):
             acc, g_x = args
-            acc, g_xa = part(g_ehat, jnp.zeros_like(av), av, ai, acc)
+            g = lax.all_gather(g_ehat, "dict", axis=0, tiled=True) if gather_ehat else g_ehat
+            acc, g_xa = part(g, jnp.zeros_like(av), av, ai, acc)
             return tuple(acc), g_x + g_xa
 
         acc, g_x = lax.cond(aux_on, aux, lambda args: args, (tuple(acc), g_x))
     g_enc, g_w_dec, g_b = _psum(tuple(acc), "data")  # the batch is split over 'data'
     g_w_enc = g_enc if _native() else _transpose_materialised(g_enc)
     # Input gradient: dead code in training (x needs none); b_dec's is the matvec, summed over shards.
-    g_x = _psum(g_x, "dict")
+    g_x = lax.psum_scatter(g_x, "dict", scatter_dimension=0, tiled=True) if split_x else _psum(g_x, "dict")
     g_bdec = _psum(-(W_enc @ g_b), "dict")
     return g_x, g_bdec, g_w_enc, g_b, g_w_dec
 
 
-_FWD_IN = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"], _LATENTS, P())
+_PARAMS_IN = (P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"], _LATENTS, P())
+_FWD_IN = (_ROWS, *_PARAMS_IN)  # x's rows split over 'data' only (BatchTopK)
 _BWD_OUT = (_ROWS, P(), PARAM_SPECS["W_enc"], _LATENTS, PARAM_SPECS["W_dec"])
 
 
@@ -185,11 +192,15 @@ def _split_rows(b, mesh):
 
 
 def _specs(split):
-    out = P(("data", "dict"), None) if split else _ROWS  # x_hat, e_hat and their cotangents
-    fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS)
+    """(forward in, forward out, backward in, backward out) specs; with ``split``, x, x_hat, e_hat and
+    their cotangents have their rows split over 'dict' too (the forward returns x's gathered rows)."""
+    out = P(("data", "dict"), None) if split else _ROWS
+    fwd_in = (out, *_PARAMS_IN)
+    fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS, _ROWS)
     bwd_in = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
               out, _ROWS, out)
-    return fwd_out, bwd_in
+    bwd_out = (out, *_BWD_OUT[1:])
+    return fwd_in, fwd_out, bwd_in, bwd_out
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
@@ -206,9 +217,10 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, meth
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
     split = _split_rows(x.shape[0], mesh)
     fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split)
-    x_hat0, vals, idx, e_hat, av, ai = _shard_map(fwd, mesh, _FWD_IN, _specs(split)[0])(
+    fwd_in, fwd_out = _specs(split)[:2]
+    x_hat0, vals, idx, e_hat, av, ai, x_rows = _shard_map(fwd, mesh, fwd_in, fwd_out)(
         x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
-    return (x_hat0, vals, idx, e_hat), (x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
+    return (x_hat0, vals, idx, e_hat), (x_rows, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
 
 
 def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
@@ -216,8 +228,7 @@ def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
     x, b_dec, W_enc, W_dec = res[:4]
     split = _split_rows(x.shape[0], mesh)
     bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split)
-    g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, _specs(split)[1], _BWD_OUT)(
-        *res, g_xhat, g_vals, g_ehat)
+    g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, *_specs(split)[2:])(*res, g_xhat, g_vals, g_ehat)
     return (g_x.astype(x.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
             g_b.astype(W_enc.dtype), g_w_dec.astype(W_dec.dtype), None, None)
 
