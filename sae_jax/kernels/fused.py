@@ -53,21 +53,26 @@ def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask
     bias = b_enc.astype(jnp.float32)
     aux_bias = jnp.where(dead_mask, b_enc, -jnp.inf).astype(jnp.float32) if k_aux else None
 
-    def block(xs):
+    def block(xs, aux):
         pre = jnp.dot(xs.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
         v, i = topk(pre, min(k, f), method=method, bias=bias, sorted=sorted)
-        if not k_aux:
-            return v, i, jnp.zeros((xs.shape[0], 0), jnp.float32), jnp.zeros((xs.shape[0], 0), jnp.int32)
-        av, ai = lax.cond(aux_on, lambda p: topk(p, ka, method=method, bias=aux_bias, sorted=sorted),
-                          lambda p: (jnp.zeros((p.shape[0], ka), jnp.float32), jnp.zeros((p.shape[0], ka), jnp.int32)),
-                          pre)
-        return v, i, av, ai
+        return (v, i, *topk(pre, ka, method=method, bias=aux_bias, sorted=sorted)) if aux else (v, i)
 
-    rows = _encoder_rows(b, method)
-    if rows == b:
-        return block(xc)
-    out = lax.map(block, xc.reshape(b // rows, rows, d))
-    return tuple(o.reshape(b, o.shape[-1]) for o in out)
+    def blocks(aux):
+        rows = _encoder_rows(b, method)
+        if rows == b:
+            return block(xc, aux)
+        out = lax.map(functools.partial(block, aux=aux), xc.reshape(b // rows, rows, d))
+        return tuple(o.reshape(b, o.shape[-1]) for o in out)
+
+    def without_aux(_):
+        ka_ = ka if k_aux else 0
+        return (*blocks(False), jnp.zeros((b, ka_), jnp.float32), jnp.zeros((b, ka_), jnp.int32))
+
+    if not k_aux:
+        return without_aux(None)
+    # one branch for the whole loop: while no latent is dead, no per-block zero candidates
+    return lax.cond(aux_on, lambda _: blocks(True), without_aux, None)
 
 
 def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native):

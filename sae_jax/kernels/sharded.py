@@ -90,9 +90,9 @@ def _decode(vals, idx, W_dec, split):
 
 
 def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split):
-    if split:  # x arrives split over 'dict' too (the work before and after is split): gather its rows
-        x = lax.all_gather(x, "dict", axis=0, tiled=True)
     xc = x - b_dec
+    if split:  # x arrives split over 'dict' too (the work before and after is split): gather the rows
+        xc = lax.all_gather(xc, "dict", axis=0, tiled=True)
     f = W_enc.shape[1]
     # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept)
     # unsorted when a second stage ranks them again (n_dict > 1)
@@ -101,18 +101,18 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     vals, idx = _global_stage(v, i, k, f)
     x_hat0 = _decode(vals, idx, W_dec, split)
     if not k_aux:
-        b = x.shape[0]
-        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), x
+        b = xc.shape[0]
+        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), xc
 
     def aux(_):
         av_, ai_ = _global_stage(av, ai, k_aux, f)
         return _decode(av_, ai_, W_dec, split), av_, ai_
 
     def none(_):
-        b = x.shape[0]
+        b = xc.shape[0]
         return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
 
-    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None), x)  # aux_on is replicated: shards branch alike
+    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None), xc)  # aux_on is replicated: shards branch alike
 
 
 def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method, split):
@@ -132,8 +132,8 @@ def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method,
     return lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
 
 
-def _backward_shard(x, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
-    xc = (x - b_dec).astype(jnp.float32)
+def _backward_shard(xc, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
+    xc = xc.astype(jnp.float32)  # x - b_dec, every row (the forward's)
     if split:  # every shard's selections need the whole [b, d] output gradient (AuxK's: only when on)
         g_xhat = lax.all_gather(g_xhat, "dict", axis=0, tiled=True)
     part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec)
@@ -193,7 +193,7 @@ def _split_rows(b, mesh):
 
 def _specs(split):
     """(forward in, forward out, backward in, backward out) specs; with ``split``, x, x_hat, e_hat and
-    their cotangents have their rows split over 'dict' too (the forward returns x's gathered rows)."""
+    their cotangents have their rows split over 'dict' too (the forward returns x - b_dec gathered)."""
     out = P(("data", "dict"), None) if split else _ROWS
     fwd_in = (out, *_PARAMS_IN)
     fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS, _ROWS)
@@ -218,18 +218,18 @@ def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, 
     split = _split_rows(x.shape[0], mesh)
     fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split)
     fwd_in, fwd_out = _specs(split)[:2]
-    x_hat0, vals, idx, e_hat, av, ai, x_rows = _shard_map(fwd, mesh, fwd_in, fwd_out)(
+    x_hat0, vals, idx, e_hat, av, ai, xc = _shard_map(fwd, mesh, fwd_in, fwd_out)(
         x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
-    return (x_hat0, vals, idx, e_hat), (x_rows, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
+    return (x_hat0, vals, idx, e_hat), (xc, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on)
 
 
 def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
     g_xhat, g_vals, _, g_ehat = cts
-    x, b_dec, W_enc, W_dec = res[:4]
-    split = _split_rows(x.shape[0], mesh)
+    xc, b_dec, W_enc, W_dec = res[:4]
+    split = _split_rows(xc.shape[0], mesh)
     bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split)
     g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, *_specs(split)[2:])(*res, g_xhat, g_vals, g_ehat)
-    return (g_x.astype(x.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
+    return (g_x.astype(xc.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
             g_b.astype(W_enc.dtype), g_w_dec.astype(W_dec.dtype), None, None)
 
 
