@@ -46,22 +46,23 @@ def _global_stage(v, i, k, f):
     if n_dict == 1:  # one shard's candidates already are the answer
         return jax.nn.relu(v), i
     i = i + lax.axis_index("dict") * f
-    # values and indices travel together (indices bit-cast to float32): one collective, not two
-    cand = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=-1)  # [b, k, 2]
+    # values and indices travel together (indices bit-cast to float32): one collective, not two;
+    # [b, 2, k] so that each row's values (and indices) stay contiguous
+    cand = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=1)
     if b % n_dict:
-        return _finish(lax.all_gather(cand, "dict", axis=1, tiled=True), k)
+        return _finish(lax.all_gather(cand, "dict", axis=2, tiled=True), k)
     # Each shard finishes b / n_dict rows (all shards' candidates for them), then the rows are
     # gathered: the second stage is split over the shards instead of repeated on every one.
-    v, i = _finish(lax.all_to_all(cand, "dict", 0, 1, tiled=True), k)  # from [b / n_dict, n_dict * k, 2]
-    out = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=-1)
+    v, i = _finish(lax.all_to_all(cand, "dict", 0, 2, tiled=True), k)  # from [b / n_dict, 2, n_dict * k]
+    out = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=1)
     out = lax.all_gather(out, "dict", axis=0, tiled=True)
-    return out[..., 0], lax.bitcast_convert_type(out[..., 1], jnp.int32)
+    return out[:, 0], lax.bitcast_convert_type(out[:, 1], jnp.int32)
 
 
 def _finish(cand, k):
-    """Second stage: (relu values, indices) of the k largest of [rows, m, 2] (value, index bits) candidates."""
-    v, pos = topk(cand[..., 0], k)  # the native kernel on CPU: XLA's own TopK is a partial sort per row
-    i = jnp.take_along_axis(lax.bitcast_convert_type(cand[..., 1], jnp.int32), pos, axis=1)
+    """Second stage: (relu values, indices) of the k largest of [rows, 2, m] (values; index bits) candidates."""
+    v, pos = topk(cand[:, 0], k)  # the native kernel on CPU: XLA's own TopK is a partial sort per row
+    i = jnp.take_along_axis(lax.bitcast_convert_type(cand[:, 1], jnp.int32), pos, axis=1)
     return jax.nn.relu(v), i
 
 
