@@ -23,3 +23,16 @@ def test_metrics_match_numpy():
     np.testing.assert_allclose(float(losses.l1(h, jnp.asarray(norms))), np.mean((h * norms).sum(1)), rtol=1e-5)
     since = np.array([0, 5, 10, 11, 3])
     np.testing.assert_allclose(float(losses.dead_fraction(jnp.asarray(since), 10)), 2 / 5, rtol=1e-6)
+
+
+def test_shifted_one_pass_variance_matches_the_two_pass_numpy_value():
+    """total_variance(x, shift): one pass around a point near the mean, even with a large offset."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((512, 24)) * 0.5 + 40.0).astype(np.float32)  # |mean|^2 ~ 6000x the variance
+    want = np.mean(np.sum((x.astype(np.float64) - x.astype(np.float64).mean(0)) ** 2, axis=1))
+    shift = jnp.asarray(x[:64].mean(0))  # e.g. b_dec, near the mean
+    np.testing.assert_allclose(float(losses.total_variance(jnp.asarray(x), shift)), want, rtol=1e-5)
+    np.testing.assert_allclose(float(losses.total_variance(jnp.asarray(x))), want, rtol=1e-5)
+    x_hat = jnp.asarray(x) + 0.1
+    np.testing.assert_allclose(float(losses.fvu(jnp.asarray(x), x_hat, shift)),
+                               float(losses.fvu(jnp.asarray(x), x_hat)), rtol=1e-5)

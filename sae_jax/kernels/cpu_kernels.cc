@@ -186,8 +186,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
 // after the first step) and written out transposed, in cache-sized blocks, as W_enc's [d, F].
 namespace {
 
+// Scratch buffers kept between calls, one per concurrent call (dictionary shards on forced host
+// devices run their backward at the same time): taken from and returned to a free list.
 std::mutex g_scratch_mu;
-std::vector<float> g_scratch;
+std::vector<std::vector<float>> g_scratch_free;
+
+struct Scratch {
+  std::vector<float> buf;
+  explicit Scratch(size_t n) {
+    std::lock_guard<std::mutex> lock(g_scratch_mu);
+    if (!g_scratch_free.empty()) {
+      buf = std::move(g_scratch_free.back());
+      g_scratch_free.pop_back();
+    }
+    if (buf.size() < n) buf.resize(n);
+  }
+  ~Scratch() {
+    std::lock_guard<std::mutex> lock(g_scratch_mu);
+    g_scratch_free.push_back(std::move(buf));
+  }
+};
 
 inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -236,9 +254,8 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
   const float* x_ = xc.typed_data();
   const float* w_ = w_dec.typed_data();
   float* de = d_enc->typed_data();  // [d, F]
-  std::lock_guard<std::mutex> lock(g_scratch_mu);
-  if (g_scratch.size() < static_cast<size_t>(F * d)) g_scratch.resize(F * d);
-  float* sc = g_scratch.data();  // [F, d] rows of dWenc^T
+  Scratch scratch(static_cast<size_t>(F * d));
+  float* sc = scratch.buf.data();  // [F, d] rows of dWenc^T
   float* dd = d_dec->typed_data();
   float* db = d_b->typed_data();
   float* gp = gp_out->typed_data();

@@ -43,17 +43,20 @@ class SparseTopKSAE(TopKSAE):
             x_hat, vals, idx, e_hat, aux_on = sparse_autoencode(x, params, self.k, **kw)
         else:
             x_hat, vals, idx, e_hat, aux_on = sharded_autoencode(x, params, self.k, self.mesh, **kw)
-        recon = losses.recon_loss(self.recon_loss, x, x_hat)
+        # the variance's one-pass form around b_dec: on a mesh its sums join the loss's reduction
+        shift = lax.stop_gradient(params["b_dec"])
+        recon = losses.recon_loss(self.recon_loss, x, x_hat, shift)
         if k_aux:
-            # residual with stop-gradient; e_hat uses decoder rows without b_dec (auxk.py)
+            # residual with stop-gradient; e_hat uses decoder rows without b_dec (auxk.py). Under a
+            # cond: while no latent is dead, none of its passes (or reductions over the mesh) run.
             residual = lax.stop_gradient(x - x_hat)
-            aux = jnp.where(aux_on, losses.auxk_loss(residual, e_hat), 0.0)
+            aux = lax.cond(aux_on, losses.auxk_loss, lambda r, e: jnp.zeros((), jnp.float32), residual, e_hat)
         else:
             aux = jnp.zeros((), jnp.float32)
         active = vals > 0
         n_latents = params["W_enc"].shape[1]
         fired = jnp.zeros((n_latents,), bool).at[idx.reshape(-1)].max(active.reshape(-1))
-        metrics = base.recon_metrics(x, x_hat) | {
+        metrics = base.recon_metrics(x, x_hat, shift) | {
             "l0": jnp.mean(jnp.sum(active, axis=-1).astype(jnp.float32)),
             "auxk": aux,
         }

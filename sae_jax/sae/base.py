@@ -66,8 +66,8 @@ def init_tied_params(key: jax.Array, d_in: int, d_sae: int, b_dec: jax.Array) ->
     }
 
 
-def recon_metrics(x: jax.Array, x_hat: jax.Array) -> dict[str, jax.Array]:
-    return {"mse": losses.mse(x, x_hat), "fvu": losses.fvu(x, x_hat),
+def recon_metrics(x: jax.Array, x_hat: jax.Array, shift: jax.Array | None = None) -> dict[str, jax.Array]:
+    return {"mse": losses.mse(x, x_hat), "fvu": losses.fvu(x, x_hat, shift),
             "nmse": losses.nmse_vs_zero(x, x_hat)}
 
 
