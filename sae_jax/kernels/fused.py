@@ -40,13 +40,15 @@ def _encoder_rows(b: int, method: str) -> int:
 
 
 def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask=None, aux_on=None,
-                       sorted=True):
-    """Top-k of ``xc @ W_enc + b_enc`` per row, and (when ``aux_on``) AuxK's top-k_aux of it among
-    ``dead_mask`` latents: raw values (no ReLU) and indices, [b, min(k, F)] and [b, min(k_aux, F)]
-    (descending unless ``sorted=False``, for candidates that are ranked again).
+                       aux_finish=None, sorted=True):
+    """(values, indices, aux): the top-k of ``xc @ W_enc + b_enc`` per row, raw values (no ReLU),
+    [b, min(k, F)] (descending unless ``sorted=False``, for candidates that are ranked again); and
+    ``aux_finish(av, ai)`` of AuxK's top-k_aux among ``dead_mask`` latents ([b, min(k_aux, F)])
+    when ``aux_on``, zeros of its shape otherwise (``aux`` is None without ``k_aux``).
 
     The matmul runs in row blocks (``_encoder_rows``), each block's selections made from its
-    pre-activations right away; AuxK's selection is skipped (zeros) when ``aux_on`` is false."""
+    pre-activations right away. One ``lax.cond`` holds the whole loop and ``aux_finish``: while no
+    latent is dead, no AuxK candidates are written at all (only ``aux_finish``'s zero outputs)."""
     b, d = xc.shape
     f = W_enc.shape[1]
     ka = min(k_aux, f)
@@ -65,14 +67,19 @@ def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask
         out = lax.map(functools.partial(block, aux=aux), xc.reshape(b // rows, rows, d))
         return tuple(o.reshape(b, o.shape[-1]) for o in out)
 
-    def without_aux(_):
-        ka_ = ka if k_aux else 0
-        return (*blocks(False), jnp.zeros((b, ka_), jnp.float32), jnp.zeros((b, ka_), jnp.int32))
-
     if not k_aux:
-        return without_aux(None)
-    # one branch for the whole loop: while no latent is dead, no per-block zero candidates
-    return lax.cond(aux_on, lambda _: blocks(True), without_aux, None)
+        return (*blocks(False), None)
+
+    def with_aux(_):
+        v, i, av, ai = blocks(True)
+        return v, i, aux_finish(av, ai)
+
+    def without_aux(_):
+        shapes = jax.eval_shape(aux_finish, jax.ShapeDtypeStruct((b, ka), jnp.float32),
+                                jax.ShapeDtypeStruct((b, ka), jnp.int32))
+        return (*blocks(False), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+    return lax.cond(aux_on, with_aux, without_aux, None)
 
 
 def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native):
@@ -104,22 +111,18 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, k, k_aux, method, dtyp
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, k, k_aux, method, dtype):
     xc = x - b_dec
     active = jnp.any(dead_mask) if k_aux else jnp.zeros((), bool)
-    v, idx, av, ai = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
-                                        dead_mask=dead_mask, aux_on=active)
+    def aux(av, ai):
+        av = jax.nn.relu(av)
+        return av, ai, _gather_combine(av, ai, W_dec)
+
+    v, idx, aux_out = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
+                                         dead_mask=dead_mask, aux_on=active, aux_finish=aux)
     vals = jax.nn.relu(v)
     x_hat0 = _gather_combine(vals, idx, W_dec)
-    b, d = x.shape
     if k_aux:
-        def aux(_):
-            av_ = jax.nn.relu(av)
-            return av_, ai, _gather_combine(av_, ai, W_dec)
-
-        def none(_):
-            return (jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32),
-                    jnp.zeros((b, d), x_hat0.dtype))
-
-        av, ai, e_hat = lax.cond(active, aux, none, None)
+        av, ai, e_hat = aux_out
     else:
+        b = x.shape[0]
         av, ai, e_hat = jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), jnp.zeros_like(x_hat0)
     out = (x_hat0, vals, idx, e_hat, active)
     return out, (x, b_dec, W_enc, W_dec, vals, idx, av, ai, active)

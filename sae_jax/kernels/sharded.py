@@ -95,25 +95,22 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     if split:  # x arrives split over 'dict' too (the work before and after is split): gather the rows
         xc = lax.all_gather(xc, "dict", axis=0, tiled=True)
     f = W_enc.shape[1]
-    # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept)
+
+    def aux(av, ai):  # AuxK's global selection and reconstruction, only when a latent is dead
+        av, ai = _global_stage(av, ai, k_aux, f)
+        return _decode(av, ai, W_dec, split), av, ai
+
+    # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept),
     # unsorted when a second stage ranks them again (n_dict > 1)
-    v, i, av, ai = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
-                                      dead_mask=dead_mask, aux_on=aux_on, sorted=lax.axis_size("dict") == 1)
+    v, i, aux_out = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
+                                       dead_mask=dead_mask, aux_on=aux_on, aux_finish=aux,
+                                       sorted=lax.axis_size("dict") == 1)
     vals, idx = _global_stage(v, i, k, f)
     x_hat0 = _decode(vals, idx, W_dec, split)
     if not k_aux:
         b = xc.shape[0]
-        return x_hat0, vals, idx, jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32), xc
-
-    def aux(_):
-        av_, ai_ = _global_stage(av, ai, k_aux, f)
-        return _decode(av_, ai_, W_dec, split), av_, ai_
-
-    def none(_):
-        b = xc.shape[0]
-        return jnp.zeros_like(x_hat0), jnp.zeros((b, k_aux), jnp.float32), jnp.zeros((b, k_aux), jnp.int32)
-
-    return (x_hat0, vals, idx, *lax.cond(aux_on, aux, none, None), xc)  # aux_on is replicated: shards branch alike
+        aux_out = jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
+    return (x_hat0, vals, idx, *aux_out, xc)  # aux_on is replicated: shards branch alike
 
 
 def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method, split):
