@@ -193,7 +193,7 @@ def _backward_shard(x, b_dec, W_enc, b_enc, W_dec, vals, idx, av, ai, aux_on, kt
 
     acc, g_x = lax.cond(ok, sparse, dense, _sh._zero_acc(W_dec))
     return _sh._finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux, gather_ehat=split,
-                                split_x=False)
+                                gather_aux=False, split_x=False)
 
 
 _FWD_IN = _sh._FWD_IN

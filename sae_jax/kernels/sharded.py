@@ -39,8 +39,9 @@ def _global_topk(pre, bias, k, method):
     return _global_stage(v, i, k, pre.shape[1])
 
 
-def _global_stage(v, i, k, f):
-    """(relu values, global indices) [b, k] from each shard's local top-k (v, local i) of its f latents."""
+def _global_stage(v, i, k, f, gather=True):
+    """(relu values, global indices) [b, k] from each shard's local top-k (v, local i) of its f latents;
+    with ``gather=False``, where the rows divide over 'dict', only this shard's b / n_dict rows."""
     b = v.shape[0]
     n_dict = lax.axis_size("dict")
     if n_dict == 1:  # one shard's candidates already are the answer
@@ -54,6 +55,11 @@ def _global_stage(v, i, k, f):
     # Each shard finishes b / n_dict rows (all shards' candidates for them), then the rows are
     # gathered: the second stage is split over the shards instead of repeated on every one.
     v, i = _finish(lax.all_to_all(cand, "dict", 0, 2, tiled=True), k)  # from [b / n_dict, 2, n_dict * k]
+    return _gather_rows(v, i) if gather else (v, i)
+
+
+def _gather_rows(v, i):
+    """Every shard's rows of a selection split by rows over 'dict' (values, indices): one all_gather."""
     out = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=1)
     out = lax.all_gather(out, "dict", axis=0, tiled=True)
     return out[:, 0], lax.bitcast_convert_type(out[:, 1], jnp.int32)
@@ -97,8 +103,8 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
     f = W_enc.shape[1]
 
     def aux(av, ai):  # AuxK's global selection and reconstruction, only when a latent is dead
-        av, ai = _global_stage(av, ai, k_aux, f)
-        return _decode(av, ai, W_dec, split), av, ai
+        av, ai = _global_stage(av, ai, k_aux, f, gather=not split)  # kept row-split: 1/dict of the zeros
+        return _decode(*(_gather_rows(av, ai) if split else (av, ai)), W_dec, split), av, ai
 
     # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept),
     # unsorted when a second stage ranks them again (n_dict > 1)
@@ -137,7 +143,7 @@ def _backward_shard(xc, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, 
     part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec)
     acc, g_x = part(g_xhat, g_vals, vals, idx, _zero_acc(W_dec))
     return _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux, gather_ehat=split,
-                            split_x=split)
+                            gather_aux=split, split_x=split)
 
 
 def _zero_acc(W_dec):
@@ -158,15 +164,16 @@ def _part(g_out, g_direct, v, i, acc, *, xc, W_enc, W_dec):
     return tuple(acc), _gather_combine(gp, li, W_enc.T)
 
 
-def _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, *, k_aux, gather_ehat, split_x):
+def _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, *, k_aux, gather_ehat, gather_aux, split_x):
     """Add AuxK's gradients, reduce over the mesh: (g_x, g_b_dec, g_W_enc, g_b_enc, g_W_dec).
-    ``gather_ehat``: AuxK's output gradient arrives with its rows split over 'dict'; ``split_x``: so
-    does the input's gradient leave."""
+    ``gather_ehat`` / ``gather_aux``: AuxK's output gradient / selection arrive with their rows split
+    over 'dict'; ``split_x``: so does the input's gradient leave."""
     if k_aux:
         def aux(args):
             acc, g_x = args
             g = lax.all_gather(g_ehat, "dict", axis=0, tiled=True) if gather_ehat else g_ehat
-            acc, g_xa = part(g, jnp.zeros_like(av), av, ai, acc)
+            v, i = _gather_rows(av, ai) if gather_aux else (av, ai)
+            acc, g_xa = part(g, jnp.zeros_like(v), v, i, acc)
             return tuple(acc), g_x + g_xa
 
         acc, g_x = lax.cond(aux_on, aux, lambda args: args, (tuple(acc), g_x))
@@ -190,12 +197,13 @@ def _split_rows(b, mesh):
 
 
 def _specs(split):
-    """(forward in, forward out, backward in, backward out) specs; with ``split``, x, x_hat, e_hat and
-    their cotangents have their rows split over 'dict' too (the forward returns x - b_dec gathered)."""
+    """(forward in, forward out, backward in, backward out) specs; with ``split``, x, x_hat, e_hat, their
+    cotangents and AuxK's selection have their rows split over 'dict' too (the forward returns
+    x - b_dec gathered)."""
     out = P(("data", "dict"), None) if split else _ROWS
     fwd_in = (out, *_PARAMS_IN)
-    fwd_out = (out, _ROWS, _ROWS, out, _ROWS, _ROWS, _ROWS)
-    bwd_in = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, _ROWS, _ROWS, P(),
+    fwd_out = (out, _ROWS, _ROWS, out, out, out, _ROWS)  # AuxK's selection is kept row-split too
+    bwd_in = (_ROWS, P(), PARAM_SPECS["W_enc"], PARAM_SPECS["W_dec"], _ROWS, _ROWS, out, out, P(),
               out, _ROWS, out)
     bwd_out = (out, *_BWD_OUT[1:])
     return fwd_in, fwd_out, bwd_in, bwd_out
