@@ -228,3 +228,27 @@ def test_native_cpu_topk_equals_lax_top_k(n, k):
     want = np.zeros_like(x)
     np.put_along_axis(want, np.asarray(ri0), 1.0, axis=-1)
     np.testing.assert_array_equal(np.asarray(g), want)
+
+
+@pytest.mark.parametrize("base", [0, 40])
+def test_native_decode_equals_numpy_over_a_shards_own_selections(base):
+    """decode_native sums vals * W_dec[idx - base] over base <= idx < base + F only (a dictionary
+    shard's selections), with repeated indices and zero values, as NumPy does."""
+    from sae_jax.kernels import cpu_kernels
+
+    if jax.default_backend() != "cpu" or not cpu_kernels.available():
+        pytest.skip("native CPU kernel not built here")
+    rng = np.random.default_rng(base)
+    B, k, F, d = 70, 9, 40, 13
+    W = rng.standard_normal((F, d)).astype(np.float32)
+    idx = rng.integers(0, 120, (B, k)).astype(np.int32)  # global indices over 3 shards of 40
+    idx[0, :3] = base + 5  # repeats
+    vals = rng.standard_normal((B, k)).astype(np.float32)
+    vals[1] = 0.0
+    want = np.zeros((B, d))
+    for b in range(B):
+        for j in range(k):
+            if base <= idx[b, j] < base + F:
+                want[b] += vals[b, j] * W[idx[b, j] - base].astype(np.float64)
+    got = jax.jit(lambda v, i, w: cpu_kernels.decode_native(v, i, w, base))(vals, idx, W)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

@@ -421,3 +421,46 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxAdamF32, AdamImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("tangent")
                                   .Attr<bool>("renorm"));
+
+// 4. SaeJaxDecodeF32: out[b] = sum_j vals[b,j] * W_dec[idx[b,j] - base] over the selections this
+//    dictionary shard owns (base <= idx < base + F; others, and zero values, are skipped). Rows are
+//    split over threads; each row accumulates in j order. A shard thus does only its share of the
+//    decode, where the XLA form multiplied every non-owned slot by zero.
+namespace {
+
+ffi::Error DecodeImpl(ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> base,
+                      ffi::Buffer<ffi::F32> w_dec, ffi::ResultBuffer<ffi::F32> out) {
+  auto vd = vals.dimensions(), id = idx.dimensions(), wd = w_dec.dimensions();
+  if (vd.size() != 2 || id.size() != 2 || wd.size() != 2 || vd[0] != id[0] || vd[1] != id[1] ||
+      base.element_count() != 1) {
+    return ffi::Error::InvalidArgument("sae_jax_decode: need vals and idx [B,k], base [1], W_dec [F,d]");
+  }
+  const int64_t B = vd[0], k = vd[1], F = wd[0], d = wd[1];
+  const float* v_ = vals.typed_data();
+  const int32_t* i_ = idx.typed_data();
+  const int64_t b0 = base.typed_data()[0];
+  const float* w_ = w_dec.typed_data();
+  float* o_ = out->typed_data();
+  Parallel(B, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* o = o_ + r * d;
+      std::fill(o, o + d, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t f = static_cast<int64_t>(i_[r * k + j]) - b0;
+        const float v = v_[r * k + j];
+        if (f >= 0 && f < F && v != 0.0f) Axpy(v, w_ + f * d, o, d);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxDecodeF32, DecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,6 +1,6 @@
-"""Optional native XLA:CPU kernels (cpu_kernels.cc: top-k, the sparse backward, a one-pass Adam), built with
-the system C++ compiler on first use and cached; everything falls back to the pure-JAX kernels
-when they cannot be built.
+"""Optional native XLA:CPU kernels (cpu_kernels.cc: top-k, the sparse backward, a one-pass Adam, the
+sparse decode), built with the system C++ compiler on first use and cached; everything falls back to
+the pure-JAX kernels when they cannot be built.
 
 Set SAE_JAX_CPU_KERNELS=0 to disable it.
 """
@@ -21,6 +21,7 @@ _SRC = Path(__file__).with_name("cpu_kernels.cc")
 _TARGET = "sae_jax_topk_f32"
 _BWD = "sae_jax_sparse_bwd_f32"
 _ADAM = "sae_jax_adam_f32"
+_DECODE = "sae_jax_decode_f32"
 _state: dict[str, object] = {}
 # -fno-math-errno: sqrt without errno, so the Adam loop vectorises (its inputs are never negative)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -66,6 +67,7 @@ def available() -> bool:
             jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.SaeJaxTopKF32), platform="cpu")
             jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(handle.SaeJaxSparseBwdF32), platform="cpu")
             jax.ffi.register_ffi_target(_ADAM, jax.ffi.pycapsule(handle.SaeJaxAdamF32), platform="cpu")
+            jax.ffi.register_ffi_target(_DECODE, jax.ffi.pycapsule(handle.SaeJaxDecodeF32), platform="cpu")
             _state["handle"] = handle
             ok = True
         except (OSError, subprocess.CalledProcessError, AttributeError) as e:
@@ -110,3 +112,13 @@ def adam_native(w, g, mu, nu, scalars, *, tangent: bool, renorm: bool):
     out = (jax.ShapeDtypeStruct(w.shape, f32),) * 3 + (jax.ShapeDtypeStruct((), f32),)
     return jax.ffi.ffi_call(_ADAM, out, input_output_aliases={0: 0, 2: 1, 3: 2})(
         w, g, mu, nu, scalars.astype(f32), tangent=bool(tangent), renorm=bool(renorm))
+
+
+def decode_native(vals, idx, W_dec, base=0):
+    """[B, d] = sum_j vals[:, j] * W_dec[idx[:, j] - base] over the entries with base <= idx < base + F
+    (a dictionary shard's own selections; the rest, and zero values, are skipped); see the .cc."""
+    b = idx.shape[0]
+    out = jax.ShapeDtypeStruct((b, W_dec.shape[1]), jnp.float32)
+    base = jnp.asarray(base, jnp.int32).reshape(1)
+    return jax.ffi.ffi_call(_DECODE, out)(vals.astype(jnp.float32), idx.astype(jnp.int32), base,
+                                          W_dec.astype(jnp.float32))

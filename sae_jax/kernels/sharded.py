@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from sae_jax.kernels import cpu_kernels
 from sae_jax.kernels.fused import _accumulate, _native, encoder_candidates
 from sae_jax.kernels.sparse_topk import _gather_combine, _transpose_materialised, topk
 from sae_jax.mesh import BATCH_SPEC, PARAM_SPECS
@@ -89,8 +90,14 @@ def _owned(vals, idx, f):
 def _decode(vals, idx, W_dec, split):
     """Sum of the selected decoder rows over all shards (no b_dec): [b, d], or with ``split``
     this shard's [b / n_dict, d] rows of it (a reduce-scatter instead of an all-reduce)."""
-    v, li, _ = _owned(vals, idx, W_dec.shape[0])
-    part = _gather_combine(v, li, W_dec)
+    f = W_dec.shape[0]
+    if _native() and lax.axis_size("dict") > 1:
+        # skips the other shards' selections instead of multiplying them by zero (with all of them
+        # owned, XLA's gather loop is faster: 5.0 vs 7.8 ms on the A shapes)
+        part = cpu_kernels.decode_native(vals, idx, W_dec, lax.axis_index("dict") * f)
+    else:
+        v, li, _ = _owned(vals, idx, f)
+        part = _gather_combine(v, li, W_dec)
     if split:  # over rows: a split over columns made XLA lay the decoder's output out column-major
         return lax.psum_scatter(part, "dict", scatter_dimension=0, tiled=True)
     return _psum(part, "dict")
