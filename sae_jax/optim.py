@@ -128,8 +128,10 @@ def _adam_blocks(name: str, w, g, m, v, scalars, unit: bool, mesh: Mesh | None):
     (the custom call is not partitioned by XLA, which would gather the whole parameter to each device)."""
     from sae_jax.kernels import cpu_kernels
 
+    threads = cpu_kernels.threads_for(mesh)
+
     def one(w, g, m, v, scalars):
-        return cpu_kernels.adam_native(w, g, m, v, scalars, tangent=unit, renorm=unit)
+        return cpu_kernels.adam_native(w, g, m, v, scalars, tangent=unit, renorm=unit, threads=threads)
 
     if mesh is None or mesh.size == 1:
         return one(w, g, m, v, scalars)

@@ -24,6 +24,23 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// fn(a, b) over [0, n) split in contiguous ranges, one per thread (the caller runs the first), at most
+// one thread per 64 items. `threads` > 0 is the caller's share of the host (e.g. cores / devices when
+// forced host devices run native calls at the same time), 0 every hardware thread.
+template <typename F>
+void Parallel(int64_t n, int64_t threads, F fn) {
+  if (threads <= 0) threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  threads = std::min<int64_t>(threads, std::max<int64_t>(1, n / 64));
+  const int64_t per = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t a = t * per, b = std::min(n, a + per);
+    if (a < b) pool.emplace_back(fn, a, b);
+  }
+  fn(0, std::min(n, per));
+  for (auto& th : pool) th.join();
+}
+
 constexpr int kBlock = 32;
 
 struct Entry {
@@ -134,7 +151,8 @@ void Rows(const float* x, const float* bias, int64_t n, int64_t k, bool sorted, 
 }
 
 ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
-                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx, bool sorted) {
+                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx, bool sorted,
+                    int64_t threads) {
   auto xd = x.dimensions();
   auto vd = vals->dimensions();
   if (xd.size() == 0 || vd.size() != xd.size()) {
@@ -150,20 +168,7 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> bias,
   const float* bp = bias.typed_data();
   float* vp = vals->typed_data();
   int32_t* ip = idx->typed_data();
-  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  threads = std::min<int64_t>(threads, std::max<int64_t>(1, rows / 64));
-  if (threads == 1) {
-    Rows(xp, bp, n, k, sorted, 0, rows, vp, ip);
-    return ffi::Error::Success();
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (rows + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
-    if (r0 < r1) pool.emplace_back(Rows, xp, bp, n, k, sorted, r0, r1, vp, ip);
-  }
-  Rows(xp, bp, n, k, sorted, 0, std::min(rows, per), vp, ip);
-  for (auto& th : pool) th.join();
+  Parallel(rows, threads, [&](int64_t r0, int64_t r1) { Rows(xp, bp, n, k, sorted, r0, r1, vp, ip); });
   return ffi::Error::Success();
 }
 
@@ -175,7 +180,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxTopKF32, TopKImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("sorted"));
+                                  .Attr<bool>("sorted")
+                                  .Attr<int64_t>("threads"));
 
 // 2. SaeJaxSparseBwdF32: the backward of the sparse autoencoder in two passes.
 //    gp[b,j]    = (vals[b,j] > 0) * (<g[b], W_dec[idx[b,j]]> + g_vals[b,j])
@@ -223,25 +229,11 @@ inline void Axpy(float a, const float* __restrict x, float* __restrict y, int64_
   for (int64_t t = 0; t < d; ++t) y[t] += a * x[t];
 }
 
-template <typename F>
-void Parallel(int64_t n, F fn) {
-  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  threads = std::min<int64_t>(threads, std::max<int64_t>(1, n / 64));
-  const int64_t per = (n + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t a = t * per, b = std::min(n, a + per);
-    if (a < b) pool.emplace_back(fn, a, b);
-  }
-  fn(0, std::min(n, per));
-  for (auto& th : pool) th.join();
-}
-
 ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
                          ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx,
                          ffi::Buffer<ffi::F32> xc, ffi::Buffer<ffi::F32> w_dec,
                          ffi::ResultBuffer<ffi::F32> d_enc, ffi::ResultBuffer<ffi::F32> d_dec,
-                         ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> gp_out) {
+                         ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> gp_out, int64_t threads) {
   auto gd = g.dimensions(), vd = vals.dimensions(), wd = w_dec.dimensions();
   if (gd.size() != 2 || vd.size() != 2 || wd.size() != 2 || gd[0] != vd[0] || gd[1] != wd[1]) {
     return ffi::Error::InvalidArgument("sae_jax_sparse_bwd: need g [B,d], vals [B,k], W_dec [F,d]");
@@ -267,7 +259,7 @@ ffi::Error SparseBwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> g_vals,
   // One pass over the latent range owned by each thread, updates grouped by latent (counting
   // sort): W_dec[f], dWenc^T[f] and dWdec[f] are loaded once per latent instead of once per
   // update, and the values' gradient is formed right where it is used.
-  Parallel(F, [&](int64_t f0, int64_t f1) {
+  Parallel(F, threads, [&](int64_t f0, int64_t f1) {
     const int64_t nf = f1 - f0;
     std::vector<int32_t> start(nf + 1, 0);
     for (int64_t e = 0; e < B * k; ++e) {
@@ -325,7 +317,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxSparseBwdF32, SparseBwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));
 
 // 3. SaeJaxAdamF32: one Adam step of a [R, C] parameter in one pass over its rows, as optax's
 //    chain [remove_parallel_component] -> scale_by_adam -> scale_by_learning_rate -> apply_updates
@@ -342,7 +335,7 @@ namespace {
 ffi::Error AdamImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> mu,
                     ffi::Buffer<ffi::F32> nu, ffi::Buffer<ffi::F32> s, ffi::ResultBuffer<ffi::F32> w_out,
                     ffi::ResultBuffer<ffi::F32> mu_out, ffi::ResultBuffer<ffi::F32> nu_out,
-                    ffi::ResultBuffer<ffi::F32> sumsq, bool tangent, bool renorm) {
+                    ffi::ResultBuffer<ffi::F32> sumsq, bool tangent, bool renorm, int64_t threads) {
   auto wd = w.dimensions();
   if (wd.size() != 2 || g.element_count() != w.element_count() || mu.element_count() != w.element_count() ||
       nu.element_count() != w.element_count() || s.element_count() != 8) {
@@ -362,7 +355,7 @@ ffi::Error AdamImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> g, ffi::Buffe
   double total = 0.0;
   std::mutex mu_total;
   const float ibc1 = 1.0f / bc1, ibc2 = 1.0f / bc2;
-  Parallel(R, [&](int64_t r0, int64_t r1) {
+  Parallel(R, threads, [&](int64_t r0, int64_t r1) {
     double acc = 0.0;
     std::vector<float> tg(C), row(C);
     float* __restrict t = tg.data();
@@ -420,7 +413,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxAdamF32, AdamImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("tangent")
-                                  .Attr<bool>("renorm"));
+                                  .Attr<bool>("renorm")
+                                  .Attr<int64_t>("threads"));
 
 // 4. SaeJaxDecodeF32: out[b] = sum_j vals[b,j] * W_dec[idx[b,j] - base] over the selections this
 //    dictionary shard owns (base <= idx < base + F; others, and zero values, are skipped). Rows are
@@ -429,7 +423,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxAdamF32, AdamImpl,
 namespace {
 
 ffi::Error DecodeImpl(ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> base,
-                      ffi::Buffer<ffi::F32> w_dec, ffi::ResultBuffer<ffi::F32> out) {
+                      ffi::Buffer<ffi::F32> w_dec, ffi::ResultBuffer<ffi::F32> out, int64_t threads) {
   auto vd = vals.dimensions(), id = idx.dimensions(), wd = w_dec.dimensions();
   if (vd.size() != 2 || id.size() != 2 || wd.size() != 2 || vd[0] != id[0] || vd[1] != id[1] ||
       base.element_count() != 1) {
@@ -441,7 +435,7 @@ ffi::Error DecodeImpl(ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::S32> idx, ffi
   const int64_t b0 = base.typed_data()[0];
   const float* w_ = w_dec.typed_data();
   float* o_ = out->typed_data();
-  Parallel(B, [&](int64_t r0, int64_t r1) {
+  Parallel(B, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* o = o_ + r * d;
       std::fill(o, o + d, 0.0f);
@@ -463,4 +457,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeJaxDecodeF32, DecodeImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));

@@ -77,20 +77,29 @@ def available() -> bool:
     return ok
 
 
-def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None, *, sorted: bool = True
+def threads_for(mesh) -> int:
+    """Threads per native call on ``mesh``: with several of its devices on this host (forced host
+    devices), each device's share of the cores, so that their concurrent calls do not oversubscribe
+    them; 0 (every hardware thread) with one. The kernels' results do not depend on it."""
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat) if mesh is not None else 1
+    return 0 if local <= 1 else max(1, len(os.sched_getaffinity(0)) // local)
+
+
+def topk_native(x: jax.Array, k: int, bias: jax.Array | None = None, *, sorted: bool = True, threads: int = 0
                 ) -> tuple[jax.Array, jax.Array]:
     """Exact top-k of x + bias along the last axis (float32, NaN-free input) on XLA:CPU; with
-    ``sorted=False`` the k are in no particular order (cheaper: a selection instead of a sort)."""
+    ``sorted=False`` the k are in no particular order (cheaper: a selection instead of a sort).
+    ``threads``: see ``threads_for``."""
     n = x.shape[-1]
     # -0.0, not 0.0: x + (-0.0) == x bit for bit, while -0.0 + 0.0 would turn into +0.0
     bias = jnp.full((n,), -0.0, jnp.float32) if bias is None else bias.astype(jnp.float32)
     out = (jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.float32),
            jax.ShapeDtypeStruct((*x.shape[:-1], k), jnp.int32))
     return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x.astype(jnp.float32), bias,
-                                                                      sorted=bool(sorted))
+                                                                      sorted=bool(sorted), threads=int(threads))
 
 
-def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
+def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec, threads: int = 0):
     """(dW_enc [d, F], dW_dec [F, d], db_enc [F], gp [B, k]) of one TopK selection; see the .cc.
     An index of -1 (a selection owned by another dictionary shard) adds nothing and gets gp 0."""
     n, d = W_dec.shape
@@ -99,10 +108,10 @@ def sparse_bwd_native(g, g_vals, vals, idx, xc, W_dec):
     out = (jax.ShapeDtypeStruct((d, n), f32), jax.ShapeDtypeStruct((n, d), f32),
            jax.ShapeDtypeStruct((n,), f32), jax.ShapeDtypeStruct((b, k), f32))
     return jax.ffi.ffi_call(_BWD, out)(g.astype(f32), g_vals.astype(f32), vals.astype(f32),
-                                       idx.astype(jnp.int32), xc.astype(f32), W_dec.astype(f32))
+                                       idx.astype(jnp.int32), xc.astype(f32), W_dec.astype(f32), threads=int(threads))
 
 
-def adam_native(w, g, mu, nu, scalars, *, tangent: bool, renorm: bool):
+def adam_native(w, g, mu, nu, scalars, *, tangent: bool, renorm: bool, threads: int = 0):
     """(w', mu', nu', sum of g^2) of one Adam step of a [R, C] float32 parameter in one pass; see the .cc.
     ``scalars`` = [b1, 1 - b1, b2, 1 - b2, eps, bias correction 1, bias correction 2, -lr]. w, mu and
     nu alias the outputs (updated in place when the caller donates them)."""
@@ -111,14 +120,14 @@ def adam_native(w, g, mu, nu, scalars, *, tangent: bool, renorm: bool):
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct(w.shape, f32),) * 3 + (jax.ShapeDtypeStruct((), f32),)
     return jax.ffi.ffi_call(_ADAM, out, input_output_aliases={0: 0, 2: 1, 3: 2})(
-        w, g, mu, nu, scalars.astype(f32), tangent=bool(tangent), renorm=bool(renorm))
+        w, g, mu, nu, scalars.astype(f32), tangent=bool(tangent), renorm=bool(renorm), threads=int(threads))
 
 
-def decode_native(vals, idx, W_dec, base=0):
+def decode_native(vals, idx, W_dec, base=0, threads: int = 0):
     """[B, d] = sum_j vals[:, j] * W_dec[idx[:, j] - base] over the entries with base <= idx < base + F
     (a dictionary shard's own selections; the rest, and zero values, are skipped); see the .cc."""
     b = idx.shape[0]
     out = jax.ShapeDtypeStruct((b, W_dec.shape[1]), jnp.float32)
     base = jnp.asarray(base, jnp.int32).reshape(1)
     return jax.ffi.ffi_call(_DECODE, out)(vals.astype(jnp.float32), idx.astype(jnp.int32), base,
-                                          W_dec.astype(jnp.float32))
+                                          W_dec.astype(jnp.float32), threads=int(threads))

@@ -40,7 +40,7 @@ def _encoder_rows(b: int, method: str) -> int:
 
 
 def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask=None, aux_on=None,
-                       aux_finish=None, sorted=True):
+                       aux_finish=None, sorted=True, threads=0):
     """(values, indices, aux): the top-k of ``xc @ W_enc + b_enc`` per row, raw values (no ReLU),
     [b, min(k, F)] (descending unless ``sorted=False``, for candidates that are ranked again); and
     ``aux_finish(av, ai)`` of AuxK's top-k_aux among ``dead_mask`` latents ([b, min(k_aux, F)])
@@ -57,8 +57,8 @@ def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask
 
     def block(xs, aux):
         pre = jnp.dot(xs.astype(dtype), W_enc.astype(dtype), preferred_element_type=jnp.float32)
-        v, i = topk(pre, min(k, f), method=method, bias=bias, sorted=sorted)
-        return (v, i, *topk(pre, ka, method=method, bias=aux_bias, sorted=sorted)) if aux else (v, i)
+        v, i = topk(pre, min(k, f), method=method, bias=bias, sorted=sorted, threads=threads)
+        return (v, i, *topk(pre, ka, method=method, bias=aux_bias, sorted=sorted, threads=threads)) if aux else (v, i)
 
     def blocks(aux):
         rows = _encoder_rows(b, method)
@@ -82,7 +82,7 @@ def encoder_candidates(xc, W_enc, b_enc, k, *, method, dtype, k_aux=0, dead_mask
     return lax.cond(aux_on, with_aux, without_aux, None)
 
 
-def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native):
+def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, native, threads=0):
     """Add one selection's gradients into dW_enc, dW_dec [F, d] and db_enc [F].
 
     dW_enc is carried as [d, F] (W_enc's layout) by the native kernel and as its transpose
@@ -92,7 +92,7 @@ def _accumulate(g_enc, g_dec, g_b, vals, idx, xc, g_out, g_vals_direct, W_dec, n
     """
     n = W_dec.shape[0]
     if native:
-        de, dd, db, gp = cpu_kernels.sparse_bwd_native(g_out, g_vals_direct, vals, idx, xc, W_dec)
+        de, dd, db, gp = cpu_kernels.sparse_bwd_native(g_out, g_vals_direct, vals, idx, xc, W_dec, threads)
         return g_enc + de, g_dec + dd, g_b + db, gp
     gv = _gather_dot(g_out, idx, W_dec) + g_vals_direct
     gp = jnp.where(vals > 0, gv, 0.0)

@@ -40,7 +40,7 @@ def _global_topk(pre, bias, k, method):
     return _global_stage(v, i, k, pre.shape[1])
 
 
-def _global_stage(v, i, k, f, gather=True):
+def _global_stage(v, i, k, f, gather=True, threads=0):
     """(relu values, global indices) [b, k] from each shard's local top-k (v, local i) of its f latents;
     with ``gather=False``, where the rows divide over 'dict', only this shard's b / n_dict rows."""
     b = v.shape[0]
@@ -52,10 +52,10 @@ def _global_stage(v, i, k, f, gather=True):
     # [b, 2, k] so that each row's values (and indices) stay contiguous
     cand = jnp.stack([v, lax.bitcast_convert_type(i, jnp.float32)], axis=1)
     if b % n_dict:
-        return _finish(lax.all_gather(cand, "dict", axis=2, tiled=True), k)
+        return _finish(lax.all_gather(cand, "dict", axis=2, tiled=True), k, threads)
     # Each shard finishes b / n_dict rows (all shards' candidates for them), then the rows are
     # gathered: the second stage is split over the shards instead of repeated on every one.
-    v, i = _finish(lax.all_to_all(cand, "dict", 0, 2, tiled=True), k)  # from [b / n_dict, 2, n_dict * k]
+    v, i = _finish(lax.all_to_all(cand, "dict", 0, 2, tiled=True), k, threads)  # from [b / n_dict, 2, n_dict * k]
     return _gather_rows(v, i) if gather else (v, i)
 
 
@@ -66,9 +66,9 @@ def _gather_rows(v, i):
     return out[:, 0], lax.bitcast_convert_type(out[:, 1], jnp.int32)
 
 
-def _finish(cand, k):
+def _finish(cand, k, threads=0):
     """Second stage: (relu values, indices) of the k largest of [rows, 2, m] (values; index bits) candidates."""
-    v, pos = topk(cand[:, 0], k)  # the native kernel on CPU: XLA's own TopK is a partial sort per row
+    v, pos = topk(cand[:, 0], k, threads=threads)  # the native kernel on CPU: XLA's is a partial sort per row
     i = jnp.take_along_axis(lax.bitcast_convert_type(cand[:, 1], jnp.int32), pos, axis=1)
     return jax.nn.relu(v), i
 
@@ -87,14 +87,14 @@ def _owned(vals, idx, f):
     return jnp.where(mine, vals, 0.0), jnp.where(mine, local, 0), mine
 
 
-def _decode(vals, idx, W_dec, split):
+def _decode(vals, idx, W_dec, split, threads=0):
     """Sum of the selected decoder rows over all shards (no b_dec): [b, d], or with ``split``
     this shard's [b / n_dict, d] rows of it (a reduce-scatter instead of an all-reduce)."""
     f = W_dec.shape[0]
     if _native() and lax.axis_size("dict") > 1:
         # skips the other shards' selections instead of multiplying them by zero (with all of them
         # owned, XLA's gather loop is faster: 5.0 vs 7.8 ms on the A shapes)
-        part = cpu_kernels.decode_native(vals, idx, W_dec, lax.axis_index("dict") * f)
+        part = cpu_kernels.decode_native(vals, idx, W_dec, lax.axis_index("dict") * f, threads)
     else:
         v, li, _ = _owned(vals, idx, f)
         part = _gather_combine(v, li, W_dec)
@@ -103,23 +103,23 @@ def _decode(vals, idx, W_dec, split):
     return _psum(part, "dict")
 
 
-def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split):
+def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux, method, dtype, split, threads):
     xc = x - b_dec
     if split:  # x arrives split over 'dict' too (the work before and after is split): gather the rows
         xc = lax.all_gather(xc, "dict", axis=0, tiled=True)
     f = W_enc.shape[1]
 
     def aux(av, ai):  # AuxK's global selection and reconstruction, only when a latent is dead
-        av, ai = _global_stage(av, ai, k_aux, f, gather=not split)  # kept row-split: 1/dict of the zeros
-        return _decode(*(_gather_rows(av, ai) if split else (av, ai)), W_dec, split), av, ai
+        av, ai = _global_stage(av, ai, k_aux, f, gather=not split, threads=threads)  # kept row-split
+        return _decode(*(_gather_rows(av, ai) if split else (av, ai)), W_dec, split, threads), av, ai
 
     # local candidates from the matmul in row blocks (the [b, f] pre-activations are not kept),
     # unsorted when a second stage ranks them again (n_dict > 1)
     v, i, aux_out = encoder_candidates(xc, W_enc, b_enc, k, method=method, dtype=dtype, k_aux=k_aux,
                                        dead_mask=dead_mask, aux_on=aux_on, aux_finish=aux,
-                                       sorted=lax.axis_size("dict") == 1)
-    vals, idx = _global_stage(v, i, k, f)
-    x_hat0 = _decode(vals, idx, W_dec, split)
+                                       sorted=lax.axis_size("dict") == 1, threads=threads)
+    vals, idx = _global_stage(v, i, k, f, threads=threads)
+    x_hat0 = _decode(vals, idx, W_dec, split, threads)
     if not k_aux:
         b = xc.shape[0]
         aux_out = jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
@@ -143,11 +143,12 @@ def _aux_forward(pre, b_enc, W_dec, dead_mask, aux_on, x_hat0, *, k_aux, method,
     return lax.cond(aux_on, aux, none, None)  # aux_on is replicated: every shard branches alike
 
 
-def _backward_shard(xc, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split):
+def _backward_shard(xc, b_dec, W_enc, W_dec, vals, idx, av, ai, aux_on, g_xhat, g_vals, g_ehat, *, k_aux, split,
+                    threads):
     xc = xc.astype(jnp.float32)  # x - b_dec, every row (the forward's)
     if split:  # every shard's selections need the whole [b, d] output gradient (AuxK's: only when on)
         g_xhat = lax.all_gather(g_xhat, "dict", axis=0, tiled=True)
-    part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec)
+    part = functools.partial(_part, xc=xc, W_enc=W_enc, W_dec=W_dec, threads=threads)
     acc, g_x = part(g_xhat, g_vals, vals, idx, _zero_acc(W_dec))
     return _finish_backward(part, acc, g_x, W_enc, av, ai, aux_on, g_ehat, k_aux=k_aux, gather_ehat=split,
                             gather_aux=split, split_x=split)
@@ -160,14 +161,14 @@ def _zero_acc(W_dec):
             jnp.zeros((f,), jnp.float32))
 
 
-def _part(g_out, g_direct, v, i, acc, *, xc, W_enc, W_dec):
+def _part(g_out, g_direct, v, i, acc, *, xc, W_enc, W_dec, threads=0):
     """Add one selection's gradients (the entries this shard owns) into ``acc``; also its input gradient."""
     native = _native()
     lv, li, mine = _owned(v, i, W_dec.shape[0])
     # the native kernel skips index -1; the pure-JAX scatters add lv = 0 at row 0 instead
     kernel_idx = jnp.where(mine, li, -1) if native else li
     *acc, gp = _accumulate(*acc, lv, kernel_idx, xc, g_out.astype(jnp.float32),
-                           jnp.where(mine, g_direct, 0.0).astype(jnp.float32), W_dec, native)
+                           jnp.where(mine, g_direct, 0.0).astype(jnp.float32), W_dec, native, threads)
     return tuple(acc), _gather_combine(gp, li, W_enc.T)
 
 
@@ -229,7 +230,8 @@ def _autoencode(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, meth
 
 def _autoencode_fwd(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, k, k_aux, method, dtype, mesh):
     split = _split_rows(x.shape[0], mesh)
-    fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split)
+    fwd = functools.partial(_forward_shard, k=k, k_aux=k_aux, method=method, dtype=dtype, split=split,
+                            threads=cpu_kernels.threads_for(mesh))
     fwd_in, fwd_out = _specs(split)[:2]
     x_hat0, vals, idx, e_hat, av, ai, xc = _shard_map(fwd, mesh, fwd_in, fwd_out)(
         x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on)
@@ -240,7 +242,7 @@ def _autoencode_bwd(k, k_aux, method, dtype, mesh, res, cts):
     g_xhat, g_vals, _, g_ehat = cts
     xc, b_dec, W_enc, W_dec = res[:4]
     split = _split_rows(xc.shape[0], mesh)
-    bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split)
+    bwd = functools.partial(_backward_shard, k_aux=k_aux, split=split, threads=cpu_kernels.threads_for(mesh))
     g_x, g_bdec, g_w_enc, g_b, g_w_dec = _shard_map(bwd, mesh, *_specs(split)[2:])(*res, g_xhat, g_vals, g_ehat)
     return (g_x.astype(xc.dtype), g_bdec.astype(b_dec.dtype), g_w_enc.astype(W_enc.dtype),
             g_b.astype(W_enc.dtype), g_w_dec.astype(W_dec.dtype), None, None)

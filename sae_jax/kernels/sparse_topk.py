@@ -79,15 +79,16 @@ def auto_method(n: int, k: int, backend: str | None = None) -> str:
     return "chunked" if (backend != "tpu" and pays) else "lax"
 
 
-def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None = None, sorted: bool = True
-         ) -> tuple[jax.Array, jax.Array]:
+def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None = None, sorted: bool = True,
+         threads: int = 0) -> tuple[jax.Array, jax.Array]:
     """Exact top-k along the last axis of ``x + bias``: (values [..., k] descending, indices [..., k] int32).
 
     method: 'lax' (``lax.top_k``); 'chunked' (chunk-maxima pruning in pure JAX); 'native'
     (the C++ XLA:CPU kernel in cpu_kernels.cc, float32 and NaN-free input); 'auto' (native on
     CPU when it builds, else ``auto_method``: chunked when the row is long enough to pay,
     ``lax.top_k`` on TPU). ``bias`` [n] (optional) is broadcast over rows. ``sorted=False`` lets
-    the native kernel return the k in any order (for candidates that are ranked again).
+    the native kernel return the k in any order (for candidates that are ranked again); ``threads``
+    its thread count (``cpu_kernels.threads_for``).
     Values are differentiable (gathered from x + bias at the chosen indices).
     """
     n = x.shape[-1]
@@ -103,7 +104,8 @@ def topk(x: jax.Array, k: int, *, method: str = "auto", bias: jax.Array | None =
 
         if cpu_kernels.available():
             _, idx = cpu_kernels.topk_native(lax.stop_gradient(x), k,
-                                             None if bias is None else lax.stop_gradient(bias), sorted=sorted)
+                                             None if bias is None else lax.stop_gradient(bias), sorted=sorted,
+                                             threads=threads)
             full = x if bias is None else x + bias
             return jnp.take_along_axis(full, idx, axis=-1), idx
     if method == "native":
