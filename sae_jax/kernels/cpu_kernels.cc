@@ -94,7 +94,7 @@ void Rows(const float* x, const float* bias, int64_t n, int64_t k, bool sorted, 
   while (bw > 8 && (n + bw - 1) / bw < 2 * k) bw /= 2;
   const int64_t nblocks = (n + bw - 1) / bw;
   std::vector<float> bmax(nblocks), tmp(nblocks);
-  std::vector<Entry> cand;
+  std::vector<Entry> cand, found(n);  // found: the candidates of one row (at most n)
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = x + r * n;
     if (nblocks < 2 * k) {
@@ -124,28 +124,32 @@ void Rows(const float* x, const float* bias, int64_t n, int64_t k, bool sorted, 
     std::copy(bmax.begin(), bmax.end(), tmp.begin());
     std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
     const float t0 = tmp[k - 1];
-    cand.clear();
+    // Branch-free compaction: every examined entry is written, the count advances only for those
+    // >= t0 (-0.0 == 0.0 here: a superset); rows that examine many blocks do not mispredict.
+    Entry* c = found.data();
+    int64_t m = 0;
     for (int64_t b = 0; b < nblocks; ++b) {
       if (!(bmax[b] >= t0)) continue;
       const int64_t j0 = b * bw, j1 = std::min(n, j0 + bw);
       for (int64_t j = j0; j < j1; ++j) {
         const float v = row[j] + bias[j];
-        if (v >= t0) cand.push_back({v, static_cast<int32_t>(j)});  // -0.0 == 0.0 here: a superset
+        c[m] = {v, static_cast<int32_t>(j)};
+        m += v >= t0;
       }
     }
-    if (static_cast<int64_t>(cand.size()) < k) {  // only with NaNs/-inf in the way: be exact anyway
+    if (m < k) {  // only with NaNs/-inf in the way: be exact anyway
       HeapRow(row, bias, n, k, sorted, cand, out_v + r * k, out_i + r * k);
       continue;
     }
     // unsorted (a first stage whose candidates are ranked again later): a selection, no heap
     if (sorted) {
-      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), Before);
+      std::partial_sort(c, c + k, c + m, Before);
     } else {
-      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), Before);
+      std::nth_element(c, c + (k - 1), c + m, Before);
     }
     for (int64_t j = 0; j < k; ++j) {
-      out_v[r * k + j] = cand[j].v;
-      out_i[r * k + j] = cand[j].i;
+      out_v[r * k + j] = c[j].v;
+      out_i[r * k + j] = c[j].i;
     }
   }
 }
