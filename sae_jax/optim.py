@@ -102,7 +102,8 @@ def fused_adam_update(cfg: TrainConfig, grads: dict, opt_state: tuple, params: d
     count = _safe_increment(adam.count)
     f32 = jnp.float32
     bc1, bc2 = 1 - o.b1 ** count, 1 - o.b2 ** count  # as optax.tree.bias_correction
-    step = -lr_schedule(cfg)(sched.count)  # scale_by_learning_rate: -lr at the schedule's own count
+    # scale_by_learning_rate: -lr at the schedule's own count (an array even where the schedule is a constant)
+    step = -jnp.asarray(lr_schedule(cfg)(sched.count), jnp.float32)
     scalars = jnp.stack([jnp.asarray(v, f32) for v in (o.b1, 1 - o.b1, o.b2, 1 - o.b2, o.eps, bc1, bc2, step)])
     new_p, mu, nu, sq = {}, {}, {}, []
     for name, g in grads.items():

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu" or not cpu_kernel
                                 reason="native CPU kernels not built here")
 
 
-def _cfg(unit_norm=True, clip=0.0, decay="linear"):
+def _cfg(unit_norm=True, clip=0.0, decay="linear", warmup=3):
     return TrainConfig(steps=12, sae=SAEConfig(d_sae=96, k=4, decoder_unit_norm=unit_norm),
-                       optim=OptimConfig(lr=3e-2, warmup_steps=3, decay=decay, max_grad_norm=clip))
+                       optim=OptimConfig(lr=3e-2, warmup_steps=warmup, decay=decay, max_grad_norm=clip))
 
 
 def _params(key, d=24, F=96):
@@ -33,10 +33,13 @@ def _mesh(shape):
     return None if shape is None else make_mesh(MeshConfig(data=shape[0], dict=shape[1]), jax.devices()[:shape[0] * shape[1]])
 
 
-@pytest.mark.parametrize("unit_norm,mesh_shape", [(True, None), (False, None), (True, (1, 4)), (False, (2, 2))])
-def test_matches_the_optax_chain_over_steps(unit_norm, mesh_shape):
-    """On a mesh, each device updates its block of the sharded parameters (laid out as in training)."""
-    cfg = _cfg(unit_norm)
+@pytest.mark.parametrize("unit_norm,mesh_shape,constant_lr", [(True, None, False), (False, None, False),
+                                                              (True, (1, 4), False), (False, (2, 2), False),
+                                                              (True, (8, 1), True)])
+def test_matches_the_optax_chain_over_steps(unit_norm, mesh_shape, constant_lr):
+    """On a mesh, each device updates its block of the sharded parameters (laid out as in training);
+    a constant schedule (no warm-up or decay: a Python float, not an array) works too."""
+    cfg = _cfg(unit_norm, decay="none", warmup=0) if constant_lr else _cfg(unit_norm)
     opt = make_optimizer(cfg)
     mesh = _mesh(mesh_shape)
     p_ref = _params(jax.random.PRNGKey(0))
