@@ -68,6 +68,20 @@ def test_sharded_values_and_grads_match_dense(mesh_shape, B, d, native, n_dead, 
     assert_grads_match(sharded_loss, dense_loss, p, x)
 
 
+@pytest.mark.parametrize("mesh_shape", [(2, 2), (1, 4)])
+def test_sharded_without_auxk_matches_dense(mesh_shape):
+    """k_aux = 0: no AuxK outputs beyond empty ones, laid out like the real ones; same values and grads."""
+    mesh = make_mesh(MeshConfig(data=mesh_shape[0], dict=mesh_shape[1]), jax.devices()[: mesh_shape[0] * mesh_shape[1]])
+    p = _params(jax.random.PRNGKey(2), 12, 256)
+    x = jax.random.normal(jax.random.PRNGKey(3), (16, 12))
+    x_hat, vals, idx, e_hat, on = jax.jit(lambda p, x: sharded_autoencode(x, p, 6, mesh))(p, x)
+    assert e_hat.shape == x_hat.shape == x.shape and not bool(on)
+    np.testing.assert_allclose(np.asarray(x_hat), np.asarray(dense(p, x, 6, jnp.zeros(256, bool), 1)[0]),
+                               rtol=1e-5, atol=1e-5)
+    assert_grads_match(lambda p, x: jnp.sum(jnp.sin(sharded_autoencode(x, p, 6, mesh)[0]) * (x + 1.0)),
+                       lambda p, x: jnp.sum(jnp.sin(dense(p, x, 6, jnp.zeros(256, bool), 1)[0]) * (x + 1.0)), p, x)
+
+
 def _train(cfg, src, mesh_shape, steps):
     """Per-step metrics and the final state of the real jitted train step on a mesh."""
     cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=mesh_shape[0], dict=mesh_shape[1]))

@@ -120,8 +120,8 @@ def _forward_shard(x, b_dec, W_enc, b_enc, W_dec, dead_mask, aux_on, *, k, k_aux
                                        sorted=lax.axis_size("dict") == 1, threads=threads)
     vals, idx = _global_stage(v, i, k, f, threads=threads)
     x_hat0 = _decode(vals, idx, W_dec, split, threads)
-    if not k_aux:
-        b = xc.shape[0]
+    if not k_aux:  # empty AuxK outputs, laid out like the real ones (x's rows: split with ``split``)
+        b = x.shape[0]
         aux_out = jnp.zeros_like(x_hat0), jnp.zeros((b, 0)), jnp.zeros((b, 0), jnp.int32)
     return (x_hat0, vals, idx, *aux_out, xc)  # aux_on is replicated: shards branch alike
 
